@@ -16,7 +16,7 @@
  *   2 place      choose an executor per node (policy in qg_pass_place.c)
  *   3 partition  cut runs of same-executor nodes, insert copy nodes
  *   4 memplan    liveness-based offsets into one arena per executor
- *   5 compile    per executor (exec/*): upload, capture, record
+ *   5 compile    per executor (exec/): upload, capture, record
  */
 #ifndef QG_GRAPH_H
 #define QG_GRAPH_H
