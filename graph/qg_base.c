@@ -27,7 +27,14 @@ void qg_error_prefix(qg_error *err, const char *fmt, ...) {
     va_end(ap);
     char old[sizeof err->msg];
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    size_t np = strlen(prefix);
+    if (np + 2 >= sizeof err->msg) np = sizeof err->msg - 3;
+    memcpy(err->msg, prefix, np);
+    memcpy(err->msg + np, ": ", 2);
+    size_t room = sizeof err->msg - np - 3;
+    size_t nold = strnlen(old, room);
+    memcpy(err->msg + np + 2, old, nold);
+    err->msg[np + 2 + nold] = '\0';
 }
 
 _Noreturn void qg_abort_at(const char *file, int line, const char *fmt, ...) {
