@@ -2,7 +2,7 @@
  * qg_quantize.c - the deterministic scalar quantizer (f32 -> any format).
  *
  * Determinism: only IEEE-exact operations are used (+ - * /, comparisons,
- * roundf, fabsf), each rounded to f32 on its own: this file is built in ISO
+ * fabsf), each rounded to f32 on its own: this file is built in ISO
  * C mode without FMA flags (GCC's default for -std=c11 is -ffp-contract=off)
  * and clang is told so below, so the bytes produced for a given input are
  * the same on every x86-64 machine and compiler setting we build with.
@@ -31,8 +31,19 @@
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-/* Nearest integer of a finite float (ties away from zero). */
-static int round_i(float v) { return (int)roundf(v); }
+/*
+ * Nearest integer of v (ties to even), saturated to +-2^21.  Adding 1.5*2^23
+ * leaves the rounded integer in the low mantissa bits: one IEEE add, exact
+ * and the same everywhere (roundf is a libm call without SSE4.1).
+ */
+static int round_i(float v) {
+    if (!(v > -2097152.0f)) return -2097152; /* also NaN */
+    if (v > 2097152.0f) return 2097152;
+    const float r = v + 12582912.0f;
+    uint32_t bits;
+    memcpy(&bits, &r, sizeof bits);
+    return (int)(bits & 0x7fffff) - 0x400000;
+}
 
 /* f32 -> f16 -> f32: the value a stored f16 field will dequantize to. */
 static float f16_round(float v) { return qg_f16_to_f32(qg_f32_to_f16(v)); }
@@ -44,7 +55,7 @@ static float f16_round(float v) { return qg_f16_to_f32(qg_f32_to_f16(v)); }
  * candidate inverse scales, each refit by least squares.  Returns 0 for an
  * all-zero x.
  */
-static float fit_symmetric(const float *x, int n, int nmax) {
+static float fit_symmetric(const float *x, int n, int nmax, int is_max) {
     float amax = 0, vmax = 0;
     for (int i = 0; i < n; i++) {
         const float a = fabsf(x[i]);
@@ -55,26 +66,28 @@ static float fit_symmetric(const float *x, int n, int nmax) {
     }
     if (amax < 1e-30f) return 0;
     float best_s = 0, best_err = INFINITY;
-    for (int is = -8; is <= 8; is++) {
-        const float iscale = -((float)nmax + 0.1f * (float)is) / vmax;
-        float sum_xl = 0, sum_l2 = 0;
-        for (int i = 0; i < n; i++) {
-            const int l = clampi(round_i(iscale * x[i]), -nmax, nmax - 1);
-            sum_xl += x[i] * (float)l;
-            sum_l2 += (float)(l * l);
-        }
-        if (sum_l2 <= 0 || sum_xl == 0) continue;
-        const float s = sum_xl / sum_l2;
-        float err = 0;
-        for (int i = 0; i < n; i++) {
-            /* error with the levels the final scale s would pick */
-            const int l = clampi(round_i(x[i] / s), -nmax, nmax - 1);
-            const float e = s * (float)l - x[i];
-            err += e * e;
-        }
-        if (err < best_err) {
-            best_err = err;
-            best_s = s;
+    /* Candidates from 6% wider to 40% narrower than the no-clipping scale
+     * (narrower ones clip the extremes but resolve the common values
+     * better).  Each pass picks levels for s, scores (s, levels) and moves s
+     * to the least-squares scale for those levels. */
+    for (int is = -3; is <= is_max; is += 2) {
+        float s = -vmax / ((float)nmax * (1.0f + 0.02f * (float)is));
+        for (int pass = 0; pass < 3; pass++) {
+            const float inv = 1.0f / s;
+            float sum_xl = 0, sum_l2 = 0, err = 0;
+            for (int i = 0; i < n; i++) {
+                const int l = clampi(round_i(inv * x[i]), -nmax, nmax - 1);
+                const float e = s * (float)l - x[i];
+                err += e * e;
+                sum_xl += x[i] * (float)l;
+                sum_l2 += (float)(l * l);
+            }
+            if (err < best_err) {
+                best_err = err;
+                best_s = s;
+            }
+            if (sum_l2 <= 0 || sum_xl == 0) break;
+            s = sum_xl / sum_l2;
         }
     }
     return best_s;
@@ -100,35 +113,40 @@ static void fit_affine(const float *x, int n, int nmax, float *s_out, float *m_o
     }
     float best_s = (hi - lo) / (float)nmax, best_off = lo;
     float best_err = INFINITY;
-    for (int is = -10; is <= 10; is++) {
-        const float iscale = ((float)nmax + 0.1f * (float)is) / (hi - lo);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0, sum_x = 0;
-        for (int i = 0; i < n; i++) {
-            const int l = clampi(round_i(iscale * (x[i] - lo)), 0, nmax);
-            sum_l += (float)l;
-            sum_l2 += (float)(l * l);
-            sum_xl += (float)l * x[i];
-            sum_x += x[i];
-        }
-        const float det = (float)n * sum_l2 - sum_l * sum_l;
-        if (det <= 0) continue;
-        float s = ((float)n * sum_xl - sum_x * sum_l) / det;
-        float off = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-        if (off > 0) { /* the zero level must not lie above 0 */
-            off = 0;
-            s = sum_xl / sum_l2;
-        }
-        if (s <= 0) continue;
-        float err = 0;
-        for (int i = 0; i < n; i++) {
-            const int l = clampi(round_i((x[i] - off) / s), 0, nmax);
-            const float e = s * (float)l + off - x[i];
-            err += e * e;
-        }
-        if (err < best_err) {
-            best_err = err;
-            best_s = s;
-            best_off = off;
+    /* Candidate steps from 6% wider to 40% narrower than (hi-lo)/nmax.
+     * Each pass picks levels for (s, off), scores them, and moves (s, off)
+     * to the least-squares fit for those levels. */
+    for (int is = -3; is <= 21; is += 2) {
+        float s = (hi - lo) / ((float)nmax * (1.0f + 0.02f * (float)is));
+        float off = lo;
+        for (int pass = 0; pass < 3; pass++) {
+            const float inv = 1.0f / s;
+            float sum_l = 0, sum_l2 = 0, sum_xl = 0, sum_x = 0, err = 0;
+            for (int i = 0; i < n; i++) {
+                const int l = clampi(round_i(inv * (x[i] - off)), 0, nmax);
+                const float e = s * (float)l + off - x[i];
+                err += e * e;
+                sum_l += (float)l;
+                sum_l2 += (float)(l * l);
+                sum_xl += (float)l * x[i];
+                sum_x += x[i];
+            }
+            if (err < best_err) {
+                best_err = err;
+                best_s = s;
+                best_off = off;
+            }
+            const float det = (float)n * sum_l2 - sum_l * sum_l;
+            if (det <= 0) break;
+            float s2 = ((float)n * sum_xl - sum_x * sum_l) / det;
+            float off2 = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if (off2 > 0) { /* the zero level must not lie above 0 */
+                off2 = 0;
+                s2 = sum_xl / sum_l2;
+            }
+            if (!(s2 > 0)) break;
+            s = s2;
+            off = off2;
         }
     }
     *s_out = best_s;
@@ -138,17 +156,14 @@ static void fit_affine(const float *x, int n, int nmax, float *s_out, float *m_o
 /* ---- one block per format ------------------------------------------------ */
 
 static void quantize_q8_0(const float *x, qg_block_q8_0 *b) {
-    float amax = 0;
-    for (int i = 0; i < 32; i++)
-        if (fabsf(x[i]) > amax) amax = fabsf(x[i]);
-    const float d = f16_round(amax / 127.0f);
+    const float d = f16_round(fit_symmetric(x, 32, 128, 11));
     b->d = qg_f32_to_f16(d);
     for (int i = 0; i < 32; i++)
-        b->qs[i] = (int8_t)(d > 0 ? clampi(round_i(x[i] / d), -127, 127) : 0);
+        b->qs[i] = (int8_t)(d != 0 ? clampi(round_i(x[i] / d), -128, 127) : 0);
 }
 
 static void quantize_q4_0(const float *x, qg_block_q4_0 *b) {
-    const float d = f16_round(fit_symmetric(x, 32, 8));
+    const float d = f16_round(fit_symmetric(x, 32, 8, 21));
     b->d = qg_f32_to_f16(d);
     uint8_t L[32];
     for (int i = 0; i < 32; i++)
@@ -223,7 +238,7 @@ static void quantize_q5_K(const float *x, qg_block_q5_K *b) {
 static void quantize_q6_K(const float *x, qg_block_q6_K *b) {
     float s[16], s_amax = 0;
     for (int j = 0; j < 16; j++) {
-        s[j] = fit_symmetric(x + 16 * j, 16, 32);
+        s[j] = fit_symmetric(x + 16 * j, 16, 32, 21);
         if (fabsf(s[j]) > s_amax) s_amax = fabsf(s[j]);
     }
     const float d = f16_round(s_amax / 127.0f);
