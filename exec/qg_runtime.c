@@ -84,7 +84,7 @@ qg_ctx *qg_ctx_new(const qg_model *m, const qg_ctx_params *p, qg_error *err) {
     if (!(c->decode = build_and_schedule(c, QG_PHASE_DECODE, 1, false, err))) goto fail;
     if (!(c->prefill = build_and_schedule(c, QG_PHASE_PREFILL, c->p.n_batch, c->p.logits_all, err)))
         goto fail;
-    for (int e = 0; e < c->n_exec; e++) {
+    for (int e = 0; e < c->n_exec && !c->p.plan_only; e++) {
         QG_ASSERT(c->decode->kv_bytes[e] == c->prefill->kv_bytes[e]);
         if (c->decode->kv_bytes[e] && c->execs[e].i->kv_alloc(c->execs[e].self, c->decode->kv_bytes[e], err))
             goto fail;
@@ -118,6 +118,7 @@ fail:
 void qg_ctx_free(qg_ctx *c) {
     if (!c) return;
     for (int e = 0; e < c->n_exec; e++) {
+        if (c->p.plan_only) { c->execs[e].i->free(c->execs[e].self); continue; }
         if (c->decode) c->execs[e].i->release(c->execs[e].self, c->decode);
         if (c->prefill) c->execs[e].i->release(c->execs[e].self, c->prefill);
         c->execs[e].i->free(c->execs[e].self);
@@ -191,6 +192,7 @@ static qg_status run_step(qg_ctx *c, qg_graph *g, int n_tok, float *rows_out, qg
 qg_status qg_ctx_decode(qg_ctx *c, const int32_t *tokens, int n, float *logits_out,
                         qg_error *err) {
     if (n <= 0) return qg_error_set(err, QG_ERR_ARG, "no tokens to process");
+    if (c->p.plan_only) return qg_error_set(err, QG_ERR_ARG, "this context was made to plan only");
     if (logits_out && !c->p.logits_all)
         return qg_error_set(err, QG_ERR_ARG, "all-token logits need a context made with logits_all");
     if ((int64_t)c->n_past + n > c->p.n_ctx)

@@ -37,6 +37,8 @@ typedef struct qg_ctx_params {
     bool no_fuse;        /* skip the sparse-expert fusion pass */
     bool logits_all;     /* prefill graph returns every row (eval) */
     int n_cpu_moe;       /* experts of layers [0, n) stay on the CPU */
+    bool plan_only;      /* build, place and plan the graphs; allocate and
+                            compile nothing (dump, info) */
 } qg_ctx_params;
 
 qg_ctx_params qg_ctx_default_params(void);
