@@ -102,7 +102,7 @@ static void write_file(const char *path, const void *d, size_t n) {
     assert_int_equal(fclose(f), 0);
 }
 
-static inline bool file_exists(const char *path) {
+static bool file_exists(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0;
 }
@@ -849,6 +849,280 @@ static void test_bad_files(void **state) {
     remove_tmpdir(dir);
 }
 
+/* ---- the writer --------------------------------------------------------- */
+
+#define N_TOKENS 150000
+
+typedef struct wt_spec {
+    const char *name;
+    qg_dtype type;
+    int n_dims;
+    int64_t ne[4];
+} wt_spec;
+
+static const wt_spec WT[] = {
+    {"token_embd.weight", QG_Q4_K, 2, {256, 3, 1, 1}},
+    {"blk.0.attn_norm.weight", QG_F32, 1, {33, 1, 1, 1}},
+    {"blk.0.attn_q.weight", QG_Q8_0, 2, {64, 3, 1, 1}},
+    {"blk.0.ffn_up_exps.weight", QG_Q6_K, 3, {512, 2, 3, 1}},
+    {"blk.0.ffn_down_exps.weight", QG_Q5_K, 3, {256, 1, 2, 1}},
+    {"blk.0.attn_k.weight", QG_F16, 2, {7, 5, 1, 1}},
+    {"blk.0.attn_v.weight", QG_BF16, 2, {9, 3, 1, 1}},
+    {"blk.0.q40", QG_Q4_0, 2, {32, 5, 1, 1}},
+    {"idx", QG_I32, 4, {5, 2, 1, 3}},
+};
+#define N_WT ((int)QG_ARRAY_LEN(WT))
+
+static uint64_t wt_nbytes(const wt_spec *t) {
+    const qg_dtype_info *in = qg_dtype_get(t->type);
+    return (uint64_t)(t->ne[0] / in->block_size) * (uint64_t)in->type_size *
+           (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
+}
+
+static void test_writer_round_trip(void **state) {
+    (void)state;
+    for (uint64_t align = 0; align <= 64; align += 64) {
+        uint64_t seed = 9000 + align;
+        char dir[64], path[128], tmp[140];
+        make_tmpdir(dir, sizeof dir);
+        snprintf(path, sizeof path, "%s/out.gguf", dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+
+        /* metadata values, random per case */
+        uint32_t u32 = (uint32_t)rng_next(&seed);
+        int32_t i32 = (int32_t)rng_next(&seed);
+        float f32;
+        do {
+            uint32_t bits = (uint32_t)rng_next(&seed);
+            memcpy(&f32, &bits, 4);
+        } while (!isfinite(f32));
+        char str[64];
+        for (int k = 0; k < 63; k++) str[k] = (char)(1 + rng_next(&seed) % 255);
+        str[63] = 0;
+        /* token strings: (N_TOKENS) of 0..11 random non-NUL bytes */
+        char(*tok)[12] = malloc(sizeof(*tok) * N_TOKENS);
+        const char **tokp = malloc(sizeof(*tokp) * N_TOKENS);
+        assert_non_null(tok);
+        assert_non_null(tokp);
+        for (int i = 0; i < N_TOKENS; i++) {
+            int len = (int)(rng_next(&seed) % 12);
+            for (int k = 0; k < len; k++) tok[i][k] = (char)(1 + rng_next(&seed) % 255);
+            tok[i][len] = 0;
+            tokp[i] = tok[i];
+        }
+        enum { NI = 1000 };
+        int32_t ai[NI];
+        float af[NI];
+        rng_fill(&seed, ai, sizeof ai);
+        for (int i = 0; i < NI; i++)
+            af[i] = (float)((double)(int64_t)rng_next(&seed) * 0x1p-60);
+
+        qg_gguf_writer *w = qg_gguf_writer_new(align);
+        qg_gguf_writer_set_str(w, "general.architecture", "qwen3moe");
+        qg_gguf_writer_set_u32(w, "t.u32", u32 ^ 1); /* replaced below */
+        qg_gguf_writer_set_u32(w, "t.u32", u32);
+        qg_gguf_writer_set_i32(w, "t.i32", i32);
+        qg_gguf_writer_set_f32(w, "t.f32", f32);
+        qg_gguf_writer_set_bool(w, "t.true", true);
+        qg_gguf_writer_set_bool(w, "t.false", false);
+        qg_gguf_writer_set_str(w, "t.str", str);
+        qg_gguf_writer_set_str(w, "t.empty", "");
+        qg_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", tokp, N_TOKENS);
+        qg_gguf_writer_set_arr_i32(w, "t.ai", ai, NI);
+        qg_gguf_writer_set_arr_f32(w, "t.af", af, NI);
+        qg_gguf_writer_set_arr_f32(w, "t.af0", NULL, 0);
+
+        uint8_t *data[N_WT];
+        for (int t = 0; t < N_WT; t++) {
+            assert_int_equal(qg_gguf_writer_add_tensor(w, WT[t].name, WT[t].type,
+                                                       WT[t].n_dims, WT[t].ne), t);
+            data[t] = malloc(wt_nbytes(&WT[t]));
+            rng_fill(&seed, data[t], wt_nbytes(&WT[t]));
+        }
+        qg_error err = {0};
+        if (qg_gguf_writer_begin(w, path, &err)) fail_msg("%s", err.msg);
+        assert_true(file_exists(tmp));
+        assert_false(file_exists(path));
+        for (int t = 0; t < N_WT; t++)
+            if (qg_gguf_writer_write_data(w, t, data[t], wt_nbytes(&WT[t]), &err))
+                fail_msg("%s", err.msg);
+        assert_false(file_exists(path));
+        if (qg_gguf_writer_finish(w, &err)) fail_msg("%s", err.msg);
+        assert_true(file_exists(path));
+        assert_false(file_exists(tmp));
+        qg_gguf_writer_free(w);
+        assert_true(file_exists(path)); /* free after finish keeps it */
+
+        qg_gguf *g = qg_gguf_open(path, &err);
+        if (!g) fail_msg("%s", err.msg);
+        uint64_t want_align = align ? align : 32;
+        assert_int_equal(g->version, 3);
+        assert_int_equal(g->alignment, want_align);
+        assert_int_equal(g->n_kv, 12 + (want_align != 32));
+        uint32_t u;
+        float f;
+        qg_str s;
+        assert_int_equal(qg_gguf_get_u32(g, "t.u32", &u, &err), QG_OK);
+        assert_int_equal(u, u32);
+        const qg_gguf_kv *kv = qg_gguf_find(g, "t.i32");
+        assert_non_null(kv);
+        assert_int_equal(kv->type, QG_GGUF_INT32);
+        assert_int_equal(kv->v.i64, i32);
+        assert_int_equal(qg_gguf_get_f32(g, "t.f32", &f, &err), QG_OK);
+        assert_memory_equal(&f, &f32, 4);
+        kv = qg_gguf_find(g, "t.true");
+        assert_non_null(kv);
+        assert_int_equal(kv->type, QG_GGUF_BOOL);
+        assert_int_equal(kv->v.u64, 1);
+        kv = qg_gguf_find(g, "t.false");
+        assert_non_null(kv);
+        assert_int_equal(kv->type, QG_GGUF_BOOL);
+        assert_int_equal(kv->v.u64, 0);
+        assert_int_equal(qg_gguf_get_str(g, "t.str", &s, &err), QG_OK);
+        assert_true(qg_str_eq(s, str));
+        assert_int_equal(qg_gguf_get_str(g, "t.empty", &s, &err), QG_OK);
+        assert_int_equal(s.len, 0);
+        assert_int_equal(qg_gguf_get_str(g, "general.architecture", &s, &err), QG_OK);
+        assert_true(qg_str_eq(s, "qwen3moe"));
+        kv = qg_gguf_find(g, "tokenizer.ggml.tokens");
+        assert_non_null(kv);
+        assert_int_equal(kv->arr_type, QG_GGUF_STRING);
+        assert_int_equal(kv->arr_n, N_TOKENS);
+        for (int i = 0; i < N_TOKENS; i++)
+            if (!qg_str_eq(qg_gguf_arr_str(kv, (uint64_t)i), tok[i]))
+                fail_msg("token %d differs", i);
+        kv = qg_gguf_find(g, "t.ai");
+        assert_non_null(kv);
+        assert_int_equal(kv->arr_type, QG_GGUF_INT32);
+        assert_int_equal(kv->arr_n, NI);
+        assert_memory_equal(kv->arr_data, ai, sizeof ai);
+        kv = qg_gguf_find(g, "t.af");
+        assert_non_null(kv);
+        assert_int_equal(kv->arr_type, QG_GGUF_FLOAT32);
+        assert_int_equal(kv->arr_n, NI);
+        assert_memory_equal(kv->arr_data, af, sizeof af);
+        kv = qg_gguf_find(g, "t.af0");
+        assert_non_null(kv);
+        assert_int_equal(kv->arr_n, 0);
+        if (want_align != 32) {
+            assert_int_equal(qg_gguf_get_u32(g, "general.alignment", &u, &err), QG_OK);
+            assert_int_equal(u, want_align);
+        }
+
+        assert_int_equal(g->n_tensors, N_WT);
+        assert_int_equal(g->data_offset % want_align, 0);
+        uint64_t end = 0;
+        for (int t = 0; t < N_WT; t++) {
+            const qg_gguf_tensor *ti = qg_gguf_find_tensor(g, WT[t].name);
+            assert_ptr_equal(ti, &g->tensors[t]);
+            assert_int_equal(ti->n_dims, WT[t].n_dims);
+            for (int d = 0; d < 4; d++) assert_int_equal(ti->ne[d], WT[t].ne[d]);
+            assert_int_equal(ti->type, WT[t].type);
+            assert_int_equal(ti->nbytes, wt_nbytes(&WT[t]));
+            assert_int_equal(ti->offset % want_align, 0);
+            assert_true(ti->offset >= end); /* in order, no overlap */
+            assert_memory_equal(ti->data, data[t], ti->nbytes);
+            end = ti->offset + ti->nbytes;
+            free(data[t]);
+        }
+        /* every tensor padded, the last one too */
+        assert_int_equal(g->size, g->data_offset + (end + want_align - 1) /
+                                                       want_align * want_align);
+        qg_gguf_close(g);
+        free(tok);
+        free(tokp);
+        remove_tmpdir(dir);
+    }
+}
+
+/* free() without finish() removes the .tmp and leaves `path` as it was;
+ * out-of-order or mis-sized data, an early finish and duplicate names are
+ * refused with QG_ERR_ARG naming the file and tensor. */
+static void test_writer_errors(void **state) {
+    (void)state;
+    char dir[64], path[128], tmp[140];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/w.gguf", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    const char *old = "previous contents";
+    write_file(path, old, strlen(old));
+    int64_t ne[2] = {4, 2};
+    float d[8] = {0};
+    qg_error err;
+
+    /* abandoned before begin, after begin, and mid-data */
+    for (int stage = 0; stage < 3; stage++) {
+        qg_gguf_writer *w = qg_gguf_writer_new(0);
+        qg_gguf_writer_set_u32(w, "a", 1);
+        qg_gguf_writer_add_tensor(w, "x", QG_F32, 2, ne);
+        qg_gguf_writer_add_tensor(w, "y", QG_F32, 2, ne);
+        if (stage >= 1) assert_int_equal(qg_gguf_writer_begin(w, path, &err), QG_OK);
+        if (stage >= 2)
+            assert_int_equal(qg_gguf_writer_write_data(w, 0, d, 32, &err), QG_OK);
+        if (stage >= 1) assert_true(file_exists(tmp));
+        qg_gguf_writer_free(w);
+        assert_false(file_exists(tmp));
+        FILE *f = fopen(path, "rb");
+        char back[64] = {0};
+        assert_non_null(f);
+        assert_int_equal(fread(back, 1, sizeof back, f), strlen(old));
+        fclose(f);
+        assert_string_equal(back, old);
+    }
+
+    qg_gguf_writer *w = qg_gguf_writer_new(0);
+    qg_gguf_writer_add_tensor(w, "x", QG_F32, 2, ne);
+    qg_gguf_writer_add_tensor(w, "y", QG_F32, 2, ne);
+    assert_int_equal(qg_gguf_writer_write_data(w, 0, d, 32, &err), QG_ERR_ARG);
+    assert_non_null(strstr(err.msg, "before begin"));
+    assert_int_equal(qg_gguf_writer_begin(w, path, &err), QG_OK);
+    assert_int_equal(qg_gguf_writer_write_data(w, 1, d, 32, &err), QG_ERR_ARG);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "out of order"));
+    assert_int_equal(qg_gguf_writer_write_data(w, 0, d, 28, &err), QG_ERR_ARG);
+    assert_non_null(strstr(err.msg, "tensor 'x': 28 bytes given, its shape needs 32"));
+    assert_int_equal(qg_gguf_writer_write_data(w, 0, d, 32, &err), QG_OK);
+    assert_int_equal(qg_gguf_writer_finish(w, &err), QG_ERR_ARG);
+    assert_non_null(strstr(err.msg, "'y'"));
+    assert_int_equal(qg_gguf_writer_write_data(w, 1, d, 32, &err), QG_OK);
+    assert_int_equal(qg_gguf_writer_finish(w, &err), QG_OK);
+    assert_int_equal(qg_gguf_writer_finish(w, &err), QG_ERR_ARG);
+    qg_gguf_writer_free(w);
+    qg_gguf *g = qg_gguf_open(path, &err);
+    if (!g) fail_msg("%s", err.msg);
+    assert_int_equal(g->n_tensors, 2);
+    assert_int_equal(g->n_kv, 0);
+    qg_gguf_close(g);
+
+    w = qg_gguf_writer_new(0);
+    qg_gguf_writer_add_tensor(w, "same", QG_F32, 2, ne);
+    qg_gguf_writer_add_tensor(w, "other", QG_F32, 2, ne);
+    qg_gguf_writer_add_tensor(w, "same", QG_F32, 2, ne);
+    assert_int_equal(qg_gguf_writer_begin(w, path, &err), QG_ERR_ARG);
+    assert_non_null(strstr(err.msg, "duplicate tensor name 'same'"));
+    qg_gguf_writer_free(w);
+
+    char nodir[200];
+    snprintf(nodir, sizeof nodir, "%s/no/such/dir/x.gguf", dir);
+    w = qg_gguf_writer_new(64);
+    assert_int_equal(qg_gguf_writer_begin(w, nodir, &err), QG_ERR_IO);
+    assert_non_null(strstr(err.msg, "x.gguf.tmp"));
+    assert_non_null(strstr(err.msg, "No such file"));
+    qg_gguf_writer_free(w);
+
+    /* no tensors, no metadata: still a valid file */
+    w = qg_gguf_writer_new(0);
+    assert_int_equal(qg_gguf_writer_begin(w, path, &err), QG_OK);
+    assert_int_equal(qg_gguf_writer_finish(w, &err), QG_OK);
+    qg_gguf_writer_free(w);
+    g = qg_gguf_open(path, &err);
+    if (!g) fail_msg("%s", err.msg);
+    assert_int_equal(g->n_tensors, 0);
+    assert_int_equal(g->n_kv, 0);
+    qg_gguf_close(g);
+    remove_tmpdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_v3_and_v2),
@@ -858,6 +1132,8 @@ int main(void) {
         cmocka_unit_test(test_bad_tensors),
         cmocka_unit_test(test_truncation_and_bitflips),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_writer_round_trip),
+        cmocka_unit_test(test_writer_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
