@@ -30,6 +30,7 @@
 #include "qg_quant.h"
 
 #include <stdint.h>
+#include <string.h>
 
 typedef struct qg_block_q4_0 {
     uint16_t d;      /* f16 scale */
@@ -81,6 +82,23 @@ static inline void qg_quant_scale_min_k4(int j, const uint8_t *q, uint8_t *sc,
         *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
+}
+
+/* All 8 scales and mins of a q4_K / q5_K block at once (same values as
+ * qg_quant_scale_min_k4 for j = 0..7), with 32-bit word arithmetic. */
+static inline void qg_quant_unpack_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
+    const uint32_t s0 = a & lo6, m0 = b & lo6;
+    const uint32_t s1 = (c & lo4) | (((a >> 6) & lo2) << 4);
+    const uint32_t m1 = ((c >> 4) & lo4) | (((b >> 6) & lo2) << 4);
+    memcpy(sc, &s0, 4);
+    memcpy(sc + 4, &s1, 4);
+    memcpy(m, &m0, 4);
+    memcpy(m + 4, &m1, 4);
 }
 
 /* Dequantize one block of type t (block_size elements) into dst, in f32,

@@ -156,7 +156,7 @@ static void fit_affine(const float *x, int n, int nmax, float *s_out, float *m_o
 /* ---- one block per format ------------------------------------------------ */
 
 static void quantize_q8_0(const float *x, qg_block_q8_0 *b) {
-    const float d = f16_round(fit_symmetric(x, 32, 128, 11));
+    const float d = f16_round(fit_symmetric(x, 32, 128, 3));
     b->d = qg_f32_to_f16(d);
     for (int i = 0; i < 32; i++)
         b->qs[i] = (int8_t)(d != 0 ? clampi(round_i(x[i] / d), -128, 127) : 0);
