@@ -40,6 +40,16 @@ int qg_llama_n_vocab(const qg_llama_oracle *o) {
     return 0;
 }
 
+int qg_llama_n_layer(const qg_llama_oracle *o) {
+    (void)o;
+    return 0;
+}
+
+int qg_llama_n_expert_used(const qg_llama_oracle *o) {
+    (void)o;
+    return 0;
+}
+
 bool qg_llama_is_eog(const qg_llama_oracle *o, int32_t token) {
     (void)o;
     (void)token;
@@ -49,6 +59,13 @@ bool qg_llama_is_eog(const qg_llama_oracle *o, int32_t token) {
 qg_status qg_llama_eval_logits(qg_llama_oracle *o, const int32_t *tokens,
                                int n, float *logits, qg_error *err) {
     (void)o; (void)tokens; (void)n; (void)logits;
+    return qg_error_set(err, QG_ERR_BACKEND, "%s", QG_LLAMA_NONE);
+}
+
+qg_status qg_llama_eval_logits_ex(qg_llama_oracle *o, const int32_t *tokens,
+                                  int n, float *logits, int32_t *experts,
+                                  qg_error *err) {
+    (void)o; (void)tokens; (void)n; (void)logits; (void)experts;
     return qg_error_set(err, QG_ERR_BACKEND, "%s", QG_LLAMA_NONE);
 }
 
@@ -105,6 +122,9 @@ typedef struct llama_api {
                                              struct llama_context_params p);
     void (*free_ctx)(struct llama_context *ctx);
     const struct llama_vocab *(*model_get_vocab)(const struct llama_model *m);
+    int32_t (*model_n_layer)(const struct llama_model *m);
+    int32_t (*model_meta_val_str)(const struct llama_model *m, const char *key,
+                                  char *buf, size_t buf_size);
     int32_t (*vocab_n_tokens)(const struct llama_vocab *vocab);
     bool (*vocab_is_eog)(const struct llama_vocab *vocab, llama_token t);
     llama_memory_t (*get_memory)(const struct llama_context *ctx);
@@ -127,6 +147,14 @@ struct qg_llama_oracle {
     const struct llama_vocab *vocab;
     int n_vocab;
     int n_ctx;           /* as requested; llama.cpp may round up */
+    int n_layer;
+    int n_expert_used;   /* 0: dense */
+    bool capture;        /* context created with the eval callback */
+    /* expert capture during one eval (cap_experts NULL otherwise) */
+    int32_t *cap_experts; /* (K, cap_n, n_layer) */
+    int cap_n;
+    int cap_seen;         /* layers captured */
+    bool cap_bad;         /* a captured tensor had an unexpected shape */
     char last_err[400];  /* llama.cpp's last ERROR log line */
     bool in_error;       /* the last log line was an ERROR (CONT appends) */
     bool echo;           /* QG_LLAMA_LOG set: copy the log to stderr */
@@ -204,6 +232,8 @@ static qg_status oracle_open_lib(qg_llama_oracle *o, char *dir, size_t cap,
     ORACLE_SYM(init_from_model, "llama_init_from_model");
     ORACLE_SYM(free_ctx, "llama_free");
     ORACLE_SYM(model_get_vocab, "llama_model_get_vocab");
+    ORACLE_SYM(model_n_layer, "llama_model_n_layer");
+    ORACLE_SYM(model_meta_val_str, "llama_model_meta_val_str");
     ORACLE_SYM(vocab_n_tokens, "llama_vocab_n_tokens");
     ORACLE_SYM(vocab_is_eog, "llama_vocab_is_eog");
     ORACLE_SYM(get_memory, "llama_get_memory");
@@ -214,6 +244,47 @@ static qg_status oracle_open_lib(qg_llama_oracle *o, char *dir, size_t cap,
     ORACLE_SYM(token_to_piece, "llama_token_to_piece");
 #undef ORACLE_SYM
     return QG_OK;
+}
+
+/* ggml scheduler callback: ask for, then copy, the tensors
+ * "ffn_moe_topk-<layer>" (I32, (K, n_tokens), possibly a strided view of
+ * the argsort) while an eval with capture runs. */
+static bool oracle_eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
+    qg_llama_oracle *o = user_data;
+    static const char prefix[] = "ffn_moe_topk-";
+    if (!o->cap_experts || strncmp(t->name, prefix, sizeof prefix - 1) != 0)
+        return ask ? false : true;
+    if (ask) return true;
+    char *end = NULL;
+    long il = strtol(t->name + sizeof prefix - 1, &end, 10);
+    const int K = o->n_expert_used;
+    if (!end || *end != '\0' || il < 0 || il >= o->n_layer ||
+        t->type != GGML_TYPE_I32 || t->ne[0] != K || t->ne[1] != o->cap_n ||
+        !t->data) {
+        o->cap_bad = true;
+        return true;
+    }
+    for (int j = 0; j < o->cap_n; j++)
+        for (int k = 0; k < K; k++) {
+            const char *src = (const char *)t->data + (size_t)k * t->nb[0] +
+                              (size_t)j * t->nb[1];
+            memcpy(&o->cap_experts[((size_t)il * o->cap_n + j) * K + k], src,
+                   sizeof(int32_t));
+        }
+    o->cap_seen++;
+    return true;
+}
+
+/* Read integer metadata "<general.architecture>.<suffix>"; 0 if absent. */
+static int oracle_meta_int(qg_llama_oracle *o, const char *suffix) {
+    char arch[64], key[160], val[64];
+    if (o->api.model_meta_val_str(o->model, "general.architecture", arch,
+                                  sizeof arch) < 0)
+        return 0;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (o->api.model_meta_val_str(o->model, key, val, sizeof val) < 0)
+        return 0;
+    return atoi(val);
 }
 
 qg_llama_oracle *qg_llama_oracle_load(const char *path,
@@ -271,6 +342,11 @@ qg_llama_oracle *qg_llama_oracle_load(const char *path,
     cp.type_v = d.kv_f16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     cp.no_perf = true;
     cp.embeddings = false;
+    if (d.capture_experts) {
+        cp.cb_eval = oracle_eval_cb;
+        cp.cb_eval_user_data = o;
+        o->capture = true;
+    }
     o->ctx = o->api.init_from_model(o->model, cp);
     if (!o->ctx) {
         qg_error_set(err, QG_ERR_BACKEND, "%s: llama.cpp could not create a "
@@ -281,6 +357,8 @@ qg_llama_oracle *qg_llama_oracle_load(const char *path,
     o->vocab = o->api.model_get_vocab(o->model);
     o->n_vocab = o->api.vocab_n_tokens(o->vocab);
     o->n_ctx = d.n_ctx;
+    o->n_layer = o->api.model_n_layer(o->model);
+    o->n_expert_used = oracle_meta_int(o, "expert_used_count");
     oracle_log_end(o);
     return o;
 fail:
@@ -297,6 +375,12 @@ void qg_llama_oracle_free(qg_llama_oracle *o) {
 }
 
 int qg_llama_n_vocab(const qg_llama_oracle *o) { return o->n_vocab; }
+
+int qg_llama_n_layer(const qg_llama_oracle *o) { return o->n_layer; }
+
+int qg_llama_n_expert_used(const qg_llama_oracle *o) {
+    return o->n_expert_used;
+}
 
 bool qg_llama_is_eog(const qg_llama_oracle *o, int32_t token) {
     return o->api.vocab_is_eog(o->vocab, token);
@@ -371,14 +455,29 @@ static qg_status oracle_decode(qg_llama_oracle *o, const int32_t *tokens,
     return QG_OK;
 }
 
-qg_status qg_llama_eval_logits(qg_llama_oracle *o, const int32_t *tokens,
-                               int n, float *logits, qg_error *err) {
+qg_status qg_llama_eval_logits_ex(qg_llama_oracle *o, const int32_t *tokens,
+                                  int n, float *logits, int32_t *experts,
+                                  qg_error *err) {
     if (n < 1 || n > o->n_ctx)
         return qg_error_set(err, QG_ERR_RANGE, "llama.cpp oracle: %d tokens "
                             "for a context of %d", n, o->n_ctx);
+    if (experts && (!o->capture || o->n_expert_used < 1))
+        return qg_error_set(err, QG_ERR_ARG, "llama.cpp oracle: expert "
+                            "capture needs a MoE model loaded with "
+                            "capture_experts");
     o->api.memory_clear(o->api.get_memory(o->ctx), true);
+    o->cap_experts = experts;
+    o->cap_n = n;
+    o->cap_seen = 0;
+    o->cap_bad = false;
     qg_status st = oracle_decode(o, tokens, n, 0, true, err);
+    o->cap_experts = NULL;
     if (st) return st;
+    if (experts && (o->cap_bad || o->cap_seen != o->n_layer))
+        return qg_error_set(err, QG_ERR_BACKEND, "llama.cpp oracle: captured "
+                            "the expert choice of %d of %d layers%s",
+                            o->cap_seen, o->n_layer,
+                            o->cap_bad ? " (unexpected tensor shape)" : "");
     for (int i = 0; i < n; i++) {
         const float *l = o->api.get_logits_ith(o->ctx, i);
         if (!l)
@@ -388,6 +487,11 @@ qg_status qg_llama_eval_logits(qg_llama_oracle *o, const int32_t *tokens,
                (size_t)o->n_vocab * sizeof(float));
     }
     return QG_OK;
+}
+
+qg_status qg_llama_eval_logits(qg_llama_oracle *o, const int32_t *tokens,
+                               int n, float *logits, qg_error *err) {
+    return qg_llama_eval_logits_ex(o, tokens, n, logits, NULL, err);
 }
 
 qg_status qg_llama_tokenize(qg_llama_oracle *o, const char *text, int len,

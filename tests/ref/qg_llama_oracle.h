@@ -38,6 +38,8 @@ typedef struct qg_llama_oracle_opts {
     int n_threads; /* 0: 2 */
     int n_ctx;     /* most tokens of one eval / generation; 0: 512 */
     bool kv_f16;   /* F16 KV cache (llama.cpp's default) instead of F32 */
+    bool capture_experts; /* observe llama.cpp's expert choice (MoE) with
+                             an eval callback, for qg_llama_eval_logits_ex */
 } qg_llama_oracle_opts;
 
 /* True when this build was configured with the oracle (headers and
@@ -59,6 +61,9 @@ void qg_llama_oracle_free(qg_llama_oracle *o);
 
 /* Vocabulary size (rows of the logits). */
 int qg_llama_n_vocab(const qg_llama_oracle *o);
+/* Blocks, and experts used per token (0 for a dense model). */
+int qg_llama_n_layer(const qg_llama_oracle *o);
+int qg_llama_n_expert_used(const qg_llama_oracle *o);
 /* End-of-generation token test (eos, eot, ...). */
 bool qg_llama_is_eog(const qg_llama_oracle *o, int32_t token);
 
@@ -71,6 +76,19 @@ bool qg_llama_is_eog(const qg_llama_oracle *o, int32_t token);
 qg_status qg_llama_eval_logits(qg_llama_oracle *o, const int32_t *tokens,
                                int n, float *logits /* (n_vocab, n) */,
                                qg_error *err);
+
+/*
+ * The same, also reporting the experts llama.cpp chose (its tensors
+ * "ffn_moe_topk-<layer>"): experts (K, n, n_layer) with K =
+ * qg_llama_n_expert_used, in llama.cpp's order (decreasing probability).
+ * experts may be NULL; non-NULL needs a MoE model loaded with
+ * opts.capture_experts (QG_ERR_ARG otherwise), and QG_ERR_BACKEND if
+ * llama.cpp's graph did not show every layer's choice.
+ */
+qg_status qg_llama_eval_logits_ex(qg_llama_oracle *o, const int32_t *tokens,
+                                  int n, float *logits /* (n_vocab, n) */,
+                                  int32_t *experts /* (K, n, n_layer) */,
+                                  qg_error *err);
 
 /*
  * Tokenize text[0..len) with llama.cpp's tokenizer.  add_special: add

@@ -154,9 +154,21 @@ static qg_status ref_read_hparams(qg_ref_model *m, qg_error *err) {
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     const qg_gguf_kv *sc = qg_gguf_find(g, key);
-    if (sc && !(sc->type == QG_GGUF_STRING && qg_str_eq(sc->str, "none")))
-        return qg_error_set(err, QG_ERR_UNSUPPORTED, "%s: key '%s' is set: "
-                            "the reference has no RoPE scaling", g->path, key);
+    char fkey[128];
+    snprintf(fkey, sizeof fkey, "%s.rope.scaling.factor", a);
+    const qg_gguf_kv *sf = qg_gguf_find(g, fkey);
+    /* "none", or "linear" with factor 1 (llama.cpp's default), is no
+     * scaling; anything else changes the angles and is not modelled */
+    bool plain = !sc || (sc->type == QG_GGUF_STRING &&
+                         (qg_str_eq(sc->str, "none") ||
+                          qg_str_eq(sc->str, "linear")));
+    if (sf && (sf->type == QG_GGUF_FLOAT32 || sf->type == QG_GGUF_FLOAT64) &&
+        sf->v.f64 != 0 && sf->v.f64 != 1)
+        plain = false;
+    if (!plain)
+        return qg_error_set(err, QG_ERR_UNSUPPORTED, "%s: RoPE scaling (key "
+                            "'%s' / '%s') is set: the reference has none",
+                            g->path, key, fkey);
     if ((st = ref_key_f64(g, a, "attention.layer_norm_rms_epsilon", false, 0,
                           &hp->rms_eps, err)) ||
         (st = ref_key_f64(g, a, "rope.freq_base", true, 10000.0,
@@ -554,9 +566,10 @@ static void ref_swiglu(const qg_ref_hparams *hp, const qg_gguf_tensor *gate,
     ref_matmul(down, (int64_t)e * E, E, s->ff_g, n_sel, ys, s->row);
 }
 
-/* Router of one token: probs (X) -> top-K ids (decreasing p, ties to the
- * lower id) and renormalized weights; returns p_(K) - p_(K+1) (+inf when
- * K == X). */
+/* Router of one token: probs (X) = softmax(logit) -> top-K ids
+ * (decreasing p, ties to the lower id) and renormalized weights; returns
+ * the router-logit gap between the last chosen and the best unchosen
+ * expert (+inf when K == X). */
 static double ref_route(const double *logit, int X, int K, double *probs,
                         int32_t *sel, double *selw) {
     double mx = -INFINITY, sum = 0;
@@ -583,9 +596,9 @@ static double ref_route(const double *logit, int X, int K, double *probs,
     for (int e = 0; e < X; e++) {
         bool taken = false;
         for (int j = 0; j < K; j++) taken |= sel[j] == e;
-        if (!taken && probs[e] > next) next = probs[e];
+        if (!taken && logit[e] > next) next = logit[e];
     }
-    return K == X ? INFINITY : probs[sel[K - 1]] - next;
+    return K == X ? INFINITY : logit[sel[K - 1]] - next;
 }
 
 /* MoE sublayer of block il: reads s->h (E, n), writes s->y (E, n) and the

@@ -84,11 +84,12 @@ typedef struct qg_ref_eval_out {
     int32_t *experts;      /* (K, n, n_layer), moe: chosen expert ids in
                               order of decreasing probability */
     double *expert_w;      /* (K, n, n_layer), moe: renormalized weights */
-    double *route_margin;  /* (n): min over layers of p_(K) - p_(K+1), the
-                              gap between the last chosen and the first
-                              unchosen router probability (how close the
-                              choice was to flipping); dense or K ==
-                              n_expert: +INFINITY */
+    double *route_margin;  /* (n): min over layers of the router-logit
+                              gap between the last chosen and the best
+                              unchosen expert (how close the choice was to
+                              flipping; a rounding error this large in the
+                              router logits may pick another expert);
+                              dense or K == n_expert: +INFINITY */
 } qg_ref_eval_out;
 
 /*
