@@ -98,10 +98,12 @@ void qg_pass_memplan(qg_graph *g) {
     /* whole-step tensors first: inputs, outputs, KV */
     for (int t = 0; t < g->n_tensors; t++) {
         qg_tensor *x = &g->tensors[t];
-        if (x->exec < 0 || x->first_use < 0) continue;
+        if (x->exec < 0) continue;
+        /* inputs and outputs always get memory: the host writes `step`
+         * even where no kernel reads it as a tensor */
         if (x->role == QG_ROLE_INPUT || x->role == QG_ROLE_OUTPUT) {
             x->offset = plan_alloc(&plans[x->exec], x->nbytes);
-        } else if (x->role == QG_ROLE_KV) {
+        } else if (x->role == QG_ROLE_KV && x->first_use >= 0) {
             x->offset = g->kv_bytes[x->exec];
             g->kv_bytes[x->exec] += qg_align_up(x->nbytes, QG_ARENA_ALIGN);
         }

@@ -80,7 +80,7 @@ static qg_status cpu_compile(void *self, qg_graph *g, int exec_index, qg_error *
     for (int i = 0; i < g->n_tensors; i++) {
         qg_tensor *t = &g->tensors[i];
         if (t->role == QG_ROLE_WEIGHT) cg->addr[i] = (void *)(uintptr_t)t->data;
-        else if (t->exec != exec_index || t->first_use < 0) continue;
+        else if (t->exec != exec_index || (t->role == QG_ROLE_ACT && t->first_use < 0)) continue;
         else if (t->role == QG_ROLE_KV) {
             if (!c->kv || t->offset + t->nbytes > c->kv_bytes)
                 return qg_error_set(err, QG_ERR_BACKEND, "cpu: KV arena too small for %s", t->name);
