@@ -99,14 +99,17 @@ int qg_cmd_info(int argc, char **argv) {
     }
     printf("\nmemory plan (n_ctx %d, n_batch %d, kv %s):\n", qg_ctx_n_ctx(ctx),
            qg_ctx_graph(ctx, QG_PHASE_PREFILL)->n_tok_max, qg_dtype_name(c.ctx.kv_type));
-    printf("  weights (mapped)        %10.2f MiB\n", total / 1048576.0);
+    printf("  %-24s %10.2f MiB\n", "weights (mapped)", total / 1048576.0);
     for (int ph = 0; ph < 2; ph++) {
         const qg_graph *gr = qg_ctx_graph(ctx, ph ? QG_PHASE_PREFILL : QG_PHASE_DECODE);
         for (int e = 0; e < gr->n_exec; e++) {
-            if (ph == 0) printf("  kv cache (%s)%*s %10.2f MiB\n", qg_ctx_exec_name(ctx, e),
-                                (int)(10 - strlen(qg_ctx_exec_name(ctx, e))), "", gr->kv_bytes[e] / 1048576.0);
-            printf("  %s arena (%s)%*s %10.2f MiB\n", ph ? "prefill" : "decode ", qg_ctx_exec_name(ctx, e),
-                   (int)(7 - strlen(qg_ctx_exec_name(ctx, e))), "", gr->act_bytes[e] / 1048576.0);
+            char label[64];
+            if (ph == 0) {
+                snprintf(label, sizeof label, "kv cache (%s)", qg_ctx_exec_name(ctx, e));
+                printf("  %-24s %10.2f MiB\n", label, gr->kv_bytes[e] / 1048576.0);
+            }
+            snprintf(label, sizeof label, "%s arena (%s)", ph ? "prefill" : "decode", qg_ctx_exec_name(ctx, e));
+            printf("  %-24s %10.2f MiB\n", label, gr->act_bytes[e] / 1048576.0);
         }
     }
     qg_ctx_free(ctx);

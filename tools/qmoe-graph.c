@@ -16,9 +16,7 @@ static const command COMMANDS[] = {
     {"info", qg_cmd_info, "info MODEL"},
     {"bench", qg_cmd_bench, "bench MODEL [-p 512] [-n 128] [-r 5] [-t N] [-o md|json] [--profile TRACE.json]"},
     {"profile", qg_cmd_profile, "profile MODEL [-p 512] [-n 64] [--backend X] [-o TRACE.json]"},
-#ifdef QG_HAVE_SYNTH_CMD
     {"synth", qg_cmd_synth, "synth OUT.gguf --preset tiny|30b-a3b|235b-a22b|... --ftype f32|f16|bf16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k [--seed S]"},
-#endif
 };
 
 static void usage(FILE *f) {
