@@ -19,6 +19,8 @@
 #include "../graph/qg_graph.h"
 #include "../graph/qg_profile.h"
 
+#include <stdio.h>
+
 typedef struct qg_exec_i {
     const char *name; /* "cpu", "cuda", "vulkan" */
     /* Can this executor run node n (op and dtypes)? */
@@ -63,5 +65,18 @@ typedef struct qg_exec_opts {
 
 /* The CPU executor (always available). */
 qg_status qg_exec_cpu_new(const qg_exec_opts *o, qg_exec *out, qg_error *err);
+
+/* The GPU executors, when built (QG_HAVE_CUDA / QG_HAVE_VULKAN are defined
+ * for the whole build by cmake/cuda.cmake and cmake/vulkan.cmake).  Each
+ * returns QG_ERR_BACKEND with a clear message when no usable device is
+ * present.  *_describe prints the devices found (for `info`). */
+#ifdef QG_HAVE_CUDA
+qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err);
+void qg_exec_cuda_describe(FILE *f);
+#endif
+#ifdef QG_HAVE_VULKAN
+qg_status qg_exec_vulkan_new(const qg_exec_opts *o, qg_exec *out, qg_error *err);
+void qg_exec_vulkan_describe(FILE *f);
+#endif
 
 #endif

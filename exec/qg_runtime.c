@@ -39,14 +39,29 @@ qg_ctx_params qg_ctx_default_params(void) {
 static qg_status make_execs(qg_ctx *c, qg_error *err) {
     qg_exec_opts eo = {.n_threads = c->p.n_threads, .device = c->p.device};
     const char *b = c->p.backend ? c->p.backend : "cpu";
-    if (strcmp(b, "cpu") != 0) {
-        if (strcmp(b, "cuda") == 0 || strcmp(b, "vulkan") == 0)
-            return qg_error_set(err, QG_ERR_BACKEND,
-                                "--backend %s: this build of qmoe-graph has no %s executor "
-                                "(or no %s device is present)", b, b, b);
+    qg_status st;
+    if (strcmp(b, "cuda") == 0) {
+#ifdef QG_HAVE_CUDA
+        if ((st = qg_exec_cuda_new(&eo, &c->execs[c->n_exec], err))) return st;
+        c->n_exec++;
+#else
+        return qg_error_set(err, QG_ERR_BACKEND,
+                            "--backend cuda: this build of qmoe-graph has no CUDA executor "
+                            "(configure on a machine with nvcc, QG_CUDA=ON)");
+#endif
+    } else if (strcmp(b, "vulkan") == 0) {
+#ifdef QG_HAVE_VULKAN
+        if ((st = qg_exec_vulkan_new(&eo, &c->execs[c->n_exec], err))) return st;
+        c->n_exec++;
+#else
+        return qg_error_set(err, QG_ERR_BACKEND,
+                            "--backend vulkan: this build of qmoe-graph has no Vulkan executor "
+                            "(install libvulkan-dev and glslc, QG_VULKAN=ON)");
+#endif
+    } else if (strcmp(b, "cpu") != 0) {
         return qg_error_set(err, QG_ERR_ARG, "--backend %s: unknown backend (cpu, cuda, vulkan)", b);
     }
-    qg_status st = qg_exec_cpu_new(&eo, &c->execs[c->n_exec], err);
+    st = qg_exec_cpu_new(&eo, &c->execs[c->n_exec], err);
     if (st) return st;
     c->cpu_index = c->n_exec++;
     return QG_OK;
