@@ -30,6 +30,9 @@
  *     blk.N.ffn_gate_inp.weight    mean 0, std 3 / sqrt(n_embd)   (router
  *                                  logits std ~3: a decisive expert choice)
  *     every other matrix           mean 0, std 1 / sqrt(ne[0])    (fan-in)
+ *   Rows of output.weight that belong to UNUSED tokens ("[PAD<id>]") use
+ *   std / 64, so their logits stay near 0 and padding is never the greedy
+ *   choice (the other logits reach ~3 std, i.e. ~15, at the top).
  *
  * Output goes through qg_gguf_writer (a "<path>.tmp" renamed at the end), so
  * a failed or interrupted write never leaves a partial file at `path`.
@@ -103,6 +106,7 @@ typedef struct qg_synth_tensor {
     int64_t ne[4];   /* innermost first; unused dims 1 */
     uint64_t nbytes; /* data bytes (without alignment padding) */
     float mean, std; /* the distribution of its values (see above) */
+    bool damp_unused_rows; /* output.weight: UNUSED tokens' rows use std/64 */
 } qg_synth_tensor;
 
 typedef struct qg_synth_plan {
@@ -200,6 +204,17 @@ typedef struct qg_synth_opts {
     int n_threads;              /* worker threads; <= 0: online CPUs */
     bool progress;              /* a progress line on stderr (files >= 256 MiB) */
 } qg_synth_opts;
+
+/*
+ * The vocabulary qg_synth_write uses for preset p under o (vocab_mode,
+ * tokenizer_json): AUTO picks the real tokenizer for big presets when one is
+ * found, else the byte-level one.  Real vocabularies are padded to the
+ * preset's n_vocab, or Qwen3's 151936 when the preset leaves it to the
+ * vocabulary.  QG_ERR_IO when an explicit tokenizer is missing, or REAL is
+ * asked and none is found.
+ */
+qg_status qg_synth_vocab_for(const qg_synth_preset *p, const qg_synth_opts *o,
+                             qg_synth_vocab *v, qg_error *err);
 
 /* Defaults: preset "tiny", ftype "q8_0", seed 0, AUTO vocab, all CPUs, no
  * progress. */
