@@ -17,6 +17,11 @@
 
 #include <immintrin.h>
 
+/* Fixed-trip loops over registers must be unrolled so that arrays of
+ * vectors (accumulators, decoded weights) live in registers; GCC -O2 does
+ * not fully unroll them on its own. */
+#define UNROLL _Pragma("GCC unroll 16")
+
 #define GEMM_MIN_COLS 3
 
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -47,35 +52,52 @@ static inline float hsum(__m256 v) {
 /* q8_0 block -> w[0..3] = elements 8k..8k+7. */
 static inline void decode_q8_0(const qg_block_q8_0 *b, __m256 w[4]) {
     const __m256 d = _mm256_set1_ps(h2f(b->d));
-    for (int k = 0; k < 4; k++) w[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(load_i8x8(b->qs + 8 * k)), d);
+    UNROLL for (int k = 0; k < 4; k++) w[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(load_i8x8(b->qs + 8 * k)), d);
 }
 
 /* q4_0 block -> w[0..3] = elements 8k..8k+7 ((k-8)*d as the scalar code). */
 static inline void decode_q4_0(const qg_block_q4_0 *b, __m256 w[4]) {
     const __m256 d = _mm256_set1_ps(h2f(b->d));
     const __m256i k8 = _mm256_set1_epi32(8), k15 = _mm256_set1_epi32(15);
-    for (int g = 0; g < 2; g++) {
+    UNROLL for (int g = 0; g < 2; g++) {
         const __m256i q = load_u8x8(b->qs + 8 * g);
         w[g] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, k15), k8)), d);
         w[g + 2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(q, 4), k8)), d);
     }
 }
 
-/* Sub-block scales d*sc_j and mins dmin*m_j of a q4_K / q5_K block. */
-static inline void k4_scales(const uint8_t *scales, float d, float dmin, float ds[8], float ms[8]) {
+/*
+ * Scales go through a small stack array: the compiler then reads each one
+ * with a broadcast load (load port) instead of shuffling it out of a
+ * register.  The empty asm says the array may have changed, so the stored
+ * values are not forwarded back into registers.
+ */
+static inline void spill16(float v[16]) { __asm__("" : "+m"(*(float(*)[16])v)); }
+
+/* Sub-block scales d*sc_j (dm[0..8)) and mins dmin*m_j (dm[8..16)) of a
+ * q4_K / q5_K block, each one f32 product as GGML forms it. */
+static inline void k4_scales(const uint8_t *scales, float d, float dmin, float dm[16]) {
     uint8_t sc[8], m[8];
     qg_quant_unpack_k4(scales, sc, m);
-    _mm256_storeu_ps(ds, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(load_u8x8(sc))));
-    _mm256_storeu_ps(ms, _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(load_u8x8(m))));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(load_u8x8(sc))));
+    _mm256_storeu_ps(dm + 8, _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(load_u8x8(m))));
+    spill16(dm);
+}
+
+/* The 16 sub-block scales d*scales[j] of a q6_K block into ds. */
+static inline void q6_scales(const qg_block_q6_K *b, float ds[16]) {
+    const __m256 d = _mm256_set1_ps(h2f(b->d));
+    _mm256_storeu_ps(ds, _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(b->scales))));
+    _mm256_storeu_ps(ds + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(load_i8x8(b->scales + 8))));
+    spill16(ds);
 }
 
 /* q4_K elements 64c..64c+63 -> w[0..7] (8 each, in order). */
-static inline void decode_q4_K(const qg_block_q4_K *b, const float *ds, const float *ms, int c,
-                               __m256 w[8]) {
-    const __m256 d1 = _mm256_set1_ps(ds[2 * c]), m1 = _mm256_set1_ps(ms[2 * c]);
-    const __m256 d2 = _mm256_set1_ps(ds[2 * c + 1]), m2 = _mm256_set1_ps(ms[2 * c + 1]);
+static inline void decode_q4_K(const qg_block_q4_K *b, const float *dm, int c, __m256 w[8]) {
+    const __m256 d1 = _mm256_set1_ps(dm[2 * c]), m1 = _mm256_set1_ps(dm[8 + 2 * c]);
+    const __m256 d2 = _mm256_set1_ps(dm[2 * c + 1]), m2 = _mm256_set1_ps(dm[9 + 2 * c]);
     const __m256i k15 = _mm256_set1_epi32(15);
-    for (int g = 0; g < 4; g++) {
+    UNROLL for (int g = 0; g < 4; g++) {
         const __m256i q = load_u8x8(b->qs + 32 * c + 8 * g);
         w[g] = affine(_mm256_and_si256(q, k15), d1, m1);
         w[g + 4] = affine(_mm256_srli_epi32(q, 4), d2, m2);
@@ -83,13 +105,12 @@ static inline void decode_q4_K(const qg_block_q4_K *b, const float *ds, const fl
 }
 
 /* q5_K elements 64c..64c+63 -> w[0..7]; code = nibble + 16 * qh bit. */
-static inline void decode_q5_K(const qg_block_q5_K *b, const float *ds, const float *ms, int c,
-                               __m256 w[8]) {
-    const __m256 d1 = _mm256_set1_ps(ds[2 * c]), m1 = _mm256_set1_ps(ms[2 * c]);
-    const __m256 d2 = _mm256_set1_ps(ds[2 * c + 1]), m2 = _mm256_set1_ps(ms[2 * c + 1]);
+static inline void decode_q5_K(const qg_block_q5_K *b, const float *dm, int c, __m256 w[8]) {
+    const __m256 d1 = _mm256_set1_ps(dm[2 * c]), m1 = _mm256_set1_ps(dm[8 + 2 * c]);
+    const __m256 d2 = _mm256_set1_ps(dm[2 * c + 1]), m2 = _mm256_set1_ps(dm[9 + 2 * c]);
     const __m256i k15 = _mm256_set1_epi32(15), k16 = _mm256_set1_epi32(16);
     const __m128i shift = _mm_cvtsi32_si128(2 * c);
-    for (int g = 0; g < 4; g++) {
+    UNROLL for (int g = 0; g < 4; g++) {
         const __m256i q = load_u8x8(b->qs + 32 * c + 8 * g);
         /* bit 2c of qh at bit 4, bit 2c+1 at bit 5 */
         const __m256i h = _mm256_srl_epi32(_mm256_slli_epi32(load_u8x8(b->qh + 8 * g), 4), shift);
@@ -102,12 +123,11 @@ static inline void decode_q5_K(const qg_block_q5_K *b, const float *ds, const fl
 
 /*
  * q6_K half h, l = 8g..8g+7 (g = 0..3) -> w[k] = elements 128h + 32k + 8g +
- * (0..7), k = 0..3; value (d*sc)*(q-32) as GGML.
+ * (0..7), k = 0..3; value (d*sc)*(q-32) as GGML; ds from q6_scales.
  */
-static inline void decode_q6_K(const qg_block_q6_K *b, float d, int h, int g, __m256 w[4]) {
+static inline void decode_q6_K(const qg_block_q6_K *b, const float *ds, int h, int g, __m256 w[4]) {
     const uint8_t *ql = b->ql + 64 * h + 8 * g;
     const uint8_t *qh = b->qh + 32 * h + 8 * g;
-    const int8_t *sc = b->scales + 8 * h + g / 2;
     const __m256i a = load_u8x8(ql), c = load_u8x8(ql + 32), hh = load_u8x8(qh);
     const __m256i k15 = _mm256_set1_epi32(15), k48 = _mm256_set1_epi32(48), k32 = _mm256_set1_epi32(32);
     __m256i q[4];
@@ -115,9 +135,9 @@ static inline void decode_q6_K(const qg_block_q6_K *b, float d, int h, int g, __
     q[1] = _mm256_or_si256(_mm256_and_si256(c, k15), _mm256_and_si256(_mm256_slli_epi32(hh, 2), k48));
     q[2] = _mm256_or_si256(_mm256_srli_epi32(a, 4), _mm256_and_si256(hh, k48));
     q[3] = _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_and_si256(_mm256_srli_epi32(hh, 2), k48));
-    for (int k = 0; k < 4; k++) {
-        const __m256 ds = _mm256_set1_ps(d * (float)sc[2 * k]);
-        w[k] = _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], k32)));
+    UNROLL for (int k = 0; k < 4; k++) {
+        const __m256 s = _mm256_set1_ps(ds[8 * h + g / 2 + 2 * k]);
+        w[k] = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], k32)));
     }
 }
 
@@ -166,7 +186,7 @@ static float dot_plain(qg_dtype t, const void *w, const float *x, int64_t n) {
         __m256 w[4];                                                            \
         for (int64_t i = 0; i < nb; i++, x += 32) {                             \
             DECODE(b + i, w);                                                   \
-            for (int k = 0; k < 4; k++)                                         \
+            UNROLL for (int k = 0; k < 4; k++)                                         \
                 a[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(x + 8 * k), a[k]); \
         }                                                                       \
         return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))); \
@@ -179,11 +199,11 @@ static float dot_q4_K(const qg_block_q4_K *b, const float *x, int64_t nb) {
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 w[8];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        float ds[8], ms[8];
-        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), ds, ms);
-        for (int c = 0; c < 4; c++) {
-            decode_q4_K(b + i, ds, ms, c, w);
-            for (int k = 0; k < 8; k++)
+        float dm[16];
+        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+        UNROLL for (int c = 0; c < 4; c++) {
+            decode_q4_K(b + i, dm, c, w);
+            UNROLL for (int k = 0; k < 8; k++)
                 a[k & 3] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(x + 64 * c + 8 * k), a[k & 3]);
         }
     }
@@ -194,11 +214,11 @@ static float dot_q5_K(const qg_block_q5_K *b, const float *x, int64_t nb) {
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 w[8];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        float ds[8], ms[8];
-        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), ds, ms);
-        for (int c = 0; c < 4; c++) {
-            decode_q5_K(b + i, ds, ms, c, w);
-            for (int k = 0; k < 8; k++)
+        float dm[16];
+        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+        UNROLL for (int c = 0; c < 4; c++) {
+            decode_q5_K(b + i, dm, c, w);
+            UNROLL for (int k = 0; k < 8; k++)
                 a[k & 3] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(x + 64 * c + 8 * k), a[k & 3]);
         }
     }
@@ -209,12 +229,13 @@ static float dot_q6_K(const qg_block_q6_K *b, const float *x, int64_t nb) {
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        const float d = h2f(b[i].d);
-        for (int h = 0; h < 2; h++)
-            for (int g = 0; g < 4; g++) {
+        float ds[16];
+        q6_scales(b + i, ds);
+        UNROLL for (int h = 0; h < 2; h++)
+            UNROLL for (int g = 0; g < 4; g++) {
                 const float *xp = x + 128 * h + 8 * g;
-                decode_q6_K(b + i, d, h, g, w);
-                for (int k = 0; k < 4; k++) a[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + 32 * k), a[k]);
+                decode_q6_K(b + i, ds, h, g, w);
+                UNROLL for (int k = 0; k < 4; k++) a[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + 32 * k), a[k]);
             }
     }
     return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
@@ -250,45 +271,46 @@ static void dequant_row(qg_dtype t, const void *src, float *dst, int64_t n) {
     case QG_Q8_0:
         for (int64_t i = 0; i < nb; i++, dst += 32) {
             decode_q8_0((const qg_block_q8_0 *)src + i, w);
-            for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, w[k]);
+            UNROLL for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, w[k]);
         }
         return;
     case QG_Q4_0:
         for (int64_t i = 0; i < nb; i++, dst += 32) {
             decode_q4_0((const qg_block_q4_0 *)src + i, w);
-            for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, w[k]);
+            UNROLL for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, w[k]);
         }
         return;
     case QG_Q4_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q4_K *b = (const qg_block_q4_K *)src + i;
-            float ds[8], ms[8];
-            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), ds, ms);
-            for (int c = 0; c < 4; c++) {
-                decode_q4_K(b, ds, ms, c, w);
-                for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + 64 * c + 8 * k, w[k]);
+            float dm[16];
+            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q4_K(b, dm, c, w);
+                UNROLL for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + 64 * c + 8 * k, w[k]);
             }
         }
         return;
     case QG_Q5_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q5_K *b = (const qg_block_q5_K *)src + i;
-            float ds[8], ms[8];
-            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), ds, ms);
-            for (int c = 0; c < 4; c++) {
-                decode_q5_K(b, ds, ms, c, w);
-                for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + 64 * c + 8 * k, w[k]);
+            float dm[16];
+            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q5_K(b, dm, c, w);
+                UNROLL for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + 64 * c + 8 * k, w[k]);
             }
         }
         return;
     case QG_Q6_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q6_K *b = (const qg_block_q6_K *)src + i;
-            const float d = h2f(b->d);
-            for (int h = 0; h < 2; h++)
-                for (int g = 0; g < 4; g++) {
-                    decode_q6_K(b, d, h, g, w);
-                    for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 128 * h + 32 * k + 8 * g, w[k]);
+            float ds[16];
+            q6_scales(b, ds);
+            UNROLL for (int h = 0; h < 2; h++)
+                UNROLL for (int g = 0; g < 4; g++) {
+                    decode_q6_K(b, ds, h, g, w);
+                    UNROLL for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 128 * h + 32 * k + 8 * g, w[k]);
                 }
         }
         return;
@@ -296,31 +318,36 @@ static void dequant_row(qg_dtype t, const void *src, float *dst, int64_t n) {
     }
 }
 
+/* Cache blocking of the gemm: k is walked in chunks of GEMM_KC floats so
+ * that 8 weight rows and GEMM_CB columns of one chunk (20 KB) stay in L1
+ * while every 4x3 tile of the block passes over them; the tiles' vector
+ * partial sums live in a small stack array between chunks. */
+#define GEMM_KC 256
+#define GEMM_CB 12
+
 /*
- * out[r][c] = sum_k wr[r][k] * xc[c][k], k < n, for 4 f32 rows and 3 f32
- * columns (callers repeat a pointer to fill a partial tile).
+ * acc[3*r + c] += (per-lane partial sums of) wr[r][k] * xc[c][k] for k in
+ * [k0, k1) with k1 - k0 a multiple of 8 (the caller handles a plain type's
+ * tail), 4 f32 rows by 3 f32 columns.  Callers repeat a row / column
+ * pointer to fill a partial tile.
  */
-static void kernel_4x3(const float *const wr[4], const float *const xc[3], int64_t n, float out[4][3]) {
-    __m256 acc[4][3];
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 3; c++) acc[r][c] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= n; k += 8) {
+static void kernel_4x3(const float *const wr[4], const float *const xc[3], int64_t k0, int64_t k1,
+                       __m256 acc[12]) {
+    __m256 a[4][3];
+    UNROLL for (int r = 0; r < 4; r++)
+        UNROLL for (int c = 0; c < 3; c++) a[r][c] = acc[3 * r + c];
+    for (int64_t k = k0; k < k1; k += 8) {
         const __m256 x0 = _mm256_loadu_ps(xc[0] + k), x1 = _mm256_loadu_ps(xc[1] + k);
         const __m256 x2 = _mm256_loadu_ps(xc[2] + k);
-        for (int r = 0; r < 4; r++) {
+        UNROLL for (int r = 0; r < 4; r++) {
             const __m256 wv = _mm256_loadu_ps(wr[r] + k);
-            acc[r][0] = _mm256_fmadd_ps(wv, x0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(wv, x1, acc[r][1]);
-            acc[r][2] = _mm256_fmadd_ps(wv, x2, acc[r][2]);
+            a[r][0] = _mm256_fmadd_ps(wv, x0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(wv, x1, a[r][1]);
+            a[r][2] = _mm256_fmadd_ps(wv, x2, a[r][2]);
         }
     }
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 3; c++) {
-            float s = hsum(acc[r][c]);
-            for (int64_t j = k; j < n; j++) s += wr[r][j] * xc[c][j]; /* plain-type tail */
-            out[r][c] = s;
-        }
+    UNROLL for (int r = 0; r < 4; r++)
+        UNROLL for (int c = 0; c < 3; c++) acc[3 * r + c] = a[r][c];
 }
 
 void qg_quant_gemm_avx2(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
@@ -335,7 +362,9 @@ void qg_quant_gemm_avx2(qg_dtype t, const void *w, size_t w_row_bytes, int n_row
                     qg_quant_dot_avx2(t, wb + (size_t)r * w_row_bytes, x + (size_t)c * x_stride, n);
         return;
     }
+    enum { RT = QG_QUANT_GEMM_ROWS / 4, CT = GEMM_CB / 3 };
     const size_t ld = qg_align_up((size_t)n, 16); /* scratch row stride */
+    const int64_t n8 = n & ~(int64_t)7;           /* vector part of k */
     for (int r0 = 0; r0 < n_rows; r0 += QG_QUANT_GEMM_ROWS) {
         const int nr = QG_MIN(QG_QUANT_GEMM_ROWS, n_rows - r0);
         const float *rows[QG_QUANT_GEMM_ROWS]; /* each (n) */
@@ -348,20 +377,34 @@ void qg_quant_gemm_avx2(qg_dtype t, const void *w, size_t w_row_bytes, int n_row
                 rows[r] = scratch + (size_t)r * ld;
             }
         }
-        for (int c0 = 0; c0 < n_cols; c0 += 3) {
-            const int nc = QG_MIN(3, n_cols - c0);
-            const float *xc[3];
-            for (int c = 0; c < 3; c++) xc[c] = x + (size_t)(c0 + QG_MIN(c, nc - 1)) * x_stride;
-            for (int rr = 0; rr < nr; rr += 4) {
-                const int nrr = QG_MIN(4, nr - rr);
-                const float *wr[4];
-                for (int r = 0; r < 4; r++) wr[r] = rows[rr + QG_MIN(r, nrr - 1)];
-                float out[4][3];
-                kernel_4x3(wr, xc, n, out);
-                for (int c = 0; c < nc; c++)
-                    for (int r = 0; r < nrr; r++)
-                        y[(size_t)(c0 + c) * y_stride + (size_t)(r0 + rr + r)] = out[r][c];
+        const int nrt = (nr + 3) / 4;
+        const float *wr[RT][4];
+        for (int rt = 0; rt < nrt; rt++)
+            UNROLL for (int r = 0; r < 4; r++) wr[rt][r] = rows[QG_MIN(4 * rt + r, nr - 1)];
+        for (int cb = 0; cb < n_cols; cb += GEMM_CB) {
+            const int ncb = QG_MIN(GEMM_CB, n_cols - cb), nct = (ncb + 2) / 3;
+            const float *xc[CT][3];
+            for (int ct = 0; ct < nct; ct++)
+                UNROLL for (int c = 0; c < 3; c++)
+                    xc[ct][c] = x + (size_t)(cb + QG_MIN(3 * ct + c, ncb - 1)) * x_stride;
+            __m256 acc[RT][CT][12]; /* vector partial sums per tile */
+            for (int rt = 0; rt < nrt; rt++)
+                for (int ct = 0; ct < nct; ct++)
+                    UNROLL for (int i = 0; i < 12; i++) acc[rt][ct][i] = _mm256_setzero_ps();
+            for (int64_t k0 = 0; k0 < n8; k0 += GEMM_KC) {
+                const int64_t k1 = QG_MIN(n8, k0 + GEMM_KC);
+                for (int ct = 0; ct < nct; ct++)
+                    for (int rt = 0; rt < nrt; rt++) kernel_4x3(wr[rt], xc[ct], k0, k1, acc[rt][ct]);
             }
+            for (int ct = 0; ct < nct; ct++)
+                for (int rt = 0; rt < nrt; rt++)
+                    for (int c = 0; c < 3 && 3 * ct + c < ncb; c++)
+                        for (int r = 0; r < 4 && 4 * rt + r < nr; r++) {
+                            const float *wrow = wr[rt][r], *xcol = xc[ct][c];
+                            float s = hsum(acc[rt][ct][3 * r + c]);
+                            for (int64_t j = n8; j < n; j++) s += wrow[j] * xcol[j]; /* plain tail */
+                            y[(size_t)(cb + 3 * ct + c) * y_stride + (size_t)(r0 + 4 * rt + r)] = s;
+                        }
         }
     }
 }

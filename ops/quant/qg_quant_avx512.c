@@ -24,6 +24,11 @@
 
 #include <immintrin.h>
 
+/* Fixed-trip loops over registers must be unrolled so that arrays of
+ * vectors (accumulators, decoded weights) live in registers; GCC -O2 does
+ * not fully unroll them on its own. */
+#define UNROLL _Pragma("GCC unroll 16")
+
 /* The gemm switches from direct dots to dequantize + micro-kernel here. */
 #define GEMM_MIN_COLS 3
 
@@ -40,6 +45,15 @@ static inline __m512i load_i8x16(const int8_t *p) {
 static inline __m512 iota16(void) {
     return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
+
+/*
+ * Scales go through a small stack array: the compiler then reads each one
+ * with a broadcast load (load port) instead of shuffling it out of a
+ * register (two uops on port 5, which the table lookups already saturate).
+ * The empty asm says the array may have changed, so the stored values are
+ * not forwarded back into registers.
+ */
+static inline void spill16(float v[16]) { __asm__("" : "+m"(*(float(*)[16])v)); }
 
 /* table[k] = d*k - m for k = base..base+15 (mul, then sub: GGML's rounding). */
 static inline __m512 value_table(float d, float m, float base) {
@@ -67,24 +81,23 @@ static inline void decode_q4_0(const qg_block_q4_0 *b, __m512 w[2]) {
 }
 
 /*
- * The 8 sub-block scales d*sc_j and mins dmin*m_j of a q4_K / q5_K block,
- * as GGML forms them (one f32 product each), into ds[0..8) and ms[0..8).
+ * The 8 sub-block scales d*sc_j (dm[0..8)) and mins dmin*m_j (dm[8..16))
+ * of a q4_K / q5_K block, each one f32 product as GGML forms it.
  */
-static inline void k4_scales(const uint8_t *scales, float d, float dmin, float ds[8], float ms[8]) {
-    uint8_t sc[8], m[8];
-    qg_quant_unpack_k4(scales, sc, m);
-    const __m256 vs = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc)));
-    const __m256 vm = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m)));
-    _mm256_storeu_ps(ds, _mm256_mul_ps(_mm256_set1_ps(d), vs));
-    _mm256_storeu_ps(ms, _mm256_mul_ps(_mm256_set1_ps(dmin), vm));
+static inline void k4_scales(const uint8_t *scales, float d, float dmin, float dm[16]) {
+    uint8_t sm[16]; /* sc[0..8), m[0..8) */
+    qg_quant_unpack_k4(scales, sm, sm + 8);
+    const __m512 v = _mm512_cvtepi32_ps(load_u8x16(sm));
+    const __m512 f = _mm512_insertf32x8(_mm512_set1_ps(d), _mm256_set1_ps(dmin), 1);
+    _mm512_storeu_ps(dm, _mm512_mul_ps(f, v));
+    spill16(dm);
 }
 
 /* q4_K elements 64c..64c+63 of a block -> w[0..3] (16 each, in order);
- * ds, ms from k4_scales. */
-static inline void decode_q4_K(const qg_block_q4_K *b, const float *ds, const float *ms, int c,
-                               __m512 w[4]) {
-    const __m512 t1 = value_table(ds[2 * c], ms[2 * c], 0);
-    const __m512 t2 = value_table(ds[2 * c + 1], ms[2 * c + 1], 0);
+ * dm from k4_scales. */
+static inline void decode_q4_K(const qg_block_q4_K *b, const float *dm, int c, __m512 w[4]) {
+    const __m512 t1 = value_table(dm[2 * c], dm[8 + 2 * c], 0);
+    const __m512 t2 = value_table(dm[2 * c + 1], dm[9 + 2 * c], 0);
     const __m512i qa = load_u8x16(b->qs + 32 * c);
     const __m512i qb = load_u8x16(b->qs + 32 * c + 16);
     w[0] = _mm512_permutexvar_ps(qa, t1);
@@ -95,12 +108,10 @@ static inline void decode_q4_K(const qg_block_q4_K *b, const float *ds, const fl
 
 /* q5_K elements 64c..64c+63 -> w[0..3]; 5-bit code = nibble | qh bit << 4.
  * vpermt2ps reads five index bits, so bits above 4 may hold anything. */
-static inline void decode_q5_K(const qg_block_q5_K *b, const float *ds, const float *ms, int c,
-                               __m512 w[4]) {
-    const __m512 t1lo = value_table(ds[2 * c], ms[2 * c], 0);
-    const __m512 t1hi = value_table(ds[2 * c], ms[2 * c], 16);
-    const __m512 t2lo = value_table(ds[2 * c + 1], ms[2 * c + 1], 0);
-    const __m512 t2hi = value_table(ds[2 * c + 1], ms[2 * c + 1], 16);
+static inline void decode_q5_K(const qg_block_q5_K *b, const float *dm, int c, __m512 w[4]) {
+    const float d1 = dm[2 * c], m1 = dm[8 + 2 * c], d2 = dm[2 * c + 1], m2 = dm[9 + 2 * c];
+    const __m512 t1lo = value_table(d1, m1, 0), t1hi = value_table(d1, m1, 16);
+    const __m512 t2lo = value_table(d2, m2, 0), t2hi = value_table(d2, m2, 16);
     const __m128i shift = _mm_cvtsi32_si128(2 * c);
     const __m512i qa = load_u8x16(b->qs + 32 * c);
     const __m512i qb = load_u8x16(b->qs + 32 * c + 16);
@@ -119,14 +130,21 @@ static inline void decode_q5_K(const qg_block_q5_K *b, const float *ds, const fl
     w[3] = _mm512_permutex2var_ps(t2lo, i3, t2hi);
 }
 
+/* The 16 sub-block scales d*scales[j] of a q6_K block into ds (f32
+ * products as GGML forms them). */
+static inline void q6_scales(const qg_block_q6_K *b, float ds[16]) {
+    _mm512_storeu_ps(ds, _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), _mm512_cvtepi32_ps(load_i8x16(b->scales))));
+    spill16(ds);
+}
+
 /*
  * q6_K: half h (elements 128h..128h+127), part p (l = 16p..16p+15) ->
- * w[k] = elements 128h + 32k + 16p + (0..15), k = 0..3.
+ * w[k] = elements 128h + 32k + 16p + (0..15), k = 0..3, value
+ * (d*sc)*(q-32) as GGML; ds from q6_scales.
  */
-static inline void decode_q6_K(const qg_block_q6_K *b, float d, int h, int p, __m512 w[4]) {
+static inline void decode_q6_K(const qg_block_q6_K *b, const float *ds, int h, int p, __m512 w[4]) {
     const uint8_t *ql = b->ql + 64 * h + 16 * p;
     const uint8_t *qh = b->qh + 32 * h + 16 * p;
-    const int8_t *sc = b->scales + 8 * h + p;
     const __m512i a = load_u8x16(ql), c = load_u8x16(ql + 32), hh = load_u8x16(qh);
     const __m512i k15 = _mm512_set1_epi32(15), k48 = _mm512_set1_epi32(48), k32 = _mm512_set1_epi32(32);
     __m512i q[4];
@@ -134,9 +152,9 @@ static inline void decode_q6_K(const qg_block_q6_K *b, float d, int h, int p, __
     q[1] = _mm512_or_si512(_mm512_and_si512(c, k15), _mm512_and_si512(_mm512_slli_epi32(hh, 2), k48));
     q[2] = _mm512_or_si512(_mm512_srli_epi32(a, 4), _mm512_and_si512(hh, k48));
     q[3] = _mm512_or_si512(_mm512_srli_epi32(c, 4), _mm512_and_si512(_mm512_srli_epi32(hh, 2), k48));
-    for (int k = 0; k < 4; k++) {
-        const __m512 ds = _mm512_set1_ps(d * (float)sc[2 * k]); /* (d*sc)*q as GGML */
-        w[k] = _mm512_mul_ps(ds, _mm512_cvtepi32_ps(_mm512_sub_epi32(q[k], k32)));
+    UNROLL for (int k = 0; k < 4; k++) {
+        const __m512 s = _mm512_set1_ps(ds[8 * h + p + 2 * k]);
+        w[k] = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_sub_epi32(q[k], k32)));
     }
 }
 
@@ -219,10 +237,10 @@ static float dot_q4_K(const qg_block_q4_K *b, const float *x, int64_t nb) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        float ds[8], ms[8];
-        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), ds, ms);
-        for (int c = 0; c < 4; c++) {
-            decode_q4_K(b + i, ds, ms, c, w);
+        float dm[16];
+        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+        UNROLL for (int c = 0; c < 4; c++) {
+            decode_q4_K(b + i, dm, c, w);
             a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x + 64 * c), a0);
             a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 64 * c + 16), a1);
             a2 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(x + 64 * c + 32), a2);
@@ -236,10 +254,10 @@ static float dot_q5_K(const qg_block_q5_K *b, const float *x, int64_t nb) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        float ds[8], ms[8];
-        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), ds, ms);
-        for (int c = 0; c < 4; c++) {
-            decode_q5_K(b + i, ds, ms, c, w);
+        float dm[16];
+        k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+        UNROLL for (int c = 0; c < 4; c++) {
+            decode_q5_K(b + i, dm, c, w);
             a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x + 64 * c), a0);
             a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 64 * c + 16), a1);
             a2 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(x + 64 * c + 32), a2);
@@ -253,11 +271,12 @@ static float dot_q6_K(const qg_block_q6_K *b, const float *x, int64_t nb) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
-        const float d = h2f(b[i].d);
-        for (int h = 0; h < 2; h++) {
-            for (int p = 0; p < 2; p++) {
+        float ds[16];
+        q6_scales(b + i, ds);
+        UNROLL for (int h = 0; h < 2; h++) {
+            UNROLL for (int p = 0; p < 2; p++) {
                 const float *xp = x + 128 * h + 16 * p;
-                decode_q6_K(b + i, d, h, p, w);
+                decode_q6_K(b + i, ds, h, p, w);
                 a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), a0);
                 a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp + 32), a1);
                 a2 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp + 64), a2);
@@ -312,33 +331,34 @@ static void dequant_row(qg_dtype t, const void *src, float *dst, int64_t n) {
     case QG_Q4_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q4_K *b = (const qg_block_q4_K *)src + i;
-            float ds[8], ms[8];
-            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), ds, ms);
-            for (int c = 0; c < 4; c++) {
-                decode_q4_K(b, ds, ms, c, w);
-                for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 64 * c + 16 * k, w[k]);
+            float dm[16];
+            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q4_K(b, dm, c, w);
+                UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 64 * c + 16 * k, w[k]);
             }
         }
         return;
     case QG_Q5_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q5_K *b = (const qg_block_q5_K *)src + i;
-            float ds[8], ms[8];
-            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), ds, ms);
-            for (int c = 0; c < 4; c++) {
-                decode_q5_K(b, ds, ms, c, w);
-                for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 64 * c + 16 * k, w[k]);
+            float dm[16];
+            k4_scales(b->scales, h2f(b->d), h2f(b->dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q5_K(b, dm, c, w);
+                UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 64 * c + 16 * k, w[k]);
             }
         }
         return;
     case QG_Q6_K:
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q6_K *b = (const qg_block_q6_K *)src + i;
-            const float d = h2f(b->d);
-            for (int h = 0; h < 2; h++)
-                for (int p = 0; p < 2; p++) {
-                    decode_q6_K(b, d, h, p, w);
-                    for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 128 * h + 32 * k + 16 * p, w[k]);
+            float ds[16];
+            q6_scales(b, ds);
+            UNROLL for (int h = 0; h < 2; h++)
+                UNROLL for (int p = 0; p < 2; p++) {
+                    decode_q6_K(b, ds, h, p, w);
+                    UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 128 * h + 32 * k + 16 * p, w[k]);
                 }
         }
         return;
@@ -346,34 +366,44 @@ static void dequant_row(qg_dtype t, const void *src, float *dst, int64_t n) {
     }
 }
 
+/* Cache blocking of the gemm: k is walked in chunks of GEMM_KC floats so
+ * that 8 weight rows and GEMM_CB columns of one chunk (24 KB) stay in L1
+ * while every 4x4 tile of the block passes over them; the tiles' vector
+ * partial sums live in a small stack array between chunks. */
+#define GEMM_KC 256
+#define GEMM_CB 16
+
 /*
- * out[r][c] = sum_k wr[r][k] * xc[c][k], k < n, for 4 f32 rows and 4 f32
- * columns (callers repeat a row / column pointer to fill a partial tile).
+ * acc[4*r + c] += (per-lane partial sums of) wr[r][k] * xc[c][k] for k in
+ * [k0, k1), 4 f32 rows by 4 f32 columns, 16 accumulators in registers.
+ * k1 - k0 is a multiple of 16 except in a plain type's last chunk.
+ * Callers repeat a row / column pointer to fill a partial tile.
  */
-static void kernel_4x4(const float *const wr[4], const float *const xc[4], int64_t n, float out[4][4]) {
-    __m512 acc[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
+static void kernel_4x4(const float *const wr[4], const float *const xc[4], int64_t k0, int64_t k1,
+                       __m512 acc[16]) {
+    __m512 a[4][4];
+    UNROLL for (int r = 0; r < 4; r++)
+        UNROLL for (int c = 0; c < 4; c++) a[r][c] = acc[4 * r + c];
+    int64_t k = k0;
+    for (; k + 16 <= k1; k += 16) {
         __m512 xv[4];
-        for (int c = 0; c < 4; c++) xv[c] = _mm512_loadu_ps(xc[c] + k);
-        for (int r = 0; r < 4; r++) {
+        UNROLL for (int c = 0; c < 4; c++) xv[c] = _mm512_loadu_ps(xc[c] + k);
+        UNROLL for (int r = 0; r < 4; r++) {
             const __m512 wv = _mm512_loadu_ps(wr[r] + k);
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+            UNROLL for (int c = 0; c < 4; c++) a[r][c] = _mm512_fmadd_ps(wv, xv[c], a[r][c]);
         }
     }
-    if (k < n) { /* plain types only: n need not be a multiple of 16 */
-        const __mmask16 m = tail_mask(n - k);
+    if (k < k1) {
+        const __mmask16 m = tail_mask(k1 - k);
         __m512 xv[4];
-        for (int c = 0; c < 4; c++) xv[c] = _mm512_maskz_loadu_ps(m, xc[c] + k);
-        for (int r = 0; r < 4; r++) {
+        UNROLL for (int c = 0; c < 4; c++) xv[c] = _mm512_maskz_loadu_ps(m, xc[c] + k);
+        UNROLL for (int r = 0; r < 4; r++) {
             const __m512 wv = _mm512_maskz_loadu_ps(m, wr[r] + k);
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+            UNROLL for (int c = 0; c < 4; c++) a[r][c] = _mm512_fmadd_ps(wv, xv[c], a[r][c]);
         }
     }
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 4; c++) out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+    UNROLL for (int r = 0; r < 4; r++)
+        UNROLL for (int c = 0; c < 4; c++) acc[4 * r + c] = a[r][c];
 }
 
 void qg_quant_gemm_avx512(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
@@ -388,6 +418,7 @@ void qg_quant_gemm_avx512(qg_dtype t, const void *w, size_t w_row_bytes, int n_r
                     qg_quant_dot_avx512(t, wb + (size_t)r * w_row_bytes, x + (size_t)c * x_stride, n);
         return;
     }
+    enum { RT = QG_QUANT_GEMM_ROWS / 4, CT = GEMM_CB / 4 };
     const size_t ld = qg_align_up((size_t)n, 16); /* scratch row stride */
     for (int r0 = 0; r0 < n_rows; r0 += QG_QUANT_GEMM_ROWS) {
         const int nr = QG_MIN(QG_QUANT_GEMM_ROWS, n_rows - r0);
@@ -401,20 +432,31 @@ void qg_quant_gemm_avx512(qg_dtype t, const void *w, size_t w_row_bytes, int n_r
                 rows[r] = scratch + (size_t)r * ld;
             }
         }
-        for (int c0 = 0; c0 < n_cols; c0 += 4) {
-            const int nc = QG_MIN(4, n_cols - c0);
-            const float *xc[4];
-            for (int c = 0; c < 4; c++) xc[c] = x + (size_t)(c0 + QG_MIN(c, nc - 1)) * x_stride;
-            for (int rr = 0; rr < nr; rr += 4) {
-                const int nrr = QG_MIN(4, nr - rr);
-                const float *wr[4];
-                for (int r = 0; r < 4; r++) wr[r] = rows[rr + QG_MIN(r, nrr - 1)];
-                float out[4][4];
-                kernel_4x4(wr, xc, n, out);
-                for (int c = 0; c < nc; c++)
-                    for (int r = 0; r < nrr; r++)
-                        y[(size_t)(c0 + c) * y_stride + (size_t)(r0 + rr + r)] = out[r][c];
+        const int nrt = (nr + 3) / 4;
+        const float *wr[RT][4];
+        for (int rt = 0; rt < nrt; rt++)
+            UNROLL for (int r = 0; r < 4; r++) wr[rt][r] = rows[QG_MIN(4 * rt + r, nr - 1)];
+        for (int cb = 0; cb < n_cols; cb += GEMM_CB) {
+            const int ncb = QG_MIN(GEMM_CB, n_cols - cb), nct = (ncb + 3) / 4;
+            const float *xc[CT][4];
+            for (int ct = 0; ct < nct; ct++)
+                UNROLL for (int c = 0; c < 4; c++)
+                    xc[ct][c] = x + (size_t)(cb + QG_MIN(4 * ct + c, ncb - 1)) * x_stride;
+            __m512 acc[RT][CT][16]; /* vector partial sums per tile */
+            for (int rt = 0; rt < nrt; rt++)
+                for (int ct = 0; ct < nct; ct++)
+                    UNROLL for (int i = 0; i < 16; i++) acc[rt][ct][i] = _mm512_setzero_ps();
+            for (int64_t k0 = 0; k0 < n; k0 += GEMM_KC) {
+                const int64_t k1 = QG_MIN(n, k0 + GEMM_KC);
+                for (int ct = 0; ct < nct; ct++)
+                    for (int rt = 0; rt < nrt; rt++) kernel_4x4(wr[rt], xc[ct], k0, k1, acc[rt][ct]);
             }
+            for (int ct = 0; ct < nct; ct++)
+                for (int rt = 0; rt < nrt; rt++)
+                    for (int c = 0; c < 4 && 4 * ct + c < ncb; c++)
+                        for (int r = 0; r < 4 && 4 * rt + r < nr; r++)
+                            y[(size_t)(cb + 4 * ct + c) * y_stride + (size_t)(r0 + 4 * rt + r)] =
+                                _mm512_reduce_add_ps(acc[rt][ct][4 * r + c]);
         }
     }
 }
