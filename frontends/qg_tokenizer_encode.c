@@ -106,6 +106,49 @@ void qg_tok_regex_free(qg_tokenizer *t) {
     t->re = t->re_match = NULL;
 }
 
+qg_status qg_tok_classify(uint32_t first, uint32_t count, uint8_t *out,
+                          qg_error *err) {
+#ifndef QG_HAVE_PCRE2
+    (void)first;
+    (void)count;
+    (void)out;
+    return qg_error_set(err, QG_ERR_UNSUPPORTED,
+                        "tokenizer: built without PCRE2");
+#else
+    static const char *const pats[4] = {"[" WS "]", "[" LX "]", "[" NX "]",
+                                        "[" MX "]"};
+    pcre2_code *re[4] = {0};
+    pcre2_match_data *md = NULL;
+    qg_status st = QG_OK;
+    for (int k = 0; k < 4 && !st; k++) {
+        int code;
+        PCRE2_SIZE where;
+        re[k] = pcre2_compile((PCRE2_SPTR)pats[k], PCRE2_ZERO_TERMINATED,
+                              PCRE2_UTF | PCRE2_UCP | PCRE2_ANCHORED, &code,
+                              &where, NULL);
+        if (!re[k])
+            st = qg_error_set(err, QG_ERR_BACKEND,
+                              "tokenizer: class pattern %d: PCRE2 error %d", k,
+                              code);
+    }
+    if (!st && !(md = pcre2_match_data_create(2, NULL)))
+        st = qg_error_set(err, QG_ERR_NOMEM, "tokenizer: out of memory");
+    for (uint32_t i = 0; i < count && !st; i++) {
+        uint32_t cp = first + i;
+        out[i] = 0;
+        if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+        uint8_t u[4];
+        int n = qg_utf8_encode(cp, u);
+        for (int k = 0; k < 4; k++)
+            if (pcre2_match(re[k], u, (PCRE2_SIZE)n, 0, 0, md, NULL) > 0)
+                out[i] |= (uint8_t)(1u << k);
+    }
+    pcre2_match_data_free(md);
+    for (int k = 0; k < 4; k++) pcre2_code_free(re[k]);
+    return st;
+#endif
+}
+
 /* ---- encoder state ------------------------------------------------------ */
 
 /* A piece of the input: raw text to pre-tokenize, or one special token. */

@@ -85,4 +85,18 @@ static inline const qg_tok_merge *qg_tok_merge_find(const qg_tokenizer *t,
 qg_status qg_tok_regex_init(qg_tokenizer *t, qg_error *err);
 void qg_tok_regex_free(qg_tokenizer *t);
 
+/* The character classes of the pre-tokenizer regex, for tests that check
+ * them against llama.cpp's tables code point by code point. */
+enum {
+    QG_TOK_CLASS_WS = 1, /* \s as the regex spells it */
+    QG_TOK_CLASS_L = 2,  /* \p{L} as the regex spells it */
+    QG_TOK_CLASS_N = 4,  /* \p{N} */
+    QG_TOK_CLASS_M = 8,  /* \p{M} (qwen35 only) */
+};
+/* out[i] = classes of code point first + i, for i < count (surrogates
+ * get 0: the regex never sees one).  Compiles its own patterns: slow,
+ * tests only.  QG_ERR_UNSUPPORTED without PCRE2. */
+qg_status qg_tok_classify(uint32_t first, uint32_t count, uint8_t *out,
+                          qg_error *err);
+
 #endif
