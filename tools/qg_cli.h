@@ -16,6 +16,8 @@ int qg_cmd_info(int argc, char **argv);
 int qg_cmd_bench(int argc, char **argv);
 int qg_cmd_profile(int argc, char **argv);
 int qg_cmd_synth(int argc, char **argv);
+int qg_cmd_run(int argc, char **argv);
+int qg_cmd_tokenize(int argc, char **argv);
 
 /* Shared flag parsing for the commands that make a context. */
 typedef struct qg_cli_common {
@@ -35,6 +37,10 @@ bool qg_cli_int(const char *flag, const char *v, long lo, long hi, long *out);
 
 /* Print "qmoe-graph: <msg>" and return err->code (never 0). */
 int qg_cli_fail(const qg_error *err);
+
+/* Path of the embedded default model, made on first use (synthetic,
+ * random weights; see tools/qg_default_model.c). */
+qg_status qg_default_model_path(char *out, size_t n, qg_error *err);
 
 /* Load the model, printing a progress line for large files. */
 qg_model *qg_cli_load_model(const char *path, qg_error *err);

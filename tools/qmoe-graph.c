@@ -11,6 +11,8 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
+    {"run", qg_cmd_run, "run [MODEL] [-p TEXT | -f FILE] [-n N] [--chat] [-i] [--system TEXT] [--no-think] [--temp T --top-k K --top-p P --min-p M --repeat-penalty R --seed S] [-c CTX] [-t N] [--profile TRACE.json]"},
+    {"tokenize", qg_cmd_tokenize, "tokenize MODEL TEXT [--no-parse-special]"},
     {"eval", qg_cmd_eval, "eval MODEL --tokens 1,2,3 --logits OUT.bin [--backend cpu] [-t N]"},
     {"dump", qg_cmd_dump, "dump MODEL [--format text|dot|json] [--phase decode|prefill] [--no-fuse]"},
     {"info", qg_cmd_info, "info MODEL"},
