@@ -9,13 +9,22 @@
  *
  * The gemm dequantizes up to QG_QUANT_GEMM_ROWS rows into the caller's
  * scratch and runs a 4 rows x 3 columns micro-kernel (12 accumulators, 16
- * ymm registers in all); for 1-2 columns it calls the dot.
+ * ymm registers in all), cache-blocked: k in chunks of GEMM_KC floats,
+ * columns in blocks of GEMM_CB.  For 1-2 columns it calls the dot.
+ *
+ * Exactness of the decoded weights relies on mul and sub not being fused
+ * (ISO C mode: GCC's -ffp-contract=off; clang is told below);
+ * tests/test_quant.c checks it with one-hot activations.
  */
 #include "qg_quant_blocks.h"
 
 #include "../../graph/qg_base.h"
 
 #include <immintrin.h>
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 /* Fixed-trip loops over registers must be unrolled so that arrays of
  * vectors (accumulators, decoded weights) live in registers; GCC -O2 does
