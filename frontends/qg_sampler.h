@@ -45,9 +45,13 @@
  * entries, per-token counts, the history ring); sampling allocates nothing.
  * A sampler is not thread safe; use one per sequence.
  *
- * Cost for n_vocab = 151936: one pass to load the candidates, then top-k by
- * a bounded heap (small k) or a selection (large k); top-p without top-k
- * uses a selection on probability mass (expected linear time, no full sort).
+ * Cost for n_vocab = 151936 (no full sort anywhere): top-k <= 256 is one
+ * pass over the logits into a bounded heap; larger top-k and top-p over
+ * the whole vocabulary histogram the distance below the maximum logit
+ * (counts, or probability mass), keep the buckets before the crossing one
+ * and select inside that bucket only.  Measured on one Xeon core (-O2):
+ * greedy and the default chain ~0.23 ms, top-p 0.95 alone ~1.9 ms (expf
+ * over every token dominates), no truncation ~1.3 ms.
  */
 #ifndef QG_SAMPLER_H
 #define QG_SAMPLER_H

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libcmocka-dev libpcre2-dev libvulkan-dev glslc
-      mesa-vulkan-drivers vulkan-validationlayers clang libclang-rt-14-dev nodejs npm python3 git)
+      mesa-vulkan-drivers vulkan-validationlayers clang libclang-rt-14-dev nodejs npm python3 python3-jinja2 git)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
