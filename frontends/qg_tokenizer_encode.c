@@ -343,6 +343,7 @@ static qg_status encode_text(enc *e, const uint8_t *s, size_t n) {
 #ifndef QG_HAVE_PCRE2
     (void)s;
     (void)n;
+    (void)bpe_word;
     return qg_error_set(e->err, QG_ERR_UNSUPPORTED,
                         "tokenizer: built without PCRE2");
 #else

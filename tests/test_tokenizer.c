@@ -55,11 +55,15 @@ static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
     return z ^ (z >> 31);
 }
 
-/* Base seed of the random cases: QG_TEST_SEED, else the clock. */
-static uint64_t base_seed(void) {
+/* Seed of one random case: QG_TEST_SEED (else the clock) mixed with a
+ * per-case salt; printed so that a failure can be replayed. */
+static uint64_t case_seed(const char *label, uint64_t salt) {
     const char *e = getenv("QG_TEST_SEED");
-    if (e && *e) return strtoull(e, NULL, 0);
-    return (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+    uint64_t base = e && *e ? strtoull(e, NULL, 0)
+                            : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^
+                                  (uint64_t)getpid();
+    print_message("%s: QG_TEST_SEED=0x%016" PRIx64 "\n", label, base);
+    return base ^ (salt * 0xD1B54A32D192ED03ull);
 }
 
 typedef struct bytes {
@@ -115,6 +119,9 @@ static char *read_file(const char *path, size_t *n) {
 typedef struct fixture {
     qg_tokenizer *tok;      /* ours (from the same file) */
     qg_llama_oracle *llama; /* NULL when skipped */
+    /* The same vocabulary with tokenizer.ggml.pre = "qwen35". */
+    qg_tokenizer *tok35;
+    qg_llama_oracle *llama35;
     char why[700];          /* reason to skip */
     char path[1200];
 } fixture;
@@ -131,6 +138,78 @@ static qg_tokenizer *load_tokenizer(const char *path, qg_error *err) {
     qg_tokenizer *t = qg_tokenizer_from_gguf(g, err);
     qg_gguf_close(g);
     return t;
+}
+
+/* Copy the GGUF at src to dst with tokenizer.ggml.pre replaced by `pre`
+ * (every key type the synthetic models use; others: QG_ERR_UNSUPPORTED). */
+static qg_status copy_with_pre(const char *src, const char *dst,
+                               const char *pre, qg_error *err) {
+    qg_gguf *g = qg_gguf_open(src, err);
+    if (!g) return err->code;
+    qg_gguf_writer *w = qg_gguf_writer_new(g->alignment);
+    qg_status st = QG_OK;
+    char key[256];
+    for (uint64_t i = 0; i < g->n_kv && !st; i++) {
+        const qg_gguf_kv *kv = &g->kv[i];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.ptr);
+        if (strcmp(key, "general.alignment") == 0) continue; /* writer's own */
+        switch (kv->type) {
+        case QG_GGUF_UINT32: qg_gguf_writer_set_u32(w, key, (uint32_t)kv->v.u64); break;
+        case QG_GGUF_INT32: qg_gguf_writer_set_i32(w, key, (int32_t)kv->v.i64); break;
+        case QG_GGUF_FLOAT32: qg_gguf_writer_set_f32(w, key, (float)kv->v.f64); break;
+        case QG_GGUF_BOOL: qg_gguf_writer_set_bool(w, key, kv->v.u64 != 0); break;
+        case QG_GGUF_STRING:
+            if (strcmp(key, "tokenizer.ggml.pre") == 0) {
+                qg_gguf_writer_set_str(w, key, pre);
+            } else {
+                char *v = malloc(kv->str.len + 1);
+                assert_non_null(v);
+                memcpy(v, kv->str.ptr, kv->str.len);
+                v[kv->str.len] = '\0';
+                qg_gguf_writer_set_str(w, key, v);
+                free(v);
+            }
+            break;
+        case QG_GGUF_ARRAY:
+            if (kv->arr_type == QG_GGUF_INT32) {
+                qg_gguf_writer_set_arr_i32(w, key, (const int32_t *)kv->arr_data, kv->arr_n);
+            } else if (kv->arr_type == QG_GGUF_FLOAT32) {
+                qg_gguf_writer_set_arr_f32(w, key, (const float *)kv->arr_data, kv->arr_n);
+            } else if (kv->arr_type == QG_GGUF_STRING) {
+                char **v = malloc(sizeof(char *) * (kv->arr_n ? kv->arr_n : 1));
+                assert_non_null(v);
+                for (uint64_t j = 0; j < kv->arr_n; j++) {
+                    qg_str e = qg_gguf_arr_str(kv, j);
+                    v[j] = malloc(e.len + 1);
+                    assert_non_null(v[j]);
+                    memcpy(v[j], e.ptr, e.len);
+                    v[j][e.len] = '\0';
+                }
+                qg_gguf_writer_set_arr_str(w, key, (const char *const *)v, kv->arr_n);
+                for (uint64_t j = 0; j < kv->arr_n; j++) free(v[j]);
+                free(v);
+            } else {
+                st = qg_error_set(err, QG_ERR_UNSUPPORTED, "%s: array of %s",
+                                  key, qg_gguf_type_name(kv->arr_type));
+            }
+            break;
+        default:
+            st = qg_error_set(err, QG_ERR_UNSUPPORTED, "%s: type %s", key,
+                              qg_gguf_type_name(kv->type));
+        }
+    }
+    for (uint64_t i = 0; i < g->n_tensors && !st; i++) {
+        const qg_gguf_tensor *t = &g->tensors[i];
+        qg_gguf_writer_add_tensor(w, t->cname, t->type, t->n_dims, t->ne);
+    }
+    if (!st) st = qg_gguf_writer_begin(w, dst, err);
+    for (uint64_t i = 0; i < g->n_tensors && !st; i++)
+        st = qg_gguf_writer_write_data(w, (int)i, g->tensors[i].data,
+                                       g->tensors[i].nbytes, err);
+    if (!st) st = qg_gguf_writer_finish(w, err);
+    qg_gguf_writer_free(w);
+    qg_gguf_close(g);
+    return st;
 }
 
 /* Writes the model (real vocabulary) and loads it on both sides.  Never
@@ -168,6 +247,9 @@ static int group_setup(void **state) {
     uint64_t t1 = qg_time_ns();
     f->tok = load_tokenizer(f->path, &err);
     if (!f->tok) {
+        unlink(f->path);
+        snprintf(f->why, sizeof f->why, "%s", err.msg);
+        if (err.code == QG_ERR_UNSUPPORTED) return 0; /* built without PCRE2 */
         fprintf(stderr, "qg_tokenizer_from_gguf(%s): %s\n", f->path, err.msg);
         return -1;
     }
@@ -184,6 +266,25 @@ static int group_setup(void **state) {
             return -1;
         }
     }
+    if (f->llama) { /* the qwen35 variant */
+        char p35[1200];
+        tmp_path(p35, sizeof p35, "qwen35");
+        if (copy_with_pre(f->path, p35, "qwen35", &err)) {
+            fprintf(stderr, "copy to %s: %s\n", p35, err.msg);
+            unlink(p35);
+            unlink(f->path);
+            return -1;
+        }
+        f->tok35 = load_tokenizer(p35, &err);
+        if (!f->tok35) fprintf(stderr, "qwen35: %s\n", err.msg);
+        f->llama35 = qg_llama_oracle_load(p35, &lo, &err);
+        if (!f->llama35) fprintf(stderr, "qwen35: llama.cpp: %s\n", err.msg);
+        unlink(p35);
+        if (!f->tok35 || !f->llama35) {
+            unlink(f->path);
+            return -1;
+        }
+    }
     unlink(f->path);
     return 0;
 }
@@ -192,6 +293,8 @@ static int group_teardown(void **state) {
     fixture *f = *state;
     qg_tokenizer_free(f->tok);
     qg_llama_oracle_free(f->llama);
+    qg_tokenizer_free(f->tok35);
+    qg_llama_oracle_free(f->llama35);
     free(f);
     return 0;
 }
@@ -376,8 +479,7 @@ static void cp_context(bytes *b, uint32_t c) {
  * failing chunk is narrowed down to the code points at fault. */
 static void test_every_code_point(void **state) {
     fixture *f = need_oracle(state);
-    uint64_t r = base_seed() ^ 0x5555;
-    print_message("code points: seed 0x%016" PRIx64 "\n", r);
+    uint64_t r = case_seed("code points", 5);
     int bad = 0;
     size_t n_cp = 0;
     bytes b = {0};
@@ -592,11 +694,7 @@ static void rand_text(uint64_t *r, bytes *b, int parts, bool raw) {
 
 static void random_cases(void **state, bool raw, uint64_t salt) {
     fixture *f = need_oracle(state);
-    uint64_t seed = base_seed() ^ salt;
-    print_message("%s: seed 0x%016" PRIx64 " (QG_TEST_SEED=0x%016" PRIx64
-                  ")\n", raw ? "random bytes" : "random UTF-8", seed,
-                  seed ^ salt);
-    uint64_t r = seed;
+    uint64_t r = case_seed(raw ? "random bytes" : "random UTF-8", salt);
     bytes b = {0};
     for (int it = 0; it < 600; it++) {
         rand_text(&r, &b, 1 + (int)(rng_next(&r) % 40), raw);
@@ -608,8 +706,50 @@ static void random_cases(void **state, bool raw, uint64_t salt) {
     free(b.p);
 }
 
-static void test_random_utf8(void **state) { random_cases(state, false, 0x1111); }
-static void test_random_bytes(void **state) { random_cases(state, true, 0x2222); }
+static void test_random_utf8(void **state) { random_cases(state, false, 1); }
+static void test_random_bytes(void **state) { random_cases(state, true, 2); }
+
+/* "qwen35": the same vocabulary, letter runs take combining marks.  The
+ * corpus, the byte strings, random text, and marks in many contexts. */
+static void test_qwen35(void **state) {
+    fixture *f0 = need_oracle(state);
+    fixture f = *f0;
+    f.tok = f0->tok35;
+    f.llama = f0->llama35;
+    for (size_t i = 0; i < QG_ARRAY_LEN(k_cases); i++) {
+        size_t n = k_cases[i].n ? k_cases[i].n : strlen(k_cases[i].s);
+        check_same(&f, k_cases[i].s, n, k_cases[i].label);
+    }
+    const char *src = getenv("QG_SOURCE_DIR");
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tests/data/tokenizer_corpus.txt",
+             src && *src ? src : ".");
+    size_t n;
+    char *text = read_file(path, &n);
+    if (!text) fail_msg("cannot read %s", path);
+    check_same(&f, text, n, "qwen35 corpus");
+    free(text);
+    /* Every combining mark of a few blocks after letters, digits, spaces. */
+    bytes b = {0};
+    static const uint32_t blocks[][2] = {{0x300, 0x36F}, {0x900, 0x97F},
+                                         {0xE30, 0xE4F}, {0x1AB0, 0x1AFF},
+                                         {0x20D0, 0x20FF}, {0xFE20, 0xFE2F}};
+    for (size_t k = 0; k < QG_ARRAY_LEN(blocks); k++) {
+        b.n = 0;
+        for (uint32_t c = blocks[k][0]; c <= blocks[k][1]; c++) {
+            b_str(&b, "e"); b_cp(&b, c); b_str(&b, "x "); b_cp(&b, c);
+            b_str(&b, "1"); b_cp(&b, c); b_cp(&b, c); b_str(&b, "!"); b_cp(&b, c);
+            b_str(&b, "\n");
+        }
+        check_same(&f, b.p, b.n, "qwen35 marks");
+    }
+    uint64_t r = case_seed("qwen35", 6);
+    for (int it = 0; it < 200; it++) {
+        rand_text(&r, &b, 1 + (int)(rng_next(&r) % 40), it % 2 == 1);
+        check_same(&f, b.p, b.n, "qwen35 random");
+    }
+    free(b.p);
+}
 
 /* A 4-byte form above U+10FFFF: llama.cpp dies on it (an exception
  * escapes llama_tokenize); ours reads each byte as invalid, i.e. like
@@ -741,9 +881,7 @@ static void test_round_trip(void **state) {
         if (qg_utf8_valid((const uint8_t *)k_cases[i].s, n))
             round_trip(f->tok, k_cases[i].s, n, k_cases[i].label);
     }
-    uint64_t seed = base_seed() ^ 0x3333;
-    print_message("round trip: seed 0x%016" PRIx64 "\n", seed);
-    uint64_t r = seed;
+    uint64_t r = case_seed("round trip", 3);
     bytes b = {0};
     for (int it = 0; it < 400; it++) {
         rand_text(&r, &b, 1 + (int)(rng_next(&r) % 40), false);
@@ -889,8 +1027,7 @@ static void test_utf8_spec_examples(void **state) {
  * is valid UTF-8; valid input comes out unchanged. */
 static void test_utf8_stream_random(void **state) {
     (void)state;
-    uint64_t r = base_seed() ^ 0x4444;
-    print_message("utf8 stream: seed 0x%016" PRIx64 "\n", r);
+    uint64_t r = case_seed("utf8 stream", 4);
     uint8_t in[64], whole[3 * 70], split[3 * 70 + 64];
     for (int it = 0; it < 20000; it++) {
         size_t n = (size_t)(rng_next(&r) % sizeof in);
@@ -1174,6 +1311,7 @@ int main(void) {
         cmocka_unit_test(test_random_utf8),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_char_classes),
+        cmocka_unit_test(test_qwen35),
         cmocka_unit_test(test_every_code_point),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_speed),
