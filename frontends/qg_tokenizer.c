@@ -352,21 +352,17 @@ static qg_status get_bool(const qg_gguf *g, const char *key, bool *out,
     return QG_OK;
 }
 
-static bool text_in(const char *s, size_t n, const char *const *list,
-                    size_t count) {
-    for (size_t i = 0; i < count; i++)
-        if (strlen(list[i]) == n && memcmp(list[i], s, n) == 0) return true;
-    return false;
-}
-
-/* First token (by id) whose text is in `list`, made control; -1 if none. */
+/* The first text of `list` (in list order) that is a token, made
+ * control; -1 if none.  (llama.cpp takes the first one its hash map
+ * yields; vocabularies with several such texts, like Qwen's <|im_end|>
+ * and <|endoftext|> for EOT, may differ in the id picked, not in the
+ * end-of-generation set or the token attributes.) */
 static int32_t detect(qg_tokenizer *t, const char *const *list, size_t n) {
-    for (int32_t i = 0; i < t->n_vocab; i++) {
-        size_t len;
-        const char *s = tok_text(t, i, &len);
-        if (text_in(s, len, list, n)) {
-            t->attr[i] |= QG_TOKEN_ATTR_CONTROL;
-            return i;
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = qg_tokenizer_find(t, list[i], strlen(list[i]));
+        if (id >= 0) {
+            t->attr[id] |= QG_TOKEN_ATTR_CONTROL;
+            return id;
         }
     }
     return -1;
@@ -445,15 +441,15 @@ static qg_status load_specials(qg_tokenizer *t, const qg_gguf *g,
     if (!has_rep) fim_rep = DETECT(rep_texts);
     if (!has_sep) fim_sep = DETECT(sep_texts);
 
-    for (int32_t i = 0; i < t->n_vocab; i++) {
-        size_t len;
-        const char *s = tok_text(t, i, &len);
-        if (text_in(s, len, eog_texts, QG_ARRAY_LEN(eog_texts))) {
-            t->eog[i] = 1;
-            t->attr[i] |= QG_TOKEN_ATTR_CONTROL;
-        }
-        if (text_in(s, len, user_texts, QG_ARRAY_LEN(user_texts)))
-            t->attr[i] = QG_TOKEN_ATTR_USER_DEFINED;
+    for (size_t i = 0; i < QG_ARRAY_LEN(eog_texts); i++) {
+        int32_t id = qg_tokenizer_find(t, eog_texts[i], strlen(eog_texts[i]));
+        if (id < 0) continue;
+        t->eog[id] = 1;
+        t->attr[id] |= QG_TOKEN_ATTR_CONTROL;
+    }
+    for (size_t i = 0; i < QG_ARRAY_LEN(user_texts); i++) {
+        int32_t id = qg_tokenizer_find(t, user_texts[i], strlen(user_texts[i]));
+        if (id >= 0) t->attr[id] = QG_TOKEN_ATTR_USER_DEFINED;
     }
     const int32_t more[] = {fim_pad, fim_rep, fim_sep, t->eos, t->eot, t->eom};
     for (size_t i = 0; i < QG_ARRAY_LEN(more); i++)

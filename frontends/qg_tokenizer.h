@@ -29,7 +29,9 @@
  *      (Qwen3's <think>, <tool_call>, ... are user-defined).  Ties in
  *      length go to the lower id (llama.cpp's order among equal lengths is
  *      unspecified; for Qwen vocabularies no two equal-length special
- *      tokens can overlap, so the order does not matter there).
+ *      tokens can overlap, so the order does not matter there).  No
+ *      white space is stripped around them: llama.cpp sets lstrip/rstrip
+ *      only by model name (phi-3, jina, modern-bert), never for Qwen.
  *   2. Each remaining piece of text is decoded as llama.cpp decodes UTF-8
  *      (qg_utf8.h: invalid bytes become U+FFFD, overlong and surrogate
  *      forms are accepted and re-encoded canonically).
@@ -96,9 +98,9 @@ int32_t qg_tokenizer_n_vocab(const qg_tokenizer *t);
  * Tokenize text[0..len) (any bytes; see the top of this file).
  * parse_special: recognize control tokens such as "<|im_start|>" in the
  * text (user-defined tokens are recognized either way, as in llama.cpp).
- * Writes min(count, cap) ids to out and returns count; a return > cap
- * means out is truncated and the call should be repeated with cap >=
- * the returned count.  Returns -(int)status on error (err, may be NULL,
+ * Writes min(count, cap) ids to out (which may be NULL when cap is 0)
+ * and returns count; a return > cap means out is truncated and the call
+ * should be repeated with cap >= the returned count.  Returns -(int)status on error (err, may be NULL,
  * says why): QG_ERR_ARG (len > INT32_MAX / 3), QG_ERR_NOMEM, QG_ERR_BACKEND
  * (a PCRE2 matching failure).
  */
@@ -134,7 +136,10 @@ uint32_t qg_tokenizer_attr(const qg_tokenizer *t, int32_t id);
  * ... for Qwen).  False for an out-of-range id. */
 bool qg_tokenizer_is_eog(const qg_tokenizer *t, int32_t id);
 
-/* Special ids (-1 when there is none) and the add_bos/add_eos flags. */
+/* Special ids (-1 when there is none) and the add_bos/add_eos flags.
+ * bos/eos/pad come from the GGUF keys (bos and eos default to 11, as in
+ * llama.cpp); eot from its key, else the first of llama.cpp's EOT texts
+ * present in the vocabulary (<|im_end|> for Qwen). */
 int32_t qg_tokenizer_bos(const qg_tokenizer *t);
 int32_t qg_tokenizer_eos(const qg_tokenizer *t);
 int32_t qg_tokenizer_eot(const qg_tokenizer *t);
