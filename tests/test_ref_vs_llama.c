@@ -2,8 +2,11 @@
  * test_ref_vs_llama.c - the float64 reference model against llama.cpp.
  *
  * Small Qwen3-MoE and dense Qwen3 GGUFs are written with random weights
- * (seeded, a different seed per case) in F32, F16, Q8_0 and a Q4_K_M-like
- * mix, with a minimal byte-level BPE vocabulary llama.cpp accepts.  The
+ * (seeded, a different seed per case), both by this file's own generator
+ * (F32, F16 and a Q4_K_M-like mix, with a minimal byte-level BPE vocabulary
+ * llama.cpp accepts) and by qg_synth_write (presets tiny, tiny-dense,
+ * small-dense, gqa1 in f32, f16, q8_0, q4_k_m with llama.cpp's per-tensor
+ * type rules): two independent writers of the same format.  The
  * teacher-forced logits of tests/ref/qg_ref_model.c (float64) must agree
  * with llama.cpp's (loaded through tests/ref/qg_llama_oracle.c) position by
  * position.  This validates the reference and proves the oracle plumbing.
@@ -41,6 +44,7 @@
 #include <cmocka.h>
 
 #include "frontends/qg_gguf.h"
+#include "frontends/qg_synth.h"
 #include "ops/quant/qg_quant.h"
 #include "qg_llama_oracle.h"
 #include "qg_ref_model.h"
@@ -440,33 +444,33 @@ static bool expert_sets_differ(const int32_t *a, const int32_t *b, int K) {
     return false;
 }
 
-/* Compare llama.cpp with the reference on one tiny model. */
-static void run_case(const tiny_cfg *c, tol t) {
+/* Skip (with the reason printed) when the build has no oracle. */
+static void skip_without_oracle(void) {
     if (!qg_llama_oracle_built()) {
         qg_error e = {0};
         qg_llama_oracle_load("", NULL, &e);
         print_message("skipping: %s\n", e.msg);
         skip();
     }
-    char path[1200];
-    char tag[32];
-    snprintf(tag, sizeof tag, "%s_%s", c->moe ? "moe" : "dense",
-             WQ_NAME[c->quant]);
-    tmp_path(path, sizeof path, tag);
-    tiny_write(path, c);
+}
 
+/*
+ * Compare llama.cpp with the reference on the model file `path` over N_TOK
+ * random tokens (from `seed`), with tolerance t; `label` names the case in
+ * the printed summary.  Removes the file at the end.
+ */
+static void compare_file(const char *path, const char *label, tol t,
+                         uint64_t seed) {
     qg_error err = {0};
     qg_ref_model *ref = qg_ref_model_load(path, &err);
     if (!ref) fail_msg("%s", err.msg);
     const qg_ref_hparams *hp = qg_ref_model_hparams(ref);
-    assert_int_equal(hp->n_vocab, VOCAB_N);
-    assert_int_equal(hp->n_layer, T_LAYER);
-    assert_int_equal(hp->head_dim, T_HD);
-    assert_int_equal(hp->moe, c->moe);
-    assert_int_equal(hp->tied_output, !c->moe);
+    const int V = hp->n_vocab, L = hp->n_layer;
+    const int K = hp->moe ? hp->n_expert_used : 0;
 
-    qg_llama_oracle_opts lo = {.n_threads = 2, .n_ctx = 64,
-                               .capture_experts = c->moe};
+    /* one thread: on a loaded 2-core machine a second one mostly spins */
+    qg_llama_oracle_opts lo = {.n_threads = 1, .n_ctx = 64,
+                               .capture_experts = hp->moe};
     qg_llama_oracle *o = qg_llama_oracle_load(path, &lo, &err);
     if (!o) {
         qg_ref_model_free(ref);
@@ -477,43 +481,44 @@ static void run_case(const tiny_cfg *c, tol t) {
         }
         fail_msg("%s", err.msg);
     }
-    assert_int_equal(qg_llama_n_vocab(o), VOCAB_N);
-    assert_int_equal(qg_llama_n_layer(o), T_LAYER);
-    assert_int_equal(qg_llama_n_expert_used(o), c->moe ? T_EXPERT_USED : 0);
+    assert_int_equal(qg_llama_n_vocab(o), V);
+    assert_int_equal(qg_llama_n_layer(o), L);
+    assert_int_equal(qg_llama_n_expert_used(o), K);
 
-    rng r = {c->seed ^ 0xA5A5A5A5u};
+    rng r = {seed ^ 0xA5A5A5A5u};
     int32_t tok[N_TOK];
-    random_tokens(&r, tok, N_TOK);
+    for (int i = 0; i < N_TOK; i++)
+        tok[i] = (int32_t)(rng_next(&r) % (uint64_t)V);
 
-    enum { K = T_EXPERT_USED, NE = K * N_TOK * T_LAYER };
-    const size_t nl = (size_t)VOCAB_N * N_TOK;
-    double *want = malloc(nl * sizeof(double)); /* (n_vocab, N_TOK) */
-    float *got = malloc(nl * sizeof(float));    /* (n_vocab, N_TOK) */
-    double margin[N_TOK];                       /* (N_TOK) */
-    int32_t ex_ref[NE], ex_ll[NE];              /* (K, N_TOK, n_layer) */
-    assert_true(want && got);
+    const size_t nl = (size_t)V * N_TOK, ne = (size_t)K * N_TOK * L;
+    double *want = malloc(nl * sizeof(double));          /* (V, N_TOK) */
+    float *got = malloc(nl * sizeof(float));             /* (V, N_TOK) */
+    double margin[N_TOK];                                /* (N_TOK) */
+    int32_t *ex_ref = malloc((ne + 1) * sizeof(int32_t)); /* (K, N_TOK, L) */
+    int32_t *ex_ll = malloc((ne + 1) * sizeof(int32_t));  /* (K, N_TOK, L) */
+    assert_true(want && got && ex_ref && ex_ll);
     for (size_t i = 0; i < nl; i++) {
         want[i] = NAN;
         got[i] = NAN;
     }
-    memset(ex_ref, 0xFF, sizeof ex_ref);
-    memset(ex_ll, 0xFF, sizeof ex_ll);
+    memset(ex_ref, 0xFF, (ne + 1) * sizeof(int32_t));
+    memset(ex_ll, 0xFF, (ne + 1) * sizeof(int32_t));
     qg_ref_eval_out out = {.logits = want, .route_margin = margin,
-                           .experts = c->moe ? ex_ref : NULL};
+                           .experts = hp->moe ? ex_ref : NULL};
     if (qg_ref_model_eval_ex(ref, tok, N_TOK, &out, &err))
         fail_msg("%s", err.msg);
-    if (qg_llama_eval_logits_ex(o, tok, N_TOK, got, c->moe ? ex_ll : NULL,
+    if (qg_llama_eval_logits_ex(o, tok, N_TOK, got, hp->moe ? ex_ll : NULL,
                                 &err))
         fail_msg("%s", err.msg);
 
     double worst_cos = 1, worst_rel = 0, sum_rel = 0, cross_cos = 0;
     int n_flip = 0, n_checked = 0, n_argmax = 0;
     for (int p = 0; p < N_TOK; p++) {
-        const double *a = want + (size_t)p * VOCAB_N;
-        const float *b = got + (size_t)p * VOCAB_N;
+        const double *a = want + (size_t)p * V;
+        const float *b = got + (size_t)p * V;
         double ab = 0, aa = 0, bb = 0, ee = 0;
         int am = 0, bm = 0;
-        for (int i = 0; i < VOCAB_N; i++) {
+        for (int i = 0; i < V; i++) {
             assert_true(isfinite(a[i]));
             assert_true(isfinite(b[i])); /* also: every logit was written */
             ab += a[i] * b[i];
@@ -526,23 +531,24 @@ static void run_case(const tiny_cfg *c, tol t) {
         const double cs = ab / sqrt(aa * bb), rel = sqrt(ee / aa);
         n_argmax += am == bm;
         if (p > 0) { /* a different position: the check must discriminate */
-            const double *a0 = want + (size_t)(p - 1) * VOCAB_N;
+            const double *a0 = want + (size_t)(p - 1) * V;
             double x = 0, y = 0;
-            for (int i = 0; i < VOCAB_N; i++) {
+            for (int i = 0; i < V; i++) {
                 x += a0[i] * a[i];
                 y += a0[i] * a0[i];
             }
             cross_cos += x / sqrt(aa * y) / (N_TOK - 1);
         }
         /* the logits must be spread out, or the cosine is meaningless */
-        assert_true(sqrt(aa / VOCAB_N) > 0.3);
+        assert_true(sqrt(aa / V) > 0.3);
         bool flip = false;
-        for (int il = 0; c->moe && il < T_LAYER; il++) {
+        for (int il = 0; il < L && K > 0; il++) {
             const size_t off = ((size_t)il * N_TOK + p) * K;
             for (int k = 0; k < K; k++) {
-                assert_true(ex_ll[off + k] >= 0 && ex_ll[off + k] < T_EXPERT);
+                assert_true(ex_ll[off + k] >= 0 &&
+                            ex_ll[off + k] < hp->n_expert);
                 assert_true(ex_ref[off + k] >= 0 &&
-                            ex_ref[off + k] < T_EXPERT);
+                            ex_ref[off + k] < hp->n_expert);
             }
             flip |= expert_sets_differ(ex_ref + off, ex_ll + off, K);
         }
@@ -564,10 +570,9 @@ static void run_case(const tiny_cfg *c, tol t) {
             print_message("  pos %2d: cos %.7f rel-rms %.3e  <- out of "
                           "tolerance\n", p, cs, rel);
     }
-    print_message("%-6s %-6s: min cos %.8f, rel-rms max %.3e mean %.3e, "
-                  "argmax agree %d/%d, routed differently %d, adjacent-"
-                  "position cos %.3f\n", c->moe ? "moe" : "dense",
-                  WQ_NAME[c->quant], worst_cos, worst_rel,
+    print_message("%-24s: min cos %.8f, rel-rms max %.3e mean %.3e, argmax "
+                  "agree %d/%d, routed differently %d, adjacent-position cos "
+                  "%.3f\n", label, worst_cos, worst_rel,
                   sum_rel / QG_MAX(n_checked, 1), n_argmax, N_TOK, n_flip,
                   cross_cos);
     assert_true(n_flip * 4 <= N_TOK);
@@ -578,9 +583,60 @@ static void run_case(const tiny_cfg *c, tol t) {
 
     free(want);
     free(got);
+    free(ex_ref);
+    free(ex_ll);
     qg_llama_oracle_free(o);
     qg_ref_model_free(ref);
     unlink(path);
+}
+
+/* One model from this file's own generator. */
+static void run_case(const tiny_cfg *c, tol t) {
+    skip_without_oracle();
+    char path[1200];
+    char tag[32];
+    snprintf(tag, sizeof tag, "%s_%s", c->moe ? "moe" : "dense",
+             WQ_NAME[c->quant]);
+    tmp_path(path, sizeof path, tag);
+    tiny_write(path, c);
+
+    qg_error err = {0};
+    qg_ref_model *ref = qg_ref_model_load(path, &err);
+    if (!ref) fail_msg("%s", err.msg);
+    const qg_ref_hparams *hp = qg_ref_model_hparams(ref);
+    assert_int_equal(hp->n_vocab, VOCAB_N);
+    assert_int_equal(hp->n_layer, T_LAYER);
+    assert_int_equal(hp->head_dim, T_HD);
+    assert_int_equal(hp->moe, c->moe);
+    assert_int_equal(hp->tied_output, !c->moe);
+    qg_ref_model_free(ref);
+
+    char label[64];
+    snprintf(label, sizeof label, "own %s %s", c->moe ? "moe" : "dense",
+             WQ_NAME[c->quant]);
+    compare_file(path, label, t, c->seed);
+}
+
+/* One model written by qg_synth_write (byte-level vocabulary). */
+static void run_synth(const char *preset, const char *ftype, uint64_t seed,
+                      tol t) {
+    skip_without_oracle();
+    char path[1200];
+    char tag[64];
+    snprintf(tag, sizeof tag, "synth_%s_%s", preset, ftype);
+    tmp_path(path, sizeof path, tag);
+    qg_synth_opts so;
+    qg_synth_opts_init(&so);
+    so.preset = preset;
+    so.ftype = ftype;
+    so.seed = seed;
+    so.vocab_mode = QG_SYNTH_VOCAB_BYTES;
+    so.n_threads = 2;
+    qg_error err = {0};
+    if (qg_synth_write(path, &so, NULL, &err)) fail_msg("%s", err.msg);
+    char label[64];
+    snprintf(label, sizeof label, "synth %s %s", preset, ftype);
+    compare_file(path, label, t, seed);
 }
 
 static const tol TOL_F32 = {0.99999, 1e-4, 1e-3};
@@ -599,21 +655,49 @@ static void test_moe_f16(void **state) {
     (void)state;
     run_case(&(tiny_cfg){true, WQ_F16, 0x1003}, TOL_F16);
 }
-static void test_dense_f16(void **state) {
-    (void)state;
-    run_case(&(tiny_cfg){false, WQ_F16, 0x1004}, TOL_F16);
-}
-static void test_moe_q8_0(void **state) {
-    (void)state;
-    run_case(&(tiny_cfg){true, WQ_Q8_0, 0x1005}, TOL_QUANT);
-}
 static void test_moe_q4_k_m(void **state) {
     (void)state;
     run_case(&(tiny_cfg){true, WQ_Q4_K_M, 0x1006}, TOL_QUANT);
 }
-static void test_dense_q4_k_m(void **state) {
+
+/* Files from the synth engineer's generator: other shapes (head_dim 128
+ * with q dim != n_embd, all experts used, a larger vocabulary) and
+ * llama.cpp's own per-tensor type rules for each file type. */
+static void test_synth_tiny_f32(void **state) {
     (void)state;
-    run_case(&(tiny_cfg){false, WQ_Q4_K_M, 0x1007}, TOL_QUANT);
+    run_synth("tiny", "f32", 0x4001, TOL_F32);
+}
+static void test_synth_tiny_f16(void **state) {
+    (void)state;
+    run_synth("tiny", "f16", 0x4002, TOL_F16);
+}
+static void test_synth_tiny_q8_0(void **state) {
+    (void)state;
+    run_synth("tiny", "q8_0", 0x4003, TOL_QUANT);
+}
+static void test_synth_tiny_q4_k_m(void **state) {
+    (void)state;
+    run_synth("tiny", "q4_k_m", 0x4004, TOL_QUANT);
+}
+static void test_synth_tiny_dense_q4_k_m(void **state) {
+    (void)state;
+    run_synth("tiny-dense", "q4_k_m", 0x4005, TOL_QUANT);
+}
+static void test_synth_small_dense_f32(void **state) {
+    (void)state;
+    run_synth("small-dense", "f32", 0x4006, TOL_F32);
+}
+static void test_synth_small_dense_q8_0(void **state) {
+    (void)state;
+    run_synth("small-dense", "q8_0", 0x4007, TOL_QUANT);
+}
+static void test_synth_gqa1_f32(void **state) {
+    (void)state;
+    run_synth("gqa1", "f32", 0x4008, TOL_F32);
+}
+static void test_synth_gqa1_q4_k_m(void **state) {
+    (void)state;
+    run_synth("gqa1", "q4_k_m", 0x4009, TOL_QUANT);
 }
 
 /* ---- reference self-checks (no oracle needed) --------------------------- */
@@ -705,7 +789,7 @@ static void test_oracle_tokenizer(void **state) {
     (void)state;
     char path[1200];
     tmp_path(path, sizeof path, "tok");
-    const tiny_cfg c = {false, WQ_Q8_0, 0x3001};
+    const tiny_cfg c = {false, WQ_F32, 0x3001};
     tiny_write(path, &c);
     qg_error err = {0};
     qg_llama_oracle *o = qg_llama_oracle_load(path, NULL, &err);
@@ -794,10 +878,16 @@ int main(void) {
         cmocka_unit_test(test_moe_f32),
         cmocka_unit_test(test_dense_f32),
         cmocka_unit_test(test_moe_f16),
-        cmocka_unit_test(test_dense_f16),
-        cmocka_unit_test(test_moe_q8_0),
         cmocka_unit_test(test_moe_q4_k_m),
-        cmocka_unit_test(test_dense_q4_k_m),
+        cmocka_unit_test(test_synth_tiny_f32),
+        cmocka_unit_test(test_synth_tiny_f16),
+        cmocka_unit_test(test_synth_tiny_q8_0),
+        cmocka_unit_test(test_synth_tiny_q4_k_m),
+        cmocka_unit_test(test_synth_tiny_dense_q4_k_m),
+        cmocka_unit_test(test_synth_small_dense_f32),
+        cmocka_unit_test(test_synth_small_dense_q8_0),
+        cmocka_unit_test(test_synth_gqa1_f32),
+        cmocka_unit_test(test_synth_gqa1_q4_k_m),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
