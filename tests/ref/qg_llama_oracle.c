@@ -92,6 +92,11 @@ qg_status qg_llama_generate_greedy(qg_llama_oracle *o, const int32_t *prompt,
     (void)out; (void)n_out;
     return qg_error_set(err, QG_ERR_BACKEND, "%s", QG_LLAMA_NONE);
 }
+qg_status qg_llama_time(qg_llama_oracle *o, const int32_t *tokens, int n_depth,
+                        int n, bool pp, double *seconds, qg_error *err) {
+    (void)o; (void)tokens; (void)n_depth; (void)n; (void)pp; (void)seconds;
+    return qg_error_set(err, QG_ERR_BACKEND, "%s", QG_LLAMA_NONE);
+}
 
 #else /* QG_HAVE_LLAMA_ORACLE */
 
@@ -566,4 +571,27 @@ qg_status qg_llama_generate_greedy(qg_llama_oracle *o, const int32_t *prompt,
     return QG_OK;
 }
 
+
+qg_status qg_llama_time(qg_llama_oracle *o, const int32_t *tokens, int n_depth,
+                        int n, bool pp, double *seconds, qg_error *err) {
+    if (n_depth < 0 || n < 1 || n_depth + n > o->n_ctx)
+        return qg_error_set(err, QG_ERR_RANGE, "llama.cpp oracle: depth %d + %d "
+                            "tokens for a context of %d", n_depth, n, o->n_ctx);
+    o->api.memory_clear(o->api.get_memory(o->ctx), true);
+    qg_status st;
+    if (n_depth > 0 && (st = oracle_decode(o, tokens, n_depth, 0, false, err)))
+        return st;
+    uint64_t t0 = qg_time_ns();
+    if (pp) {
+        if ((st = oracle_decode(o, tokens + n_depth, n, n_depth, false, err)))
+            return st;
+    } else {
+        for (int i = 0; i < n; i++)
+            if ((st = oracle_decode(o, tokens + n_depth + i, 1, n_depth + i,
+                                    false, err)))
+                return st;
+    }
+    *seconds = (qg_time_ns() - t0) / 1e9;
+    return QG_OK;
+}
 #endif /* QG_HAVE_LLAMA_ORACLE */

@@ -121,4 +121,13 @@ qg_status qg_llama_generate_greedy(qg_llama_oracle *o, const int32_t *prompt,
                                    int n_prompt, int n_gen, bool stop_at_eog,
                                    int32_t *out, int *n_out, qg_error *err);
 
+/*
+ * Timing for benchmarks, llama-bench style: clear the cache, fill it with
+ * tokens[0..n_depth) (untimed), then time n tokens either as one prefill
+ * (pp, logits of the last token only) or as n single-token decode steps
+ * (tg).  *seconds receives the wall time of the timed part.
+ */
+qg_status qg_llama_time(qg_llama_oracle *o, const int32_t *tokens, int n_depth,
+                        int n, bool pp, double *seconds, qg_error *err);
+
 #endif
