@@ -142,7 +142,7 @@ int qg_cmd_dump(int argc, char **argv) {
         return QG_ERR_ARG;
     }
     qg_error err = {0};
-    qg_model *m = qg_cli_load_model(c.model, &err);
+    qg_model *m = qg_model_load(c.model, &err); /* no prefault: reads metadata only */
     if (!m) return qg_cli_fail(&err);
     c.ctx.plan_only = true;
     qg_ctx *ctx = qg_ctx_new(m, &c.ctx, &err);

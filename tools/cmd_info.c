@@ -45,7 +45,7 @@ int qg_cmd_info(int argc, char **argv) {
         return QG_ERR_ARG;
     }
     qg_error err = {0};
-    qg_model *m = qg_cli_load_model(c.model, &err);
+    qg_model *m = qg_model_load(c.model, &err); /* no prefault: reads metadata only */
     if (!m) return qg_cli_fail(&err);
     const qg_gguf *g = m->gguf;
     printf("file: %s\nGGUF v%u, %.2f GiB, %llu metadata keys, %llu tensors, alignment %llu\n\n", g->path,

@@ -42,7 +42,8 @@ int qg_cli_fail(const qg_error *err);
  * random weights; see tools/qg_default_model.c). */
 qg_status qg_default_model_path(char *out, size_t n, qg_error *err);
 
-/* Load the model, printing a progress line for large files. */
+/* Load the model for inference: files of 1 GiB or more are read through
+ * once (page cache warm-up) with a progress line on stderr. */
 qg_model *qg_cli_load_model(const char *path, qg_error *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 bool qg_cli_int(const char *flag, const char *v, long lo, long hi, long *out) {
     char *end = NULL;
@@ -59,9 +60,32 @@ int qg_cli_common_flag(qg_cli_common *c, int argc, char **argv, int *i) {
     return 0;
 }
 
+/* Touch every page of the mapped file so the first step does not stall
+ * on page faults, with a progress line on stderr (large files only). */
+static void prefault(const qg_model *m, const char *path) {
+    const qg_gguf *g = m->gguf;
+    madvise((void *)(uintptr_t)g->map, g->size, MADV_WILLNEED);
+    volatile uint8_t sink = 0;
+    int last = -1;
+    const size_t step = 4096, chunk = (size_t)64 << 20;
+    for (size_t off = 0; off < g->size; off += chunk) {
+        size_t end = off + chunk < g->size ? off + chunk : g->size;
+        for (size_t p = off; p < end; p += step) sink ^= g->map[p];
+        int pct = (int)(100.0 * end / g->size);
+        if (pct / 5 != last / 5 || end == g->size) {
+            fprintf(stderr, "\rloading %s: %3d%% (%.1f / %.1f GiB)", path, pct, end / 1073741824.0,
+                    g->size / 1073741824.0);
+            last = pct;
+        }
+    }
+    (void)sink;
+    fputc('\n', stderr);
+}
+
 qg_model *qg_cli_load_model(const char *path, qg_error *err) {
     uint64_t t0 = qg_time_ns();
     qg_model *m = qg_model_load(path, err);
+    if (m && m->gguf->size >= ((uint64_t)1 << 30)) prefault(m, path);
     if (m && qg_debug_enabled("load"))
         fprintf(stderr, "loaded %s in %.1f ms\n", path, (qg_time_ns() - t0) / 1e6);
     return m;
