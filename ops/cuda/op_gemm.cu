@@ -1,0 +1,384 @@
+/*
+ * op_gemm.cu - tiled products for prefill graphs, dense and grouped by
+ * expert, and the device-side expert lists.
+ *
+ * A CTA computes a (rows x columns) tile of Y = W X, looping over K in
+ * steps of 128 (a whole number of units in every format: see
+ * qg_cuda_common.cuh).  Per step it dequantizes the weight tile exactly in
+ * f32 (qg_unit<DT>::decode) into shared memory and stages the X columns:
+ *   k_gemm_f16  tiles rounded once to f16, WMMA 16x16x16 with f32
+ *               accumulators; 64 rows x 64 (dense) or 32 (dual, grouped)
+ *               columns, 4 warps;
+ *   k_gemm_f32  f32 tiles, f32 FMAs (the exact path: F32 weights, or the
+ *               executor's f32_prefill); 16 rows x 32 columns.
+ * Columns: dense products take columns blockIdx.y*BN.. of the live tokens
+ * (n_tok from the step input); grouped products take tile blockIdx.y of
+ * the device-built list (expert e, offset, count): column j is assignment
+ * a = asg[off + j], read from x column a / xdiv and written to y column a.
+ * "dual" tiles multiply the same X by gate and up and write
+ * silu(gate x) * (up x).  An output element is computed by one thread
+ * group in a fixed order whatever tile it lands in, so the grouping order
+ * does not change results.
+ */
+#include "qg_cuda_internal.cuh"
+
+#include <mma.h>
+
+using namespace nvcuda;
+
+#define GM_BK 128
+
+struct gm_args {
+    const uint8_t *w, *w2;
+    size_t rb, rb2, es, es2;
+    int n, m;
+    const float *x;
+    int ldx;
+    float *y;
+    int ldy;
+    const float *add;
+    const int32_t *step;
+    const int32_t *tiles, *asg;
+    int xdiv;
+};
+
+/* This CTA's columns: colx / coly (-1 past the end), and the expert's
+ * weights.  false: no work (uniform over the block). */
+template <int BN>
+__device__ __forceinline__ bool gm_columns(const gm_args &a, int *colx, int *coly,
+                                           const uint8_t **w, const uint8_t **w2) {
+    if (a.tiles) {
+        if ((int)blockIdx.y >= a.tiles[0]) return false;
+        const int32_t *t = a.tiles + 1 + 3 * blockIdx.y;
+        const int e = t[0], off = t[1], cnt = t[2];
+        *w = a.w + (size_t)e * a.es;
+        *w2 = a.w2 ? a.w2 + (size_t)e * a.es2 : nullptr;
+        for (int j = threadIdx.x; j < BN; j += blockDim.x) {
+            if (j < cnt) {
+                const int as = a.asg[off + j];
+                colx[j] = as / a.xdiv;
+                coly[j] = as;
+            } else {
+                colx[j] = coly[j] = -1;
+            }
+        }
+    } else {
+        const int n_tok = a.step[QG_STEP_N_TOK], c0 = blockIdx.y * BN;
+        if (c0 >= n_tok) return false;
+        *w = a.w;
+        *w2 = a.w2;
+        for (int j = threadIdx.x; j < BN; j += blockDim.x) colx[j] = coly[j] = c0 + j < n_tok ? c0 + j : -1;
+    }
+    return true;
+}
+
+/* ---- f16 tensor cores -------------------------------------------------- */
+
+template <int DT, bool DUAL, int BN>
+__global__ void __launch_bounds__(128) k_gemm_f16(gm_args a) {
+    constexpr int BM = 64, BK = GM_BK, LDS = BK + 8, NM = DUAL ? 2 : 1, UPR = BK / 32;
+    constexpr int TILE = (NM * BM + BN) * LDS * 2, CB = NM * BM * BN * 4;
+    constexpr int SMB = TILE > CB ? TILE : CB;
+    constexpr int WN = BN / 2, FN = WN / 16;
+    __shared__ __align__(128) unsigned char smem[SMB];
+    __shared__ int colx[BN], coly[BN];
+    const uint8_t *w, *w2;
+    if (!gm_columns<BN>(a, colx, coly, &w, &w2)) return;
+    __syncthreads();
+    half *Ws = (half *)smem;          /* (NM, BM, LDS) */
+    half *Xs = Ws + NM * BM * LDS;    /* (BN, LDS) */
+    const int tid = threadIdx.x, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
+    const int row0 = blockIdx.x * BM, U = a.n / 32;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NM][2][FN];
+#pragma unroll
+    for (int q = 0; q < NM; q++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++) wmma::fill_fragment(acc[q][i][j], 0.0f);
+
+    for (int k0 = 0; k0 < a.n; k0 += BK) {
+        for (int idx = tid; idx < NM * BM * UPR; idx += 128) {
+            const int mat = idx / (BM * UPR), rem = idx - mat * BM * UPR;
+            const int r = rem / UPR, uu = rem - r * UPR;
+            half *dst = Ws + (mat * BM + r) * LDS;
+            const int gr = row0 + r, gu = k0 / 32 + uu;
+            if (gr < a.m && gu < U) {
+                const uint8_t *rowp = mat ? w2 + (size_t)gr * a.rb2 : w + (size_t)gr * a.rb;
+                float v[32];
+                int st[4];
+                qg_unit<DT>::decode(rowp, gu, v, st);
+#pragma unroll
+                for (int i = 0; i < 32; i++) dst[qg_unit_elem<DT>(st, i) - k0] = __float2half_rn(v[i]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 32; i++) dst[32 * uu + i] = __float2half_rn(0.0f);
+            }
+        }
+        for (int idx = tid; idx < BN * BK / 4; idx += 128) {
+            const int j = idx / (BK / 4), q = idx - j * (BK / 4);
+            const int c = colx[j];
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (c >= 0 && k0 + 4 * q < a.n) v = *(const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * q);
+            half2 *d = (half2 *)(Xs + j * LDS + 4 * q);
+            d[0] = __floats2half2_rn(v.x, v.y);
+            d[1] = __floats2half2_rn(v.z, v.w);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bf[FN];
+#pragma unroll
+            for (int ni = 0; ni < FN; ni++)
+                wmma::load_matrix_sync(bf[ni], Xs + (wn * WN + 16 * ni) * LDS + kk, LDS);
+#pragma unroll
+            for (int mat = 0; mat < NM; mat++)
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> af;
+                    wmma::load_matrix_sync(af, Ws + (mat * BM + 32 * wm + 16 * mi) * LDS + kk, LDS);
+#pragma unroll
+                    for (int ni = 0; ni < FN; ni++)
+                        wmma::mma_sync(acc[mat][mi][ni], af, bf[ni], acc[mat][mi][ni]);
+                }
+        }
+        __syncthreads();
+    }
+    float *Cs = (float *)smem; /* (NM, BN, BM): column-major tiles */
+#pragma unroll
+    for (int mat = 0; mat < NM; mat++)
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+            for (int ni = 0; ni < FN; ni++)
+                wmma::store_matrix_sync(Cs + mat * BN * BM + (wn * WN + 16 * ni) * BM + 32 * wm + 16 * mi,
+                                        acc[mat][mi][ni], BM, wmma::mem_col_major);
+    __syncthreads();
+    for (int idx = tid; idx < BM * BN; idx += 128) {
+        const int j = idx / BM, r = idx - j * BM, c = coly[j], gr = row0 + r;
+        if (c < 0 || gr >= a.m) continue;
+        float v = Cs[j * BM + r];
+        if (DUAL) v = qg_silu(v) * Cs[BN * BM + j * BM + r];
+        const size_t o = (size_t)c * a.ldy + gr;
+        if (a.add) v = a.add[o] + v;
+        a.y[o] = v;
+    }
+}
+
+/* ---- f32 (exact weights, f32 FMAs) ------------------------------------ */
+
+template <int DT, bool DUAL>
+__global__ void __launch_bounds__(128) k_gemm_f32(gm_args a) {
+    constexpr int BM = 16, BN = 32, BK = GM_BK, NM = DUAL ? 2 : 1, UPR = BK / 32;
+    __shared__ float Ws[NM][BK][BM + 1];
+    __shared__ float Xs[BK][BN];
+    __shared__ int colx[BN], coly[BN];
+    const uint8_t *w, *w2;
+    if (!gm_columns<BN>(a, colx, coly, &w, &w2)) return;
+    __syncthreads();
+    const int tid = threadIdx.x, tr = tid & 15, tc = tid >> 4; /* row, 4-column group */
+    const int row0 = blockIdx.x * BM, U = a.n / 32;
+    float acc[NM][4];
+#pragma unroll
+    for (int q = 0; q < NM; q++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[q][i] = 0.0f;
+    for (int k0 = 0; k0 < a.n; k0 += BK) {
+        for (int idx = tid; idx < NM * BM * UPR; idx += 128) {
+            const int mat = idx / (BM * UPR), rem = idx - mat * BM * UPR;
+            const int r = rem / UPR, uu = rem - r * UPR;
+            const int gr = row0 + r, gu = k0 / 32 + uu;
+            if (gr < a.m && gu < U) {
+                const uint8_t *rowp = mat ? w2 + (size_t)gr * a.rb2 : w + (size_t)gr * a.rb;
+                float v[32];
+                int st[4];
+                qg_unit<DT>::decode(rowp, gu, v, st);
+#pragma unroll
+                for (int i = 0; i < 32; i++) Ws[mat][qg_unit_elem<DT>(st, i) - k0][r] = v[i];
+            } else {
+#pragma unroll
+                for (int i = 0; i < 32; i++) Ws[mat][32 * uu + i][r] = 0.0f;
+            }
+        }
+        for (int idx = tid; idx < BN * BK; idx += 128) {
+            const int j = idx / BK, k = idx - j * BK, c = colx[j];
+            Xs[k][j] = (c >= 0 && k0 + k < a.n) ? a.x[(size_t)c * a.ldx + k0 + k] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < BK; k++) {
+#pragma unroll
+            for (int mat = 0; mat < NM; mat++) {
+                const float wv = Ws[mat][k][tr];
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[mat][i] = fmaf(wv, Xs[k][tc * 4 + i], acc[mat][i]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int c = coly[tc * 4 + i], gr = row0 + tr;
+        if (c < 0 || gr >= a.m) continue;
+        float v = acc[0][i];
+        if (DUAL) v = qg_silu(v) * acc[NM - 1][i];
+        const size_t o = (size_t)c * a.ldy + gr;
+        if (a.add) v = a.add[o] + v;
+        a.y[o] = v;
+    }
+}
+
+/* ---- launchers --------------------------------------------------------- */
+
+static gm_args gm_make(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
+                       const float *x, int ldx, const float *add) {
+    gm_args a = {};
+    a.w = w->w;
+    a.rb = w->rb;
+    a.es = w->es;
+    if (w2) {
+        a.w2 = w2->w;
+        a.rb2 = w2->rb;
+        a.es2 = w2->es;
+    }
+    a.n = n;
+    a.m = w->m;
+    a.x = x;
+    a.ldx = ldx;
+    a.y = w->y;
+    a.ldy = w->ldy;
+    a.add = add;
+    a.step = l->step;
+    return a;
+}
+
+static bool gm_f32(const qg_cuda_launch *l, qg_dtype t) { return t == QG_F32 || l->o.f32_prefill; }
+
+/* Launch over grid.y column tiles; bn_dense: the f16 kernel's BN when not
+ * grouped and not dual. */
+static cudaError_t gm_launch(const qg_cuda_launch *l, qg_dtype t, bool dual, const gm_args &a,
+                             int col_tiles_64, int col_tiles_32) {
+    cudaStream_t s = qg_cu_stream(l);
+    if (gm_f32(l, t)) {
+        const dim3 grid((a.m + 15) / 16, col_tiles_32);
+        if (dual) {
+            QG_CUDA_DISPATCH_DT(t, k_gemm_f32<DT, true><<<grid, 128, 0, s>>>(a));
+        } else {
+            QG_CUDA_DISPATCH_DT(t, k_gemm_f32<DT, false><<<grid, 128, 0, s>>>(a));
+        }
+    } else if (dual) {
+        const dim3 grid((a.m + 63) / 64, col_tiles_32);
+        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, true, 32><<<grid, 128, 0, s>>>(a)));
+    } else if (col_tiles_64 > 0) {
+        const dim3 grid((a.m + 63) / 64, col_tiles_64);
+        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, false, 64><<<grid, 128, 0, s>>>(a)));
+    } else {
+        const dim3 grid((a.m + 63) / 64, col_tiles_32);
+        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, false, 32><<<grid, 128, 0, s>>>(a)));
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                             int n, const float *x, int ldx, const float *add) {
+    if (w2 && w2->type != w->type) return cudaErrorInvalidValue;
+    const gm_args a = gm_make(l, w, w2, n, x, ldx, add);
+    const int T = l->g->n_tok_max;
+    return gm_launch(l, w->type, w2 != nullptr, a, (T + 63) / 64, (T + 31) / 32);
+}
+
+cudaError_t qg_cu_gemm_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                               int n, const float *x, int ldx, const qg_cu_groups *gr) {
+    if (w2 && w2->type != w->type) return cudaErrorInvalidValue;
+    gm_args a = gm_make(l, w, w2, n, x, ldx, nullptr);
+    a.tiles = gr->tiles;
+    a.asg = gr->asg;
+    a.xdiv = gr->xdiv;
+    return gm_launch(l, w->type, w2 != nullptr, a, 0, gr->max_tiles);
+}
+
+/* ---- expert lists ------------------------------------------------------ */
+
+#define LISTS_XMAX 1024
+
+/* One block: count the n_tok*K assignments per expert, offsets, the tile
+ * list (QG_CU_GROUP_BN columns per tile), then the assignments grouped by
+ * expert (order within an expert: arrival of atomics; see the file
+ * comment).  Ids outside [0, X) are dropped. */
+__global__ void __launch_bounds__(1024)
+k_moe_lists(const int32_t *__restrict__ ids, const int32_t *__restrict__ step, int K, int X,
+            int32_t *__restrict__ off, int32_t *__restrict__ asg, int32_t *__restrict__ tiles) {
+    __shared__ int cnt[LISTS_XMAX], base[LISTS_XMAX], tb[LISTS_XMAX], cur[LISTS_XMAX];
+    const int n = step[QG_STEP_N_TOK] * K;
+    for (int e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int e = ids[i];
+        if (e >= 0 && e < X) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0, t = 0;
+        for (int e = 0; e < X; e++) {
+            base[e] = o;
+            tb[e] = t;
+            o += cnt[e];
+            t += (cnt[e] + QG_CU_GROUP_BN - 1) / QG_CU_GROUP_BN;
+        }
+        off[X] = o;
+        tiles[0] = t;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < X; e += blockDim.x) {
+        off[e] = base[e];
+        cur[e] = base[e];
+        const int nt = (cnt[e] + QG_CU_GROUP_BN - 1) / QG_CU_GROUP_BN;
+        for (int j = 0; j < nt; j++) {
+            int32_t *t = tiles + 1 + 3 * (tb[e] + j);
+            t[0] = e;
+            t[1] = base[e] + j * QG_CU_GROUP_BN;
+            t[2] = min(QG_CU_GROUP_BN, cnt[e] - j * QG_CU_GROUP_BN);
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int e = ids[i];
+        if (e >= 0 && e < X) asg[atomicAdd(&cur[e], 1)] = i;
+    }
+}
+
+cudaError_t qg_cu_moe_lists(const qg_cuda_launch *l, const int32_t *ids, int K, int X,
+                            int32_t *off, int32_t *asg, int32_t *tiles) {
+    if (X > LISTS_XMAX) return cudaErrorInvalidValue;
+    k_moe_lists<<<1, 1024, 0, qg_cu_stream(l)>>>(ids, l->step, K, X, off, asg, tiles);
+    return cudaGetLastError();
+}
+
+/* ---- combine ----------------------------------------------------------- */
+
+/* y[:, t] = add[:, t] + sum_{k ascending} wts[k,t] * yb[:, t*K+k]; the
+ * products and sums rounded one by one as the CPU's aggregate does. */
+__global__ void __launch_bounds__(256)
+k_moe_combine(const float *__restrict__ yb, const int32_t *__restrict__ ids,
+              const float *__restrict__ wts, int K, int X, int E, const float *__restrict__ add,
+              const int32_t *__restrict__ step, float *__restrict__ y) {
+    const int t = blockIdx.y;
+    if (t >= step[QG_STEP_N_TOK]) return;
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= E) return;
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++) {
+        const int e = ids[t * K + k];
+        const float v = (e >= 0 && e < X) ? yb[((size_t)t * K + k) * E + r] : __int_as_float(0x7fc00000);
+        acc = __fadd_rn(acc, __fmul_rn(wts[t * K + k], v));
+    }
+    const size_t o = (size_t)t * E + r;
+    y[o] = add ? add[o] + acc : acc;
+}
+
+cudaError_t qg_cu_moe_combine(const qg_cuda_launch *l, const float *yb, const int32_t *ids,
+                              const float *wts, int K, int X, int E, const float *add, float *y) {
+    const dim3 grid((E + 255) / 256, l->g->n_tok_max);
+    k_moe_combine<<<grid, 256, 0, qg_cu_stream(l)>>>(yb, ids, wts, K, X, E, add, l->step, y);
+    return cudaGetLastError();
+}

@@ -1,0 +1,86 @@
+/*
+ * qg_cuda_ops.h - the CUDA kernels, one per op, behind one switch (a C
+ * interface: the executor exec/cuda/qg_cuda_exec.c is C11, the kernels in
+ * ops/cuda/op_*.cu are CUDA C++ behind extern "C").
+ *
+ * The executor resolves every node once, at compile time, into a
+ * qg_cuda_launch: the device address of each tensor, the device `step`
+ * input, scratch and counters.  At run time it only calls
+ * qg_cuda_op_launch() for each node of a partition, in order, on its one
+ * stream; the same calls are made inside a CUDA Graph capture, so a launch
+ * never reads anything from the host that changes between steps: the live
+ * token count, the KV length, token ids, positions and expert choices are
+ * all read by the kernels from device memory.  Grids are sized for the
+ * worst case (n_tok_max tokens, n_ctx rows); blocks past the live work exit.
+ *
+ * Numerics (see docs/ARCHITECTURE.md, "CUDA"):
+ *   - decode graphs (n_tok_max == 1) and every f32-weight product: weights
+ *     dequantized exactly to the f32 values ops/quant produces, times f32
+ *     activations, accumulated in f32 (the CPU rule);
+ *   - prefill products over non-f32 weights: weight tiles dequantized
+ *     exactly in f32, rounded once to f16, activations rounded once to f16,
+ *     f16 tensor-core products accumulated in f32 (unless f32_prefill);
+ *   - norms, RoPE (float64 angles), softmax, top-k and attention in f32 on
+ *     every path; the KV cache is written rounded once (F16) or exact (F32).
+ */
+#ifndef QG_CUDA_OPS_H
+#define QG_CUDA_OPS_H
+
+#include "../../graph/qg_graph.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Options of the executor that change which kernels run. */
+typedef struct qg_cuda_opts {
+    bool f32_prefill; /* prefill products in f32 (exact path) for every dtype */
+    int n_sm;         /* multiprocessors of the device (split sizes) */
+} qg_cuda_opts;
+
+/* One node, resolved for launching. */
+typedef struct qg_cuda_launch {
+    const qg_graph *g;
+    const qg_node *n;
+    void *const *dev;      /* dev[tensor id]: device address (weights too) */
+    const int32_t *step;   /* device copy of the step input (QG_STEP_N) */
+    void *scratch;         /* device scratch, >= qg_cuda_op_needs bytes */
+    size_t scratch_bytes;
+    int *counters;         /* qg_cuda_op_needs counters, zero between runs
+                              (kernels that use one restore it to 0) */
+    const double *rope_freq; /* rope: (head_dim/2) base^(-2i/hd), float64 */
+    void *stream;          /* cudaStream_t */
+    qg_cuda_opts o;
+    /* Executor-level fusions (set by the executor; NULL / 0 when off):
+     * pre_norm: in[0] of this node is the raw input of an rmsnorm node that
+     *   was folded in; the kernel computes rmsnorm(x) * pre_norm itself.
+     * post_add: out[0] of this node receives out + post_add (an add node
+     *   folded in; out[0] then is the add's output tensor). */
+    const float *pre_norm;
+    float pre_eps;
+    const float *post_add;
+} qg_cuda_launch;
+
+/* Does the CUDA executor implement node n (op, dtypes, shapes)? */
+bool qg_cuda_op_supports(const qg_graph *g, const qg_node *n);
+
+/* Device scratch bytes and zeroed int counters node n needs in graph g
+ * (worst case: n_tok_max tokens, n_ctx rows). */
+void qg_cuda_op_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
+                      size_t *scratch_bytes, int *n_counters);
+
+/* Can node n fold the rmsnorm producing its in[0] (pre_norm), and the add
+ * consuming its out[0] (post_add)?  Only the kernels that take the fused
+ * form say yes; the executor checks the graph side (single consumer). */
+bool qg_cuda_op_can_pre_norm(const qg_graph *g, const qg_node *n);
+bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
+
+/* Enqueue node l->n on l->stream.  Returns the cudaError_t of the launch
+ * (0 on success); nothing is synchronized. */
+int qg_cuda_op_launch(const qg_cuda_launch *l);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
