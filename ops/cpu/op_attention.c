@@ -12,6 +12,11 @@
  * constant), so prefill's long late rows do not all land on one worker.
  * Each pair is computed whole by one worker, so the result does not depend
  * on the thread count.
+ *
+ * With AVX2 (and hd % 8 == 0) the three loops over the rows run in
+ * op_attention_avx2.c: scores four rows at a time, a vector exp, and the
+ * weighted sum with 64 accumulator columns held in registers.  Otherwise
+ * qk->dot, expf and a scalar axpy.
  */
 #include "qg_cpu_internal.h"
 
@@ -63,30 +68,36 @@ static void append_kv(const qg_cpu_op_args *a, int ith, int nth, bool simd) {
 }
 
 /* One (token, head) pair: o (hd) from q (hd) over rows [0, n_kv) of the
- * caches starting at kbase / vbase (row stride Dkv elements). */
+ * caches starting at kbase / vbase (row stride Dkv elements of type ct).
+ * s: (n_kv) scores, acc: (hd). */
 static void attend_one(const qg_quant_kernels *qk, qg_dtype ct, bool simd,
                        const float *q, const char *kbase, const char *vbase,
-                       size_t row_bytes, int64_t n_kv, int hd, float *s,
+                       size_t stride, int64_t n_kv, int hd, float *s,
                        float *acc, float *o) {
     const float scale = 1.0f / sqrtf((float)hd);
+    const size_t row_bytes = stride * (ct == QG_F16 ? 2 : 4);
+    simd = simd && hd % 8 == 0;
+    if (simd) {
+        qg_cpu_attn_scores_avx2(ct, q, kbase, stride, n_kv, hd, scale, s);
+    } else {
+        for (int64_t j = 0; j < n_kv; j++)
+            s[j] = qk->dot(ct, kbase + (size_t)j * row_bytes, q, hd) * scale;
+    }
     float mx = -INFINITY;
-    for (int64_t j = 0; j < n_kv; j++) {
-        s[j] = qk->dot(ct, kbase + (size_t)j * row_bytes, q, hd) * scale;
-        mx = s[j] > mx ? s[j] : mx;
-    }
+    for (int64_t j = 0; j < n_kv; j++) mx = s[j] > mx ? s[j] : mx;
     float sum = 0;
-    for (int64_t j = 0; j < n_kv; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
-    }
-    memset(acc, 0, sizeof(float) * (size_t)hd);
-    for (int64_t j = 0; j < n_kv; j++) {
-        const char *v = vbase + (size_t)j * row_bytes;
-        if (ct == QG_F16) {
-            if (simd) qg_cpu_axpy_f16_avx2(acc, s[j], (const uint16_t *)v, hd);
-            else axpy_f16(acc, s[j], (const uint16_t *)v, hd);
-        } else {
-            if (simd) qg_cpu_axpy_f32_avx2(acc, s[j], (const float *)v, hd);
+    if (simd) {
+        sum = qg_cpu_softmax_exp_avx2(s, n_kv, mx);
+        qg_cpu_attn_accum_avx2(ct, s, vbase, stride, n_kv, hd, acc);
+    } else {
+        for (int64_t j = 0; j < n_kv; j++) {
+            s[j] = expf(s[j] - mx);
+            sum += s[j];
+        }
+        memset(acc, 0, sizeof(float) * (size_t)hd);
+        for (int64_t j = 0; j < n_kv; j++) {
+            const char *v = vbase + (size_t)j * row_bytes;
+            if (ct == QG_F16) axpy_f16(acc, s[j], (const uint16_t *)v, hd);
             else axpy_f32(acc, s[j], (const float *)v, hd);
         }
     }
@@ -110,7 +121,7 @@ void qg_cpu_attention(const qg_cpu_op_args *a, int ith, int nth) {
     const int32_t *pos = qg_cpu_in_ptr(a, 5); /* (T) */
     float *o = qg_cpu_out_ptr(a, 0);          /* (Dq,T) */
     const size_t es = kc->type == QG_F16 ? 2 : 4;
-    const size_t row_bytes = (size_t)kc->ne[0] * es;
+    const size_t stride = (size_t)kc->ne[0]; /* Dkv elements per row */
     const size_t Dq = (size_t)nh * hd;
     float *s = qg_cpu_scratch(a, ith);        /* (C) scores */
     float *acc = s + a->g->n_ctx;             /* (hd) */
@@ -131,7 +142,7 @@ void qg_cpu_attention(const qg_cpu_op_args *a, int ith, int nth) {
             if (mid * nth / total != ith) continue;
             const size_t koff = (size_t)(h / group) * (size_t)hd * es;
             attend_one(a->qk, kc->type, simd, q + (size_t)t * Dq + (size_t)h * hd,
-                       kcache + koff, vcache + koff, row_bytes, (int64_t)pos[t] + 1, hd,
+                       kcache + koff, vcache + koff, stride, (int64_t)pos[t] + 1, hd,
                        s, acc, o + (size_t)t * Dq + (size_t)h * hd);
         }
     }

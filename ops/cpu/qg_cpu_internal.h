@@ -102,10 +102,19 @@ size_t qg_cpu_attention_scratch(int n_ctx, int head_dim);
 void qg_cpu_moe_scratch(const qg_graph *g, const qg_node *n, size_t *pt,
                         size_t *sh);
 
-/* Attention's vector helpers.  The _avx2 versions (op_attention_avx2.c)
- * are called only when qk->level >= QG_SIMD_AVX2. */
-void qg_cpu_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
-void qg_cpu_axpy_f16_avx2(float *y, float a, const uint16_t *x, int64_t n);
+/* Attention's inner loops (op_attention_avx2.c), called only when
+ * qk->level >= QG_SIMD_AVX2; the row helpers also need hd % 8 == 0.
+ * Cache rows (type ct, F16 or F32) are `stride` elements apart.
+ *   scores: s[j] = scale * dot(q, row j of k), j < n
+ *   softmax_exp: s[j] = exp(s[j] - mx), returns the sum
+ *   accum: acc[0..hd) = sum_j p[j] * row j of v */
+void qg_cpu_attn_scores_avx2(qg_dtype ct, const float *q, const void *k,
+                             size_t stride, int64_t n, int hd, float scale,
+                             float *s);
+float qg_cpu_softmax_exp_avx2(float *s, int64_t n, float mx);
+void qg_cpu_attn_accum_avx2(qg_dtype ct, const float *p, const void *v,
+                            size_t stride, int64_t n, int hd, float *acc);
+/* y[i] = f16(x[i]), round to nearest even */
 void qg_cpu_f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 
 #endif
