@@ -1,0 +1,423 @@
+/* qg_vk_record.c - the Vulkan backend's one switch over ops: which nodes
+ * it supports, and each node as compute dispatches of the ops/vulkan
+ * shaders.
+ *
+ * A node becomes one or more dispatches (qkv: three matmuls; attention:
+ * kv_append then attention; moe_fused: matmul (router), topk, swiglu
+ * (experts), aggregate).  Dispatches are sized for the worst case
+ * (g->n_tok_max tokens); the shaders read the live token count from the
+ * step buffer (binding 0), so the recorded command buffer never changes.
+ *
+ * Work shapes (see the shaders' comments):
+ *   weight x activation shaders: NR rows per workgroup, NT token columns
+ *     (decode graphs NR 2 / NT 1; prefill graphs NT 8), WG invocations =
+ *     the number of 32-element chunks of a row rounded up to a power of
+ *     two, clamped to [32, 128];
+ *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx).
+ */
+#include "qg_vk.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_GROUPS 65535u
+#define MAX_HEAD_DIM 256
+#define MAX_EXPERTS 512
+#define MAX_USED 64
+
+/* ---- support ---------------------------------------------------------- */
+
+static bool weight_type_ok(qg_dtype t) {
+    switch (t) {
+    case QG_F32: case QG_F16: case QG_BF16: case QG_Q8_0: case QG_Q4_0:
+    case QG_Q4_K: case QG_Q5_K: case QG_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A tensor one binding can reach (shaders index it with 32-bit words). */
+static bool range_ok(const qg_vk_dev *d, const qg_tensor *t) {
+    return t->nbytes <= d->props.limits.maxStorageBufferRange && t->nbytes < ((size_t)1 << 32);
+}
+
+static bool weight_ok(const qg_vk_dev *d, const qg_tensor *t) {
+    return weight_type_ok(t->type) && t->ne[0] % 32 == 0 && range_ok(d, t);
+}
+
+static bool f32_ok(const qg_vk_dev *d, const qg_tensor *t) {
+    return t->type == QG_F32 && range_ok(d, t);
+}
+
+bool qg_vk_supports(const qg_vk_dev *d, const qg_graph *g, const qg_node *n) {
+    const qg_tensor *T = g->tensors;
+#define IN(i) (&T[n->in[i]])
+#define OUT(i) (&T[n->out[i]])
+    const qg_op_params *p = &n->p;
+    switch (n->op) {
+    case QG_OP_EMBED:
+        return n->n_in == 2 && n->n_out == 1 && weight_ok(d, IN(0)) && IN(1)->type == QG_I32 &&
+               f32_ok(d, OUT(0)) && OUT(0)->ne[0] == IN(0)->ne[0];
+    case QG_OP_RMSNORM:
+    case QG_OP_ADD:
+        return n->n_in == 2 && n->n_out == 1 && f32_ok(d, IN(0)) && f32_ok(d, IN(1)) &&
+               f32_ok(d, OUT(0));
+    case QG_OP_QKV:
+        if (n->n_in != 4 || n->n_out != 3 || !f32_ok(d, IN(0))) return false;
+        for (int i = 0; i < 3; i++)
+            if (!weight_ok(d, IN(1 + i)) || IN(1 + i)->ne[0] != IN(0)->ne[0] || !f32_ok(d, OUT(i)))
+                return false;
+        return true;
+    case QG_OP_ROPE:
+        return n->n_in == 5 && n->n_out == 2 && p->head_dim % 2 == 0 && p->head_dim > 0 &&
+               p->head_dim <= MAX_HEAD_DIM && f32_ok(d, IN(0)) && f32_ok(d, IN(1)) &&
+               f32_ok(d, IN(2)) && f32_ok(d, IN(3)) && IN(4)->type == QG_I32 &&
+               f32_ok(d, OUT(0)) && f32_ok(d, OUT(1));
+    case QG_OP_ATTENTION: {
+        if (n->n_in != 6 || n->n_out != 1) return false;
+        const qg_dtype ct = IN(3)->type;
+        return (ct == QG_F16 || ct == QG_F32) && IN(4)->type == ct && p->head_dim % 2 == 0 &&
+               p->head_dim > 0 && p->head_dim <= MAX_HEAD_DIM && p->n_head_kv >= 1 &&
+               p->n_head % p->n_head_kv == 0 && f32_ok(d, IN(0)) && f32_ok(d, IN(1)) &&
+               f32_ok(d, IN(2)) && range_ok(d, IN(3)) && range_ok(d, IN(4)) &&
+               IN(5)->type == QG_I32 && f32_ok(d, OUT(0));
+    }
+    case QG_OP_MATMUL:
+        return n->n_in == 2 && n->n_out == 1 && weight_ok(d, IN(0)) && f32_ok(d, IN(1)) &&
+               f32_ok(d, OUT(0));
+    case QG_OP_ROUTER:
+    case QG_OP_LM_HEAD:
+        return n->n_in == 2 && n->n_out == 1 && f32_ok(d, IN(0)) && weight_ok(d, IN(1)) &&
+               f32_ok(d, OUT(0));
+    case QG_OP_SWIGLU:
+        return n->n_in == 3 && n->n_out == 1 && f32_ok(d, IN(0)) && weight_ok(d, IN(1)) &&
+               weight_ok(d, IN(2)) && f32_ok(d, OUT(0));
+    case QG_OP_TOPK:
+        return n->n_in == 1 && n->n_out == 2 && f32_ok(d, IN(0)) && OUT(0)->type == QG_I32 &&
+               f32_ok(d, OUT(1)) && IN(0)->ne[0] <= MAX_EXPERTS && OUT(0)->ne[0] <= MAX_USED &&
+               OUT(0)->ne[0] <= IN(0)->ne[0];
+    case QG_OP_EXPERT_SWIGLU:
+        return n->n_in == 4 && n->n_out == 1 && f32_ok(d, IN(0)) && weight_ok(d, IN(1)) &&
+               weight_ok(d, IN(2)) && IN(3)->type == QG_I32 && f32_ok(d, OUT(0));
+    case QG_OP_AGGREGATE:
+        return n->n_in == 4 && n->n_out == 1 && f32_ok(d, IN(0)) && weight_ok(d, IN(1)) &&
+               IN(2)->type == QG_I32 && f32_ok(d, IN(3)) && f32_ok(d, OUT(0));
+    case QG_OP_MOE_FUSED:
+        if (n->n_in != 5 || n->n_out != 3 || !f32_ok(d, IN(0))) return false;
+        for (int i = 1; i < 5; i++)
+            if (!weight_ok(d, IN(i))) return false;
+        return f32_ok(d, OUT(0)) && OUT(1)->type == QG_I32 && f32_ok(d, OUT(2)) &&
+               IN(1)->ne[1] <= MAX_EXPERTS && OUT(1)->ne[0] <= MAX_USED &&
+               OUT(1)->ne[0] <= IN(1)->ne[1] &&
+               qg_vk_moe_scratch_bytes(g, n) <= d->props.limits.maxStorageBufferRange;
+    case QG_OP_COPY: /* copies are run by the runtime through tensor_get/set */
+    case QG_OP_COUNT:
+        break;
+    }
+    return false;
+#undef IN
+#undef OUT
+}
+
+size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n) {
+    if (n->op != QG_OP_MOE_FUSED) return 0;
+    const qg_tensor *T = g->tensors;
+    const size_t X = (size_t)T[n->in[1]].ne[1], F = (size_t)T[n->in[2]].ne[1];
+    const size_t K = (size_t)T[n->out[1]].ne[0], Tm = (size_t)g->n_tok_max;
+    return qg_align_up(4 * X * Tm, 256) + qg_align_up(4 * F * K * Tm, 256);
+}
+
+/* ---- building dispatches ---------------------------------------------- */
+
+typedef struct rec {
+    const qg_vk_rec_ctx *c;
+    int node;
+    qg_vk_dispatch **out;
+    int *n, *cap;
+} rec;
+
+static qg_vk_dispatch *new_dispatch(rec *r, qg_vk_shader s) {
+    if (*r->n == *r->cap) {
+        *r->cap = *r->cap ? 2 * *r->cap : 256;
+        *r->out = realloc(*r->out, sizeof **r->out * (size_t)*r->cap);
+        if (!*r->out) QG_ABORT("out of memory recording %d dispatches", *r->cap);
+    }
+    qg_vk_dispatch *d = &(*r->out)[(*r->n)++];
+    memset(d, 0, sizeof *d);
+    d->node = r->node;
+    d->shader = s;
+    d->b[0] = r->c->step;
+    d->n_bind = 1;
+    return d;
+}
+
+static void bind(qg_vk_dispatch *d, qg_vk_loc l, bool write) {
+    QG_ASSERT(d->n_bind < QG_VK_MAX_BIND && l.buf != VK_NULL_HANDLE);
+    if (write) d->writes |= 1u << d->n_bind;
+    d->b[d->n_bind++] = l;
+}
+
+static qg_vk_loc tloc(rec *r, int t) { return r->c->loc(r->c->self, t); }
+
+static void push(qg_vk_dispatch *d, uint32_t v) {
+    QG_ASSERT(d->push_bytes + 4 <= QG_VK_PUSH_BYTES);
+    d->push[d->push_bytes / 4] = v;
+    d->push_bytes += 4;
+}
+
+static void pushf(qg_vk_dispatch *d, float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    push(d, u);
+}
+
+static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* Row groups as (gx, gy) with gx * gy >= groups. */
+static void row_groups(qg_vk_dispatch *d, uint64_t groups) {
+    QG_ASSERT(groups >= 1);
+    d->groups[0] = (uint32_t)QG_MIN(groups, (uint64_t)MAX_GROUPS);
+    d->groups[1] = div_up(groups, d->groups[0]);
+    QG_ASSERT(d->groups[1] <= MAX_GROUPS);
+}
+
+/* Workgroup size for rows of n elements: the chunk count rounded up to a
+ * power of two, in [32, 128]. */
+static uint32_t wg_for(int64_t n) {
+    uint32_t wg = 32;
+    while (wg < 128 && (int64_t)wg * 32 < n) wg *= 2;
+    return wg;
+}
+
+static uint32_t row_bytes(const qg_tensor *w) {
+    return (uint32_t)qg_dtype_row_bytes(w->type, w->ne[0]);
+}
+
+/* y (m, ncol) = W (n, m) x; last_only: the last live column only. */
+static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
+                       bool last_only) {
+    const int Tm = r->c->g->n_tok_max;
+    const uint32_t NR = 2, NT = (Tm > 1 && !last_only) ? 8 : 1;
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
+    d->spec[0] = wg_for(wt->ne[0]);
+    d->spec[1] = (uint32_t)wt->type;
+    d->spec[2] = NR;
+    d->spec[3] = NT;
+    bind(d, w, false);
+    bind(d, x, false);
+    bind(d, y, true);
+    row_groups(d, div_up((uint64_t)wt->ne[1], NR));
+    push(d, (uint32_t)wt->ne[0]);
+    push(d, (uint32_t)wt->ne[1]);
+    push(d, row_bytes(wt));
+    push(d, last_only ? 1 : 0);
+    push(d, d->groups[0]);
+    d->groups[2] = last_only ? 1 : div_up((uint64_t)Tm, NT);
+}
+
+/* h = silu(G x) * (U x); moe: experts chosen by ids (K per token). */
+static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor *ut, qg_vk_loc u,
+                       qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
+    const int Tm = r->c->g->n_tok_max;
+    const uint32_t NR = moe || Tm == 1 ? 2 : 1, NT = moe || Tm == 1 ? 1 : 8;
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
+    d->spec[0] = wg_for(gt->ne[0]);
+    d->spec[1] = (uint32_t)gt->type;
+    d->spec[2] = (uint32_t)ut->type;
+    d->spec[3] = NR;
+    d->spec[4] = NT;
+    d->spec[5] = moe ? 1 : 0;
+    bind(d, g, false);
+    bind(d, u, false);
+    bind(d, x, false);
+    bind(d, h, true);
+    bind(d, moe ? ids : r->c->step, false);
+    row_groups(d, div_up((uint64_t)gt->ne[1], NR));
+    push(d, (uint32_t)gt->ne[0]);
+    push(d, (uint32_t)gt->ne[1]);
+    push(d, row_bytes(gt));
+    push(d, row_bytes(ut));
+    push(d, moe ? (uint32_t)K : 0);
+    push(d, moe ? (uint32_t)X : 0);
+    push(d, d->groups[0]);
+    d->groups[2] = moe ? (uint32_t)(Tm * K) : div_up((uint64_t)Tm, NT);
+}
+
+static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_vk_loc wts) {
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_TOPK);
+    bind(d, logits, false);
+    bind(d, ids, true);
+    bind(d, wts, true);
+    push(d, (uint32_t)X);
+    push(d, (uint32_t)K);
+    d->groups[0] = d->groups[1] = 1;
+    d->groups[2] = (uint32_t)r->c->g->n_tok_max;
+}
+
+/* y = sum_k wts * D_ids h_k; D (F, E, X). */
+static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
+                          qg_vk_loc wts, qg_vk_loc y, int K) {
+    const uint32_t NR = 2;
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
+    d->spec[0] = wg_for(dt->ne[0]);
+    d->spec[1] = (uint32_t)dt->type;
+    d->spec[2] = NR;
+    bind(d, dw, false);
+    bind(d, h, false);
+    bind(d, ids, false);
+    bind(d, wts, false);
+    bind(d, y, true);
+    row_groups(d, div_up((uint64_t)dt->ne[1], NR));
+    push(d, (uint32_t)dt->ne[0]);
+    push(d, (uint32_t)dt->ne[1]);
+    push(d, row_bytes(dt));
+    push(d, (uint32_t)K);
+    push(d, (uint32_t)dt->ne[2]);
+    push(d, d->groups[0]);
+    d->groups[2] = (uint32_t)r->c->g->n_tok_max;
+}
+
+void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int *n, int *cap) {
+    rec r = {.c = c, .node = ni, .out = out, .n = n, .cap = cap};
+    const qg_graph *g = c->g;
+    const qg_node *nd = &g->nodes[ni];
+    const qg_tensor *T = g->tensors;
+    const qg_op_params *p = &nd->p;
+    const uint32_t Tm = (uint32_t)g->n_tok_max;
+#define IN(i) tloc(&r, nd->in[i])
+#define OUT(i) tloc(&r, nd->out[i])
+#define TIN(i) (&T[nd->in[i]])
+#define TOUT(i) (&T[nd->out[i]])
+    qg_vk_dispatch *d;
+    switch (nd->op) {
+    case QG_OP_EMBED: {
+        const qg_tensor *w = TIN(0);
+        d = new_dispatch(&r, QG_VK_EMBED);
+        d->spec[1] = (uint32_t)w->type;
+        bind(d, IN(0), false);
+        bind(d, IN(1), false);
+        bind(d, OUT(0), true);
+        push(d, (uint32_t)w->ne[0]);
+        push(d, row_bytes(w));
+        push(d, (uint32_t)w->ne[1]);
+        d->groups[0] = div_up((uint64_t)w->ne[0] / 32, 64);
+        d->groups[1] = 1;
+        d->groups[2] = Tm;
+        return;
+    }
+    case QG_OP_RMSNORM:
+        d = new_dispatch(&r, QG_VK_RMSNORM);
+        bind(d, IN(0), false);
+        bind(d, IN(1), false);
+        bind(d, OUT(0), true);
+        push(d, (uint32_t)TIN(0)->ne[0]);
+        pushf(d, p->eps);
+        d->groups[0] = d->groups[1] = 1;
+        d->groups[2] = Tm;
+        return;
+    case QG_OP_ADD:
+        d = new_dispatch(&r, QG_VK_ADD);
+        bind(d, IN(0), false);
+        bind(d, IN(1), false);
+        bind(d, OUT(0), true);
+        row_groups(d, div_up((uint64_t)TIN(0)->ne[0] * Tm, 256));
+        push(d, (uint32_t)TIN(0)->ne[0]);
+        push(d, d->groups[0]);
+        d->groups[2] = 1;
+        return;
+    case QG_OP_QKV:
+        for (int i = 0; i < 3; i++) rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false);
+        return;
+    case QG_OP_ROPE:
+        d = new_dispatch(&r, QG_VK_ROPE);
+        for (int i = 0; i < 5; i++) bind(d, IN(i), false);
+        bind(d, c->rope_table(c->self, nd), false);
+        bind(d, OUT(0), true);
+        bind(d, OUT(1), true);
+        push(d, (uint32_t)p->head_dim);
+        push(d, (uint32_t)p->n_head);
+        push(d, (uint32_t)p->n_head_kv);
+        pushf(d, p->eps);
+        push(d, (uint32_t)g->n_ctx);
+        d->groups[0] = (uint32_t)(p->n_head + p->n_head_kv);
+        d->groups[1] = 1;
+        d->groups[2] = Tm;
+        return;
+    case QG_OP_ATTENTION: {
+        const uint32_t f16 = TIN(3)->type == QG_F16, dkv = (uint32_t)TIN(3)->ne[0];
+        const uint32_t C = (uint32_t)TIN(3)->ne[1];
+        d = new_dispatch(&r, QG_VK_KV_APPEND);
+        d->spec[1] = f16;
+        bind(d, IN(1), false);
+        bind(d, IN(2), false);
+        bind(d, IN(3), true);
+        bind(d, IN(4), true);
+        bind(d, IN(5), false);
+        push(d, dkv);
+        push(d, C);
+        d->groups[0] = div_up(dkv / 2, 64);
+        d->groups[1] = 2;
+        d->groups[2] = Tm;
+        d = new_dispatch(&r, QG_VK_ATTENTION);
+        d->spec[1] = f16;
+        bind(d, IN(0), false);
+        bind(d, IN(3), false);
+        bind(d, IN(4), false);
+        bind(d, IN(5), false);
+        bind(d, OUT(0), true);
+        push(d, (uint32_t)p->head_dim);
+        push(d, (uint32_t)p->n_head);
+        push(d, (uint32_t)p->n_head_kv);
+        push(d, C);
+        d->groups[0] = (uint32_t)p->n_head;
+        d->groups[1] = 1;
+        d->groups[2] = Tm;
+        return;
+    }
+    case QG_OP_MATMUL:
+        rec_matmul(&r, TIN(0), IN(0), IN(1), OUT(0), false);
+        return;
+    case QG_OP_ROUTER:
+        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), false);
+        return;
+    case QG_OP_LM_HEAD:
+        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), p->only_last);
+        return;
+    case QG_OP_SWIGLU:
+        rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0);
+        return;
+    case QG_OP_TOPK:
+        rec_topk(&r, IN(0), (int)TIN(0)->ne[0], (int)TOUT(0)->ne[0], OUT(0), OUT(1));
+        return;
+    case QG_OP_EXPERT_SWIGLU:
+        rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), true, IN(3),
+                   (int)TIN(3)->ne[0], (int)TIN(1)->ne[2]);
+        return;
+    case QG_OP_AGGREGATE:
+        rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0]);
+        return;
+    case QG_OP_MOE_FUSED: {
+        const qg_tensor *rt = TIN(1), *gt = TIN(2);
+        const int X = (int)rt->ne[1], K = (int)TOUT(1)->ne[0];
+        const VkDeviceSize lb = qg_align_up(4 * (size_t)X * Tm, 256);
+        const qg_vk_loc s = c->moe_scratch;
+        QG_ASSERT(s.range >= qg_vk_moe_scratch_bytes(g, nd));
+        const qg_vk_loc logits = {s.buf, s.off, 4 * (VkDeviceSize)X * Tm};
+        const qg_vk_loc h = {s.buf, s.off + lb, 4 * (VkDeviceSize)gt->ne[1] * (VkDeviceSize)K * Tm};
+        rec_matmul(&r, rt, IN(1), IN(0), logits, false);
+        rec_topk(&r, logits, X, K, OUT(1), OUT(2));
+        rec_swiglu(&r, gt, IN(2), TIN(3), IN(3), IN(0), h, true, OUT(1), K, (int)gt->ne[2]);
+        rec_aggregate(&r, TIN(4), IN(4), h, OUT(1), OUT(2), OUT(0), K);
+        return;
+    }
+    case QG_OP_COPY:
+    case QG_OP_COUNT:
+        break;
+    }
+    QG_ABORT("vulkan: node %s (%s) cannot be recorded", nd->name, qg_op_name(nd->op));
+#undef IN
+#undef OUT
+#undef TIN
+#undef TOUT
+}

@@ -1,0 +1,48 @@
+/*
+ * qg_vulkan.h - the Vulkan executor's extras beyond exec/qg_exec.h.
+ *
+ * qg_exec_vulkan_new() (declared in exec/qg_exec.h) makes the executor with
+ * default options; the environment can change two of them:
+ *   QG_VK_VALIDATION=1   enable VK_LAYER_KHRONOS_validation and a debug
+ *                        messenger that prints every message to stderr;
+ *                        =2 adds synchronization validation (slow: it
+ *                        checks every barrier between dispatches)
+ *   QG_VK_NO_SUBGROUP=1  use the shared-memory reduction shaders even where
+ *                        the device has subgroup arithmetic
+ * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
+ * qg_exec_vulkan_messages() reports how many validation messages (warning
+ * or error severity) the executor's instance has produced so far.
+ *
+ * Device choice (qg_exec_opts.device): devices are listed in preference
+ * order, discrete GPUs first, then integrated, virtual, CPU (lavapipe) and
+ * other; N >= 0 picks the N-th of that list (what `qmoe-graph info` and
+ * qg_exec_vulkan_describe() print), so the default 0 and -1 both mean "the
+ * best device".  Devices without Vulkan 1.1 or a compute queue are not
+ * listed.
+ */
+#ifndef QG_VULKAN_H
+#define QG_VULKAN_H
+
+#include "../qg_exec.h"
+
+typedef struct qg_vk_opts {
+    bool validation;  /* Khronos validation layer + messenger */
+    bool sync_validation; /* with validation: synchronization checks too */
+    bool no_subgroup; /* force the shared-memory reduction shaders */
+} qg_vk_opts;
+
+/* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
+ * then the environment variables above are read). */
+qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo,
+                                qg_exec *out, qg_error *err);
+
+/* Validation messages of warning or error severity seen so far by the
+ * Vulkan executor e (0 when validation is off).  e must be a Vulkan
+ * executor (e->i->name is "vulkan"). */
+size_t qg_exec_vulkan_messages(const qg_exec *e);
+
+/* Short description of the device e runs on ("llvmpipe (LLVM 15.0.6, 256
+ * bits), cpu, subgroup 8"); e must be a Vulkan executor. */
+const char *qg_exec_vulkan_device_name(const qg_exec *e);
+
+#endif
