@@ -3,7 +3,7 @@
  * position embedding.
  *
  * Angles: theta_i = pos * rope_theta^(-2i/hd), i in [0, hd/2), computed in
- * float64 (pow, then the product, then sin/cos in double) and rounded to
+ * float64 (the frequency, the product, sin/cos in double) and rounded to
  * f32 once.  llama.cpp instead builds theta in f32 by repeated
  * multiplication (theta *= powf(base, -2/hd)), whose error grows with pos
  * and i (about pos * i * 2^-24 rad); the float64 angle is accurate to the
@@ -11,11 +11,15 @@
  */
 #include "qg_cpu_internal.h"
 
-/* cs[0..hd/2): cos, cs[hd/2..hd): sin of the angles at position pos. */
+/* cs[0..hd/2): cos, cs[hd/2..hd): sin of the angles at position pos.  The
+ * frequencies base^(-2i/hd) come from repeated multiplication in double
+ * (relative error ~ i * 2^-53, far below the f32 rounding of the result). */
 static void rope_table(float *cs, int hd, int32_t pos, double base) {
     const int half = hd / 2;
-    for (int i = 0; i < half; i++) {
-        const double theta = (double)pos * pow(base, -2.0 * i / hd);
+    const double step = pow(base, -2.0 / hd);
+    double freq = 1.0;
+    for (int i = 0; i < half; i++, freq *= step) {
+        const double theta = (double)pos * freq;
         cs[i] = (float)cos(theta);
         cs[half + i] = (float)sin(theta);
     }
