@@ -155,7 +155,9 @@ typedef struct qg_vk_dispatch {
     uint32_t writes; /* bit i: binding i is written */
     uint32_t push[QG_VK_PUSH_BYTES / 4];
     uint32_t push_bytes;
-    uint32_t groups[3];
+    uint32_t groups[3];  /* worst case (n_tok_max tokens) */
+    uint32_t z_mul, z_div; /* z_div > 0: groups[2] of a step with n_tok
+                              live tokens is ceil(n_tok * z_mul / z_div) */
     VkPipeline pipe;     /* filled by the executor */
     VkDescriptorSet set; /* filled by the executor */
 } qg_vk_dispatch;

@@ -312,7 +312,8 @@ qg_status qg_vk_buf_new(qg_vk_dev *d, VkDeviceSize size, bool host, qg_vk_buf *b
     VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
                               .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
                                        VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                                       VK_BUFFER_USAGE_INDIRECT_BUFFER_BIT,
                               .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     QG_VK_CHECK(vkCreateBuffer(d->dev, &bci, NULL, &b->buf));
     VkMemoryRequirements mr;

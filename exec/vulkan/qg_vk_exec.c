@@ -18,6 +18,9 @@
  *     dispatch since the last barrier wrote (or writes what one read).
  * run() writes the step values into the io buffer and resubmits the
  * partition's command buffer: nothing is recorded or allocated per step.
+ * In multi-token (prefill) graphs the token dimension of each dispatch is
+ * an indirect dispatch whose workgroup counts run() writes for the live
+ * tokens, so a short prefill does not launch n_batch tokens' workgroups.
  * Submission is asynchronous; sync(), tensor_set() and tensor_get() wait
  * for it.  With a profile, run() waits and turns the timestamps into
  * per-node events, placed on the host clock at the time of submission. */
@@ -54,6 +57,7 @@ typedef struct vk_graph {
     qg_graph *g;
     int exec_index;
     qg_vk_buf act, io, scratch;
+    qg_vk_buf ind;        /* (n_disp) VkDispatchIndirectCommand, host-visible */
     VkDeviceSize *io_off; /* (n_tensors) offset in io, or NO_IO */
     qg_vk_dispatch *disp;
     int n_disp, cap_disp;
@@ -298,7 +302,8 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
             VK_PIPELINE_STAGE_HOST_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT |
                 VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
             VK_ACCESS_HOST_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-            VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
+            VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT,
+            SHADER_RW | VK_ACCESS_INDIRECT_COMMAND_READ_BIT);
     access acc[4 * QG_VK_MAX_BIND * 8];
     int n_acc = 0;
     for (int i = vp->d0; i < vp->d0 + vp->nd; i++) {
@@ -314,7 +319,10 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
         if (d->push_bytes)
             vkCmdPushConstants(cb, x->pipes.layout[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
                                d->push_bytes, d->push);
-        vkCmdDispatch(cb, d->groups[0], d->groups[1], d->groups[2]);
+        if (d->z_div && vg->g->n_tok_max > 1)
+            vkCmdDispatchIndirect(cb, vg->ind.buf, sizeof(VkDispatchIndirectCommand) * (size_t)i);
+        else
+            vkCmdDispatch(cb, d->groups[0], d->groups[1], d->groups[2]);
         for (int k = 0; k < d->n_bind; k++)
             acc[n_acc++] = (access){d->b[k].buf, d->b[k].off, d->b[k].off + d->b[k].range,
                                     (d->writes >> k) & 1u};
@@ -432,6 +440,10 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         }
     }
 
+    if ((st = qg_vk_buf_new(&x->d, sizeof(VkDispatchIndirectCommand) * (size_t)QG_MAX(vg->n_disp, 1),
+                            true, &vg->ind, err)))
+        goto out;
+
     /* descriptor sets, written once */
     if (vg->n_disp) {
         VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
@@ -510,6 +522,7 @@ static void vk_release(void *self, qg_graph *g) {
     qg_vk_buf_free(&x->d, &vg->act);
     qg_vk_buf_free(&x->d, &vg->io);
     qg_vk_buf_free(&x->d, &vg->scratch);
+    qg_vk_buf_free(&x->d, &vg->ind);
     for (int i = 0; i < vg->n_wids; i++) {
         vk_weight *w = &x->w[vg->wids[i]];
         if (--w->refs == 0) {
@@ -536,6 +549,17 @@ static qg_status vk_run(void *self, qg_graph *g, int part, const int32_t *step, 
     if (st) return st;
     const vk_part *vp = &vg->parts[part];
     memcpy(vg->io.map, step, sizeof(int32_t) * QG_STEP_N);
+    if (g->n_tok_max > 1) { /* workgroup counts of the token dimension */
+        const uint64_t n_tok = (uint64_t)step[QG_STEP_N_TOK];
+        VkDispatchIndirectCommand *ic = vg->ind.map;
+        for (int i = vp->d0; i < vp->d0 + vp->nd; i++) {
+            const qg_vk_dispatch *d = &vg->disp[i];
+            if (!d->z_div) continue;
+            ic[i].x = d->groups[0];
+            ic[i].y = d->groups[1];
+            ic[i].z = (uint32_t)((n_tok * d->z_mul + d->z_div - 1) / d->z_div);
+        }
+    }
     const bool timed = prof && vp->qp;
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1,
                        .pCommandBuffers = &vp->cmd[timed]};

@@ -174,6 +174,15 @@ static void pushf(qg_vk_dispatch *d, float v) {
 
 static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
+/* The token dimension: gl_WorkGroupID.z runs over ceil(n_tok * mul / div)
+ * workgroups, worst case recorded; the executor rewrites the count for the
+ * live tokens of each step (indirect dispatch). */
+static void tok_groups(qg_vk_dispatch *d, int n_tok_max, uint32_t mul, uint32_t div) {
+    d->z_mul = mul;
+    d->z_div = div;
+    d->groups[2] = div_up((uint64_t)n_tok_max * mul, div);
+}
+
 /* Row groups as (gx, gy) with gx * gy >= groups. */
 static void row_groups(qg_vk_dispatch *d, uint64_t groups) {
     QG_ASSERT(groups >= 1);
@@ -213,7 +222,8 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     push(d, row_bytes(wt));
     push(d, last_only ? 1 : 0);
     push(d, d->groups[0]);
-    d->groups[2] = last_only ? 1 : div_up((uint64_t)Tm, NT);
+    if (last_only) d->groups[2] = 1;
+    else tok_groups(d, Tm, 1, NT);
 }
 
 /* h = silu(G x) * (U x); moe: experts chosen by ids (K per token). */
@@ -241,7 +251,8 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     push(d, moe ? (uint32_t)K : 0);
     push(d, moe ? (uint32_t)X : 0);
     push(d, d->groups[0]);
-    d->groups[2] = moe ? (uint32_t)(Tm * K) : div_up((uint64_t)Tm, NT);
+    if (moe) tok_groups(d, Tm, (uint32_t)K, 1);
+    else tok_groups(d, Tm, 1, NT);
 }
 
 static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_vk_loc wts) {
@@ -252,7 +263,7 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
     push(d, (uint32_t)X);
     push(d, (uint32_t)K);
     d->groups[0] = d->groups[1] = 1;
-    d->groups[2] = (uint32_t)r->c->g->n_tok_max;
+    tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
 /* y = sum_k wts * D_ids h_k; D (F, E, X). */
@@ -275,7 +286,7 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     push(d, (uint32_t)K);
     push(d, (uint32_t)dt->ne[2]);
     push(d, d->groups[0]);
-    d->groups[2] = (uint32_t)r->c->g->n_tok_max;
+    tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
 void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int *n, int *cap) {
@@ -303,7 +314,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         push(d, (uint32_t)w->ne[1]);
         d->groups[0] = div_up((uint64_t)w->ne[0] / 32, 64);
         d->groups[1] = 1;
-        d->groups[2] = Tm;
+        tok_groups(d, (int)Tm, 1, 1);
         return;
     }
     case QG_OP_RMSNORM:
@@ -314,17 +325,17 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         push(d, (uint32_t)TIN(0)->ne[0]);
         pushf(d, p->eps);
         d->groups[0] = d->groups[1] = 1;
-        d->groups[2] = Tm;
+        tok_groups(d, (int)Tm, 1, 1);
         return;
     case QG_OP_ADD:
         d = new_dispatch(&r, QG_VK_ADD);
         bind(d, IN(0), false);
         bind(d, IN(1), false);
         bind(d, OUT(0), true);
-        row_groups(d, div_up((uint64_t)TIN(0)->ne[0] * Tm, 256));
         push(d, (uint32_t)TIN(0)->ne[0]);
-        push(d, d->groups[0]);
-        d->groups[2] = 1;
+        d->groups[0] = div_up((uint64_t)TIN(0)->ne[0], 256);
+        d->groups[1] = 1;
+        tok_groups(d, (int)Tm, 1, 1);
         return;
     case QG_OP_QKV:
         for (int i = 0; i < 3; i++) rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false);
@@ -342,7 +353,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         push(d, (uint32_t)g->n_ctx);
         d->groups[0] = (uint32_t)(p->n_head + p->n_head_kv);
         d->groups[1] = 1;
-        d->groups[2] = Tm;
+        tok_groups(d, (int)Tm, 1, 1);
         return;
     case QG_OP_ATTENTION: {
         const uint32_t f16 = TIN(3)->type == QG_F16, dkv = (uint32_t)TIN(3)->ne[0];
@@ -358,7 +369,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         push(d, C);
         d->groups[0] = div_up(dkv / 2, 64);
         d->groups[1] = 2;
-        d->groups[2] = Tm;
+        tok_groups(d, (int)Tm, 1, 1);
         d = new_dispatch(&r, QG_VK_ATTENTION);
         d->spec[1] = f16;
         bind(d, IN(0), false);
@@ -372,7 +383,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         push(d, C);
         d->groups[0] = (uint32_t)p->n_head;
         d->groups[1] = 1;
-        d->groups[2] = Tm;
+        tok_groups(d, (int)Tm, 1, 1);
         return;
     }
     case QG_OP_MATMUL:

@@ -1,8 +1,6 @@
 #version 450
 /*
- * add.comp - y = a + b over the live tokens' elements (n per token).
- * Invocations are numbered (gl_WorkGroupID.y * gx + gl_WorkGroupID.x) *
- * 256 + local id.
+ * add.comp - y = a + b, n elements per token; gl_WorkGroupID.z = token.
  */
 #include "qg_common.glsl"
 
@@ -14,11 +12,11 @@ layout(std430, binding = 3) writeonly buffer YBuf { float y[]; };
 
 layout(push_constant) uniform PC {
     uint n;  /* elements per token */
-    uint gx;
 } pc;
 
 void main() {
-    const uint i = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * 256u + gl_LocalInvocationIndex;
-    if (i >= pc.n * uint(N_TOK)) return;
+    const uint t = gl_WorkGroupID.z;
+    if (t >= uint(N_TOK) || gl_GlobalInvocationID.x >= pc.n) return;
+    const uint i = t * pc.n + gl_GlobalInvocationID.x;
     y[i] = a[i] + b[i];
 }
