@@ -66,7 +66,17 @@ typedef struct cuda_weight {
     const void *host;
     void *dev;
     size_t bytes;
+    int pool; /* index into cuda_exec.pools */
 } cuda_weight;
+
+/* One allocation of uploaded weights, held by the graphs that read any of
+ * them (freed with its table entries when the last one is released, so a
+ * host address reused after a model is freed never finds stale data). */
+typedef struct cuda_pool {
+    void *mem;
+    size_t bytes;
+    int refs;
+} cuda_pool;
 
 /* Per-graph state made by compile(). */
 typedef struct cuda_graph {
@@ -86,6 +96,8 @@ typedef struct cuda_graph {
     bool *skip;            /* (n_nodes) folded into a neighbour */
     cudaGraphExec_t *gexec; /* (n_parts) captured partitions */
     cudaEvent_t *ev;       /* (2 * n_nodes + 1) profile events, made on first use */
+    int *pool_used;        /* weight pools this graph holds a reference on */
+    int n_pool_used;
 } cuda_graph;
 
 typedef struct cuda_exec {
@@ -99,7 +111,7 @@ typedef struct cuda_exec {
     size_t kv_bytes;
     cuda_weight *w; /* sorted by host address */
     int n_w, cap_w;
-    void **pools;   /* weight allocations */
+    cuda_pool *pools; /* weight allocations */
     int n_pools, cap_pools;
     size_t weight_bytes;
     unsigned char *staging; /* pinned, STAGING_BYTES */
@@ -152,7 +164,7 @@ static qg_status upload_weights(cuda_exec *c, const qg_graph *g, int e, qg_error
         for (int k = 0; k < nd->n_in; k++) {
             const qg_tensor *t = &g->tensors[nd->in[k]];
             if (t->role != QG_ROLE_WEIGHT || weight_find(c, t->data) >= 0) continue;
-            nw[n++] = (cuda_weight){t->data, NULL, t->nbytes};
+            nw[n++] = (cuda_weight){t->data, NULL, t->nbytes, -1};
         }
     }
     qsort(nw, (size_t)n, sizeof *nw, cmp_weight);
@@ -188,9 +200,11 @@ static qg_status upload_weights(cuda_exec *c, const qg_graph *g, int e, qg_error
         QG_CUDA_TRY(cudaMemcpy(nw[i].dev, nw[i].host, nw[i].bytes, cudaMemcpyHostToDevice));
         off += qg_align_up(nw[i].bytes, DEV_ALIGN);
     }
-    if (c->n_pools == c->cap_pools) {
+    int pi = 0;
+    while (pi < c->n_pools && c->pools[pi].mem) pi++;
+    if (pi == c->n_pools && c->n_pools == c->cap_pools) {
         int cap = c->cap_pools ? 2 * c->cap_pools : 8;
-        void **p = realloc(c->pools, sizeof *p * (size_t)cap);
+        cuda_pool *p = realloc(c->pools, sizeof *p * (size_t)cap);
         if (!p) { st = qg_error_set(err, QG_ERR_NOMEM, "out of memory"); goto fail; }
         c->pools = p;
         c->cap_pools = cap;
@@ -202,7 +216,9 @@ static qg_status upload_weights(cuda_exec *c, const qg_graph *g, int e, qg_error
         c->w = p;
         c->cap_w = cap;
     }
-    c->pools[c->n_pools++] = pool;
+    if (pi == c->n_pools) c->n_pools++;
+    c->pools[pi] = (cuda_pool){pool, total, 0};
+    for (int i = 0; i < m; i++) nw[i].pool = pi;
     memcpy(c->w + c->n_w, nw, sizeof *nw * (size_t)m);
     c->n_w += m;
     qsort(c->w, (size_t)c->n_w, sizeof *c->w, cmp_weight);
@@ -229,6 +245,48 @@ static void *dev_zalloc(size_t bytes) {
         return NULL;
     }
     return p;
+}
+
+/* Take a reference on every pool holding a weight g's nodes on executor e
+ * read; cg->pool_used lists them. */
+static qg_status hold_pools(cuda_exec *c, cuda_graph *cg, qg_error *err) {
+    const qg_graph *g = cg->g;
+    if (!(cg->pool_used = calloc((size_t)QG_MAX(c->n_pools, 1), sizeof *cg->pool_used)))
+        return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < g->n_nodes; i++) {
+        if (g->nodes[i].exec != cg->exec_index) continue;
+        for (int k = 0; k < g->nodes[i].n_in; k++) {
+            const qg_tensor *t = &g->tensors[g->nodes[i].in[k]];
+            if (t->role != QG_ROLE_WEIGHT) continue;
+            const int w = weight_find(c, t->data);
+            if (w < 0) continue;
+            bool have = false;
+            for (int j = 0; j < cg->n_pool_used; j++) have |= cg->pool_used[j] == c->w[w].pool;
+            if (!have) {
+                cg->pool_used[cg->n_pool_used++] = c->w[w].pool;
+                c->pools[c->w[w].pool].refs++;
+            }
+        }
+    }
+    return QG_OK;
+}
+
+/* Drop cg's pool references; free pools nobody holds, with their entries. */
+static void drop_pools(cuda_exec *c, cuda_graph *cg) {
+    for (int j = 0; j < cg->n_pool_used; j++) {
+        cuda_pool *p = &c->pools[cg->pool_used[j]];
+        if (--p->refs > 0) continue;
+        cudaFree(p->mem);
+        c->weight_bytes -= p->bytes;
+        int m = 0;
+        for (int i = 0; i < c->n_w; i++)
+            if (c->w[i].pool != cg->pool_used[j]) c->w[m++] = c->w[i];
+        c->n_w = m;
+        *p = (cuda_pool){NULL, 0, 0};
+    }
+    free(cg->pool_used);
+    cg->pool_used = NULL;
+    cg->n_pool_used = 0;
 }
 
 /* ---- executor-level fusion ------------------------------------------- */
@@ -420,6 +478,7 @@ static void cuda_release(void *self, qg_graph *g) {
     cudaFree(cg->rope);
     cudaFree(cg->extra);
     cudaGetLastError();
+    drop_pools(c, cg);
     free(cg->dev);
     free(cg->L);
     free(cg->skip);
@@ -438,6 +497,7 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
     if ((st = upload_weights(c, g, exec_index, err))) return st;
     cg->g = g;
     cg->exec_index = exec_index;
+    if ((st = hold_pools(c, cg, err))) goto fail;
     cg->dev = calloc((size_t)g->n_tensors, sizeof *cg->dev);
     cg->L = calloc((size_t)g->n_nodes, sizeof *cg->L);
     cg->skip = calloc((size_t)g->n_nodes, sizeof *cg->skip);
@@ -724,7 +784,8 @@ static void cuda_free(void *self) {
     cudaSetDevice(c->device);
     for (int i = 0; i < QG_CUDA_MAX_GRAPHS; i++)
         if (c->graphs[i].g) cuda_release(c, c->graphs[i].g);
-    for (int i = 0; i < c->n_pools; i++) cudaFree(c->pools[i]);
+    for (int i = 0; i < c->n_pools; i++)
+        if (c->pools[i].mem) cudaFree(c->pools[i].mem);
     if (c->kv) cudaFree(c->kv);
     if (c->staging) cudaFreeHost(c->staging);
     if (c->stream) cudaStreamDestroy(c->stream);

@@ -298,7 +298,7 @@ struct dn_args {
 };
 
 #define DN_KMAX 32
-#define DN_HS_MAX 12288
+#define DN_HS_MAX 11264 /* 44 KiB of shared memory */
 
 template <int DT, bool HS>
 __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {

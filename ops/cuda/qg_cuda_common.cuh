@@ -296,7 +296,8 @@ template <int DT> __device__ __forceinline__ int qg_unit_elem(const int *st, int
 }
 
 /* Partial dot of unit u of a row with x (f32, 16-byte aligned, indexed by
- * weight index): sum_i w_i * x[elem(i)], f32 FMAs. */
+ * weight index; global or shared memory, so plain loads): sum_i w_i *
+ * x[elem(i)], f32 FMAs. */
 template <int DT>
 __device__ __forceinline__ float qg_unit_dot(const uint8_t *row, int u, const float *x) {
     float w[32];
@@ -309,7 +310,7 @@ __device__ __forceinline__ float qg_unit_dot(const uint8_t *row, int u, const fl
         const float4 *xp = (const float4 *)(x + st[r]);
 #pragma unroll
         for (int q = 0; q < RL / 4; q++) {
-            const float4 xv = __ldg(xp + q);
+            const float4 xv = xp[q];
             const float *ww = w + r * RL + 4 * q;
             a0 = fmaf(ww[0], xv.x, a0);
             a1 = fmaf(ww[1], xv.y, a1);

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# tools/gpu-check.sh [SUMMARY_FILE] - the CUDA executor on a GPU machine, in
+# one command:
+#   1. configure + build with CUDA (Release) in $QG_GPU_BUILD (build-gpu)
+#   2. the CUDA tests (ctest -R cuda: every kernel vs float64, end-to-end on
+#      synthetic models vs the reference, llama.cpp and the CPU executor)
+#   3. the 30b-a3b Q4_K_M file in $QG_MODEL_DIR (/tmp): `qmoe-graph synth`,
+#      or with QG_FAST_MODEL=1 the kernel lab's random-block generator
+#      (same tensor table, types and metadata; seconds instead of minutes)
+#   4. qmoe-graph bench --backend cuda: -p 512 -n 128 -r 5, then tg128 at a
+#      4096-token depth; peak GPU memory read with nvidia-smi meanwhile
+#   5. compute-sanitizer memcheck on a prefill + decode run of a tiny model
+#   6. optional: QG_GPU_LAB=1 runs the kernel lab (tools/kernels),
+#      QG_GPU_GREEDY=1 the 64-token greedy CUDA-vs-CPU check on the big file
+# (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
+# and prints a short summary (also written to SUMMARY_FILE when given).
+#
+# Carried helpers, when present in the checkout (both git-ignored):
+#   .oracle/{lib,include}   llama.cpp's libraries and headers (the oracle of
+#                           the end-to-end test); without it the e2e test runs
+#                           with QG_ALLOW_NO_ORACLE=1
+#   .cuda-dev/cmocka/       cmocka.h and libcmocka.so* for machines without it
+# Every step has a time limit; a failed step is reported and the rest go on.
+# Exit status: 0 when every step that ran passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SUMMARY=${1:-}
+BUILD=${QG_GPU_BUILD:-build-gpu}
+MODEL_DIR=${QG_MODEL_DIR:-/tmp}
+MODEL=$MODEL_DIR/30b-a3b-q4_k_m.gguf
+LOG=${QG_GPU_LOG:-$BUILD/gpu-check.log}
+mkdir -p "$BUILD"
+: > "$LOG"
+declare -a LINES=()
+FAILED=0
+
+note() { LINES+=("$1"); echo "== $1"; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
+
+# step NAME LIMIT_SECONDS CMD... : run with a time limit, log, record.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local t0
+    t0=$(now)
+    echo "---- $name: $*" | tee -a "$LOG"
+    timeout "$limit" "$@" >> "$LOG" 2>&1
+    local rc=$?
+    if [ $rc -eq 0 ]; then
+        note "$name: ok ($(secs "$t0") s)"
+    else
+        [ $rc -eq 124 ] && note "$name: TIMED OUT after ${limit} s" || note "$name: FAILED (exit $rc, $(secs "$t0") s)"
+        FAILED=1
+        tail -n 40 "$LOG"
+    fi
+    return $rc
+}
+
+GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+note "GPU: ${GPU:-none found} ($(date -u +%Y-%m-%dT%H:%MZ)); nvcc $(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+
+# ---- 1. build ------------------------------------------------------------
+ARGS=(-DCMAKE_BUILD_TYPE=Release -DQG_CUDA=ON)
+command -v ninja >/dev/null && ARGS+=(-G Ninja)
+if [ -d .oracle/lib ]; then
+    ARGS+=(-DQG_LLAMA_DIR="$PWD/.oracle/lib" -DQG_LLAMA_INCLUDE="$PWD/.oracle/include")
+    export LD_LIBRARY_PATH="$PWD/.oracle/lib:${LD_LIBRARY_PATH:-}"
+else
+    export QG_ALLOW_NO_ORACLE=1
+fi
+if [ -f .cuda-dev/cmocka/cmocka.h ]; then
+    ARGS+=(-DCMOCKA_INCLUDE="$PWD/.cuda-dev/cmocka" -DCMOCKA_LIB="$PWD/.cuda-dev/cmocka/libcmocka.so")
+    export LD_LIBRARY_PATH="$PWD/.cuda-dev/cmocka:${LD_LIBRARY_PATH:-}"
+fi
+step configure 300 cmake -S . -B "$BUILD" "${ARGS[@]}" &&
+    step build 420 cmake --build "$BUILD" -j"$(nproc)" ||
+    { printf '%s\n' "${LINES[@]}"; exit 1; }
+QG=$BUILD/qmoe-graph
+
+# ---- 2. tests ------------------------------------------------------------
+[ "${QG_GPU_SKIP_TESTS:-0}" = 1 ] || step "ctest -R cuda" 420 bash -c "cd '$BUILD' && ctest -R cuda -V -j2"
+grep -E ":   (tiny|small|gqa1|refused|mixed|--n-cpu-moe)|ERROR|FAILED|tests passed|tests failed" "$LOG" |
+    sed 's/^/   /' | head -60
+
+# ---- 3. the 30b-a3b file ---------------------------------------------------
+if [ ! -f "$MODEL" ]; then
+    if [ "${QG_FAST_MODEL:-0}" = 1 ]; then
+        step "model (lab_fastmodel)" 300 "$BUILD/lab_fastmodel" "$MODEL" 30b-a3b q4_k_m
+        MODEL_KIND="lab_fastmodel (synth's tensor table, random blocks)"
+    else
+        step "model (qmoe-graph synth)" 1500 "$QG" synth "$MODEL" --preset 30b-a3b --ftype q4_k_m
+        MODEL_KIND="qmoe-graph synth --preset 30b-a3b --ftype q4_k_m"
+    fi
+else
+    MODEL_KIND="existing file"
+fi
+FILE_GIB=$(awk -v b="$(stat -c %s "$MODEL" 2>/dev/null || echo 0)" 'BEGIN { printf "%.2f", b / 1073741824 }')
+note "model: $MODEL ($FILE_GIB GiB, $MODEL_KIND)"
+
+# ---- 4. bench ------------------------------------------------------------
+if [ -f "$MODEL" ]; then
+    MEMLOG=$BUILD/gpu-mem.log
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$MEMLOG" 2>/dev/null &
+    SMI=$!
+    step "bench pp512 tg128" 400 "$QG" bench "$MODEL" --backend cuda -p 512 -n 128 -r 5
+    grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | tail -2 | sed 's/^/   /'
+    step "bench tg128 @ d4096" 400 "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -d 4096 -r 5
+    grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | sed 's/^/   /'
+    kill "$SMI" 2>/dev/null
+    wait "$SMI" 2>/dev/null
+    PEAK=$(sort -n "$MEMLOG" 2>/dev/null | tail -1)
+    note "peak GPU memory during bench: ${PEAK:-?} MiB (file $FILE_GIB GiB; KV f16 at -c 4224: 0.39 GiB)"
+    for l in $(grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | awk -F'|' '{gsub(/ /,"",$7); gsub(/ /,"",$8); print $7"="$8}'); do
+        note "bench $l tok/s"
+    done
+fi
+
+# ---- 5. memcheck ---------------------------------------------------------
+TINY=$MODEL_DIR/qg-gpucheck-tiny.gguf
+[ -f "$TINY" ] || step "synth tiny" 120 "$QG" synth "$TINY" --preset tiny --ftype q4_k_m --vocab bytes
+if command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck" 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        --leak-check no "$QG" bench "$TINY" --backend cuda -p 24 -n 6 -r 1 -b 16
+else
+    note "compute-sanitizer: not found, skipped"
+fi
+
+# ---- 6. optional -----------------------------------------------------------
+if [ "${QG_GPU_LAB:-0}" = 1 ]; then
+    step "kernel lab" 300 "$BUILD/lab_matvec" 20
+    sed -n '/^device:/,$p' "$LOG" | grep -E "^(device|Part|  )" | tail -25 | sed 's/^/   /'
+fi
+if [ "${QG_GPU_GREEDY:-0}" = 1 ] && [ -f "$MODEL" ]; then
+    step "greedy 64 tokens x 10 prompts vs CPU" 600 env QG_CUDA_BIG_MODEL="$MODEL" "$BUILD/tests/test_cuda_e2e"
+    grep -E "identical on|first difference" "$LOG" | tail -12 | sed 's/^/   /'
+fi
+
+# ---- summary ---------------------------------------------------------------
+{
+    echo "# gpu-check summary"
+    echo
+    for l in "${LINES[@]}"; do echo "- $l"; done
+    echo
+    echo "full log: $LOG"
+} > "$BUILD/gpu-check-summary.md"
+echo
+cat "$BUILD/gpu-check-summary.md"
+[ -n "$SUMMARY" ] && cp "$BUILD/gpu-check-summary.md" "$SUMMARY"
+exit $FAILED
