@@ -34,6 +34,12 @@
  *   std / 64, so their logits stay near 0 and padding is never the greedy
  *   choice (the other logits reach ~3 std, i.e. ~15, at the top).
  *
+ * Speed: n_threads workers generate and convert rows of up to two tensors
+ * ahead of the calling thread, which streams finished tensors to the file.
+ * Quantized files are bound by qg_quantize_row (~210 ns per weight for
+ * Q4_K on one core at the time of writing): the 30b-a3b Q4_K_M (17.28 GiB)
+ * took 406 s with 16 threads (46 MB/s); f16 runs at ~800 MB/s there.
+ *
  * Output goes through qg_gguf_writer (a "<path>.tmp" renamed at the end), so
  * a failed or interrupted write never leaves a partial file at `path`.
  */
