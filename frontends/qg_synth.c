@@ -358,14 +358,93 @@ static void convert_row(qg_dtype type, const float *src, uint8_t *dst, int64_t n
     }
 }
 
+/*
+ * Direct codes, for the big presets (30b-a3b, 235b-a22b) in quantized
+ * formats, where quantizing 30 billion floats would take many CPU-minutes:
+ * each block copies its scale bytes from one of QG_SYNTH_TEMPLATES template
+ * blocks (Gaussian values of the tensor's mean/std, quantized once per
+ * tensor by qg_quantize_row) and draws its code bytes (the quants)
+ * uniformly from the counter-based generator.  Values then spread evenly
+ * over each template sub-block's [min, max], about 1.4x the target std;
+ * the file stays deterministic and numerically sane, and writes at disk
+ * speed.  Byte ranges are GGML's block layouts.
+ */
+#define QG_SYNTH_TEMPLATES 8
+
+typedef struct code_layout {
+    int hdr0, hdr1;   /* scale/header bytes [hdr0, hdr1) copied from a template */
+    int code0, code1; /* code bytes [code0, code1) drawn at random */
+} code_layout;
+
+/* The byte ranges of one block; false for formats without direct codes. */
+static bool direct_layout(qg_dtype type, code_layout *l) {
+    switch (type) {
+    case QG_Q4_0: *l = (code_layout){0, 2, 2, 18}; return true;    /* d | qs[16]        */
+    case QG_Q8_0: *l = (code_layout){0, 2, 2, 34}; return true;    /* d | qs[32]        */
+    case QG_Q4_K: *l = (code_layout){0, 16, 16, 144}; return true; /* d dmin sc[12] | qs */
+    case QG_Q5_K: *l = (code_layout){0, 16, 16, 176}; return true; /* ... | qh[32] qs   */
+    case QG_Q6_K: *l = (code_layout){192, 210, 0, 192}; return true; /* ql qh | sc[16] d */
+    default: return false;
+    }
+}
+
+/* Per-worker cache of one tensor's template blocks. */
+typedef struct direct_cache {
+    const qg_synth_tensor *t;
+    uint8_t tmpl[QG_SYNTH_TEMPLATES][256]; /* one block each (<= 210 bytes) */
+} direct_cache;
+
+static void direct_prepare(direct_cache *c, const qg_synth_tensor *t, uint64_t key, float *scratch) {
+    if (c->t == t) return;
+    const int bs = qg_dtype_block_size(t->type);
+    for (int k = 0; k < QG_SYNTH_TEMPLATES; k++) {
+        /* template k: values from a counter range no real element uses */
+        gen_values(key ^ 0x7E3A1A7Eull, t->mean, t->std, (int64_t)k * bs, bs, scratch);
+        qg_quantize_row(t->type, scratch, c->tmpl[k], bs);
+    }
+    c->t = t;
+}
+
+/* Row r of t in direct codes. */
+static void direct_row(const direct_cache *c, const qg_synth_tensor *t, uint64_t key, int64_t r,
+                       uint8_t *out) {
+    code_layout l;
+    QG_ASSERT(direct_layout(t->type, &l));
+    const int bs = qg_dtype_block_size(t->type);
+    const size_t bytes = qg_dtype_row_bytes(t->type, bs);
+    const int64_t nb = t->ne[0] / bs;
+    for (int64_t b = 0; b < nb; b++, out += bytes) {
+        uint64_t ctr = key + (uint64_t)(r * nb + b + 1) * GOLDEN * 3;
+        const uint8_t *tm = c->tmpl[mix64(ctr) % QG_SYNTH_TEMPLATES];
+        memcpy(out + l.hdr0, tm + l.hdr0, (size_t)(l.hdr1 - l.hdr0));
+        for (int i = l.code0; i < l.code1; i += 8) {
+            uint64_t u = mix64(ctr += GOLDEN);
+            memcpy(out + i, &u, (size_t)QG_MIN(8, l.code1 - i));
+        }
+    }
+}
+
 /* Generate rows [r0, r1) of tensor t into dst (the tensor's buffer),
  * using scratch of CHUNK_ELEMS floats (more if one row is longer). */
 static void compute_rows(const pipeline *pp, const qg_synth_tensor *t, int64_t r0, int64_t r1,
-                         uint8_t *dst, float *scratch) {
+                         uint8_t *dst, float *scratch, direct_cache *dc) {
     const int64_t ne0 = t->ne[0];
     const size_t row_bytes = qg_dtype_row_bytes(t->type, ne0);
     const uint64_t key = tensor_key(pp->seed, t->name);
     uint8_t *out = dst + (size_t)r0 * row_bytes;
+    code_layout l;
+    if (pp->plan->preset->big && direct_layout(t->type, &l)) {
+        direct_prepare(dc, t, key, scratch);
+        for (int64_t r = r0; r < r1; r++, out += row_bytes) {
+            if (t->damp_unused_rows && pp->token_types[r] == QG_SYNTH_TOKEN_UNUSED) {
+                gen_values(key, t->mean, t->std / 64.0f, r * ne0, ne0, scratch);
+                convert_row(t->type, scratch, out, ne0);
+            } else {
+                direct_row(dc, t, key, r, out);
+            }
+        }
+        return;
+    }
     if (t->damp_unused_rows) {
         /* row by row: a row's std depends on its token's type */
         for (int64_t r = r0; r < r1; r++, out += row_bytes) {
@@ -390,9 +469,10 @@ static void *worker_main(void *arg) {
     const qg_synth_plan *pl = pp->plan;
     int64_t max_ne0 = 0;
     for (int i = 0; i < pl->n_tensors; i++) max_ne0 = QG_MAX(max_ne0, pl->tensors[i].ne[0]);
-    float *scratch = malloc((size_t)max_ne0 * sizeof *scratch);
+    float *scratch = malloc((size_t)QG_MAX(max_ne0, 256) * sizeof *scratch);
+    direct_cache *dc = calloc(1, sizeof *dc);
     pthread_mutex_lock(&pp->mu);
-    if (!scratch) pp->failed = true;
+    if (!scratch || !dc) pp->failed = true;
     for (;;) {
         if (pp->failed || pp->t_claim >= pl->n_tensors) break;
         if (pp->t_claim >= pp->t_written + NSLOTS) {
@@ -421,7 +501,7 @@ static void *worker_main(void *arg) {
         }
         uint8_t *buf = s->buf;
         pthread_mutex_unlock(&pp->mu);
-        compute_rows(pp, t, r0, r1, buf, scratch);
+        compute_rows(pp, t, r0, r1, buf, scratch, dc);
         pthread_mutex_lock(&pp->mu);
         s->rows_done += r1 - r0;
         if (s->rows_done == rows) pthread_cond_broadcast(&pp->cv_done);
@@ -430,6 +510,7 @@ static void *worker_main(void *arg) {
     pthread_cond_broadcast(&pp->cv_space);
     pthread_mutex_unlock(&pp->mu);
     free(scratch);
+    free(dc);
     return NULL;
 }
 

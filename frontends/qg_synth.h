@@ -15,6 +15,11 @@
  *   o.ftype = "q4_k_m";
  *   if (qg_synth_write("tiny.gguf", &o, NULL, &err) != QG_OK) ...
  *
+ * Big presets (30b-a3b, 235b-a22b) in quantized formats use direct codes
+ * instead of quantizing every float: scale bytes from a few per-tensor
+ * template blocks, code bytes from the generator (see direct_row in
+ * qg_synth.c); the 17 GiB benchmark file then writes at disk speed.
+ *
  * Weights (element i of the tensor named N, in GGUF order, innermost first):
  *   u = splitmix64 output for counter i of the key mix(seed, fnv1a64(N));
  *   z = (sum of the four 16-bit lanes of u - 131070) * sqrt(3) / 65536,
