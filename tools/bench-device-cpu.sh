@@ -9,7 +9,7 @@ out=${1:?OUTDIR} threads=${2:-$(nproc)}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 b=build-devcpu
-cmake -S . -B $b -DCMAKE_BUILD_TYPE=Release -DQG_CUDA=OFF -DQG_VULKAN=OFF \
+cmake -S . -B $b -DCMAKE_BUILD_TYPE=Release -DQG_CUDA=OFF -DQG_VULKAN=OFF -DQG_REQUIRE_TESTS=OFF \
   -DQG_LLAMA_DIR="$PWD/.oracle/lib" -DQG_LLAMA_INCLUDE="$PWD/.oracle/include" >"$out/cmake.log" 2>&1
 cmake --build $b -j"$(nproc)" --target qmoe-graph qg-llama-bench >"$out/build.log" 2>&1
 model=${QG_MODEL_DIR:-/tmp}/30b-a3b-q4_k_m.gguf
