@@ -9,10 +9,8 @@
  * step buffer (binding 0), so the recorded command buffer never changes.
  *
  * Work shapes (see the shaders' comments):
- *   weight x activation shaders: NR rows per workgroup, NT token columns
- *     (decode graphs NR 2 / NT 1; prefill graphs NT 8), WG invocations =
- *     the number of 32-element chunks of a row rounded up to a power of
- *     two, clamped to [32, 128];
+ *   weight x activation shaders: 128 invocations, TPR lanes per row (see
+ *     rows_for), NT token columns (1 in decode graphs, 8 in prefill);
  *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx).
  */
 #include "qg_vk.h"
@@ -191,12 +189,20 @@ static void row_groups(qg_vk_dispatch *d, uint64_t groups) {
     QG_ASSERT(d->groups[1] <= MAX_GROUPS);
 }
 
-/* Workgroup size for rows of n elements: the chunk count rounded up to a
- * power of two, in [32, 128]. */
-static uint32_t wg_for(int64_t n) {
-    uint32_t wg = 32;
-    while (wg < 128 && (int64_t)wg * 32 < n) wg *= 2;
-    return wg;
+/* The row layout of the weight shaders (ops/vulkan/qg_rows.glsl): WG
+ * invocations, TPR lanes per row (the row's 32-element units rounded up
+ * to a power of two, in [8, 32], and at least the na partial sums per
+ * lane), RPT rows per lane group: NR = WG / TPR * RPT rows per workgroup. */
+#define ROWS_WG 128u
+typedef struct rows { uint32_t wg, tpr, rpt, nr; } rows;
+
+static rows rows_for(int64_t n, uint32_t na, uint32_t rpt) {
+    rows r = {.wg = ROWS_WG, .tpr = 8, .rpt = rpt};
+    while (r.tpr < 32 && (int64_t)r.tpr * 32 < n) r.tpr *= 2;
+    while (r.tpr < na) r.tpr *= 2;
+    QG_ASSERT(na <= 16 && r.tpr <= r.wg);
+    r.nr = r.wg / r.tpr * rpt;
+    return r;
 }
 
 static uint32_t row_bytes(const qg_tensor *w) {
@@ -207,16 +213,18 @@ static uint32_t row_bytes(const qg_tensor *w) {
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
                        bool last_only) {
     const int Tm = r->c->g->n_tok_max;
-    const uint32_t NR = 2, NT = (Tm > 1 && !last_only) ? 8 : 1;
+    const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
+    const rows L = rows_for(wt->ne[0], NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
-    d->spec[0] = wg_for(wt->ne[0]);
+    d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)wt->type;
-    d->spec[2] = NR;
+    d->spec[2] = L.tpr;
     d->spec[3] = NT;
+    d->spec[4] = L.rpt;
     bind(d, w, false);
     bind(d, x, false);
     bind(d, y, true);
-    row_groups(d, div_up((uint64_t)wt->ne[1], NR));
+    row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
     push(d, row_bytes(wt));
@@ -230,20 +238,22 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
 static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor *ut, qg_vk_loc u,
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
-    const uint32_t NR = moe || Tm == 1 ? 2 : 1, NT = moe || Tm == 1 ? 1 : 8;
+    const uint32_t NT = moe || Tm == 1 ? 1 : 8;
+    const rows L = rows_for(gt->ne[0], 2 * NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
-    d->spec[0] = wg_for(gt->ne[0]);
+    d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)gt->type;
     d->spec[2] = (uint32_t)ut->type;
-    d->spec[3] = NR;
+    d->spec[3] = L.tpr;
     d->spec[4] = NT;
-    d->spec[5] = moe ? 1 : 0;
+    d->spec[5] = L.rpt;
+    d->spec[6] = moe ? 1 : 0;
     bind(d, g, false);
     bind(d, u, false);
     bind(d, x, false);
     bind(d, h, true);
     bind(d, moe ? ids : r->c->step, false);
-    row_groups(d, div_up((uint64_t)gt->ne[1], NR));
+    row_groups(d, div_up((uint64_t)gt->ne[1], L.nr));
     push(d, (uint32_t)gt->ne[0]);
     push(d, (uint32_t)gt->ne[1]);
     push(d, row_bytes(gt));
@@ -269,17 +279,18 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
 /* y = sum_k wts * D_ids h_k; D (F, E, X). */
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
                           qg_vk_loc wts, qg_vk_loc y, int K) {
-    const uint32_t NR = 2;
+    const rows L = rows_for(dt->ne[0], 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
-    d->spec[0] = wg_for(dt->ne[0]);
+    d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
-    d->spec[2] = NR;
+    d->spec[2] = L.tpr;
+    d->spec[3] = L.rpt;
     bind(d, dw, false);
     bind(d, h, false);
     bind(d, ids, false);
     bind(d, wts, false);
     bind(d, y, true);
-    row_groups(d, div_up((uint64_t)dt->ne[1], NR));
+    row_groups(d, div_up((uint64_t)dt->ne[1], L.nr));
     push(d, (uint32_t)dt->ne[0]);
     push(d, (uint32_t)dt->ne[1]);
     push(d, row_bytes(dt));

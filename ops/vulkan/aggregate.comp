@@ -4,19 +4,21 @@
  * e = ids[k, t]: the experts' down projections and their weighted sum.
  *
  * D (n=f, m=n_embd, X) any format; h (f, K, T); ids, wts (K, T);
- * y (m, T).  Workgroup: NR rows of token gl_WorkGroupID.z; invocations
- * take 32-element chunks of every chosen expert's rows and accumulate
- * wts * partial dot; the NR sums are reduced over the workgroup.  An id
- * outside [0, X) writes NaN.
+ * y (m, T).  Workgroup: NR rows (qg_rows.glsl) of token gl_WorkGroupID.z;
+ * lanes take units of every chosen expert's rows and accumulate
+ * wts * partial dot; the RPT sums per lane are reduced over the row's
+ * lanes.  An id outside [0, X) writes NaN.
  */
 #include "qg_common.glsl"
 
-layout(constant_id = 0) const uint WG = 64u;
+layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0;
-layout(constant_id = 2) const uint NR = 2u; /* <= 16 */
+layout(constant_id = 2) const uint TPR = 32u;
+layout(constant_id = 3) const uint RPT = 1u; /* <= min(16, TPR) */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer DBuf { uint dbuf[]; };   /* (f, m, X) */
+layout(std430, binding = 1) readonly buffer DBuf4 { uvec4 dbuf4[]; };
 layout(std430, binding = 2) readonly buffer HBuf { vec4 h4[]; };     /* (f, K, T) */
 layout(std430, binding = 3) readonly buffer IBuf { int ids[]; };     /* (K, T) */
 layout(std430, binding = 4) readonly buffer WtBuf { float wts[]; };  /* (K, T) */
@@ -33,18 +35,21 @@ layout(push_constant) uniform PC {
 
 #define DQ_FN dq_d
 #define DQ_BUF dbuf
+#define DQ_BUF4 dbuf4
 #define DQ_TYPE WTYPE
 #include "qg_dequant.glsl"
-#include "qg_reduce.glsl"
+#include "qg_rows.glsl"
 
 void main() {
+    const uint G = WG / TPR, NR = G * RPT;
+    const uint l = gl_LocalInvocationIndex, g = l / TPR, lane = l % TPR;
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK) || r0 >= pc.m) return;
-    const uint nch = pc.n / 32u;
+    const uint nu = pc.n / 32u;
     bool bad = false;
-    float acc[QG_RED_N];
-    [[unroll]] for (uint i = 0u; i < QG_RED_N; i++) acc[i] = 0.0;
+    float acc[QG_ROWS_ACC];
+    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint kk = 0u; kk < pc.k; kk++) {
         const int e = ids[t * pc.k + kk];
         if (e < 0 || uint(e) >= pc.n_expert) {
@@ -52,24 +57,28 @@ void main() {
             continue;
         }
         const float wk = wts[t * pc.k + kk];
-        const uint row0 = uint(e) * pc.m + r0;
         const uint ho = (t * pc.k + kk) * pc.n;
-        for (uint c = gl_LocalInvocationIndex; c < nch; c += WG) {
-            [[unroll]] for (uint r = 0u; r < NR; r++) {
-                if (r0 + r >= pc.m) break;
+        for (uint u = lane; u < nu; u += TPR) {
+            [[unroll]] for (uint k = 0u; k < RPT; k++) {
+                const uint r = r0 + g + k * G;
+                if (r >= pc.m) break;
                 float w[32];
-                dq_d((row0 + r) * pc.rb, c, w);
-                const uint xo = (ho + 32u * c) >> 2;
+                uint e0, e1;
+                dq_d((uint(e) * pc.m + r) * pc.rb, u, w, e0, e1);
+                const uint a = (ho + e0) >> 2, b = (ho + e1) >> 2;
                 float s = 0.0;
-                [[unroll]] for (uint i = 0u; i < 8u; i++)
-                    s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]),
-                             h4[xo + i]);
-                acc[r] += wk * s;
+                [[unroll]] for (uint i = 0u; i < 4u; i++) {
+                    s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), h4[a + i]);
+                    s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]),
+                             h4[b + i]);
+                }
+                acc[k] += wk * s;
             }
         }
     }
-    wg_sum_n(acc, NR);
-    const uint l = gl_LocalInvocationIndex;
-    if (l < NR && r0 + l < pc.m)
-        y[t * pc.m + r0 + l] = bad ? uintBitsToFloat(0x7fc00000u) : qg_redn[l];
+    qg_rows_reduce(acc, RPT);
+    if (l < RPT * G) {
+        const uint r = r0 + (l % G) + (l / G) * G;
+        if (r < pc.m) y[t * pc.m + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_out[l];
+    }
 }

@@ -1,22 +1,31 @@
 /*
- * qg_dequant.glsl - exact dequantization of one 32-element chunk of a
+ * qg_dequant.glsl - exact dequantization of one 32-element unit of a
  * weight row, for every weight format (GGML block layouts, see
- * ops/quant/qg_quant_blocks.h; values computed in GGML's operation order).
+ * ops/quant/qg_quant_blocks.h; values computed in GGML's operation order,
+ * `precise` where GGML subtracts, so no fused multiply-add changes them).
  *
- * Include with three macros defined; may be included several times with
+ * Include with four macros defined; may be included several times with
  * different ones (one function per weight buffer):
  *   DQ_FN    the function's name
  *   DQ_BUF   a uint array in a storage buffer holding the weight's bytes
+ *   DQ_BUF4  a uvec4 array aliasing the same buffer (same binding)
  *   DQ_TYPE  its dtype (a QG_* id; usually a specialization constant)
  * The function is
- *   void DQ_FN(uint rb, uint c, out float w[32])
- * rb: byte offset of the row in DQ_BUF (rows of every format start on a
- * 2-byte boundary); c: chunk index in the row (elements 32c .. 32c+31);
- * w: the 32 dequantized values.
+ *   void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1)
+ * rb: byte offset of the row in the buffer (rows of every format start on
+ * a 2-byte boundary; 16-byte for F32, F16, BF16, Q4_K, Q5_K); u: unit
+ * index in the row (row length / 32 units).  w[0..16) are the row's
+ * elements e0 .. e0+15, w[16..32) elements e1 .. e1+15.
  *
- * Chunk of each format: F32/F16/BF16 32 elements; Q8_0/Q4_0 one block;
- * Q4_K/Q5_K sub-block c%8 of super-block c/8 (one scale and min); Q6_K
- * elements 32(c%8).. of super-block c/8 (two 16-element scales).
+ * Units are laid out so that consecutive units read consecutive bytes
+ * (coalesced loads when invocation i takes unit i):
+ *   F32, F16, BF16, Q8_0, Q4_0: elements 32u .. 32u+31 (e1 = e0 + 16);
+ *   Q4_K, Q5_K: the 16 quant bytes 16(u%8) of super-block u/8: the low
+ *     nibbles are elements e0 = 64c + 16h .. (sub-block 2c), the high
+ *     nibbles e1 = e0 + 32 (sub-block 2c+1), c = (u%8)/2, h = u%2;
+ *   Q6_K: the 16 low-bit bytes ql[64hh + 16q ..] of super-block u/8
+ *     (hh = (u%8)/4, q = u%4): low nibbles e0 = 128hh + 32(q/2) + 16(q%2)
+ *     .., high nibbles e1 = e0 + 64.
  */
 
 /* 32 bits at byte offset o (o even) */
@@ -27,89 +36,122 @@
 /* 8 bits at byte offset o */
 #define DQ_U8(o) ((DQ_BUF[(o) >> 2] >> (((o) & 3u) * 8u)) & 0xffu)
 
-void DQ_FN(uint rb, uint c, out float w[32]) {
+void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
     if (DQ_TYPE == QG_F32) {
-        const uint o = (rb >> 2) + 32u * c;
-        [[unroll]] for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(DQ_BUF[o + i]);
-    } else if (DQ_TYPE == QG_F16) {
-        const uint o = (rb >> 2) + 16u * c;
-        [[unroll]] for (uint i = 0u; i < 16u; i++) {
-            const vec2 v = unpackHalf2x16(DQ_BUF[o + i]);
-            w[2u * i] = v.x;
-            w[2u * i + 1u] = v.y;
+        e0 = 32u * u;
+        e1 = e0 + 16u;
+        const uint o = (rb >> 4) + 8u * u;
+        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+            const vec4 v = uintBitsToFloat(DQ_BUF4[o + i]);
+            w[4u * i] = v.x;
+            w[4u * i + 1u] = v.y;
+            w[4u * i + 2u] = v.z;
+            w[4u * i + 3u] = v.w;
         }
-    } else if (DQ_TYPE == QG_BF16) {
-        const uint o = (rb >> 2) + 16u * c;
-        [[unroll]] for (uint i = 0u; i < 16u; i++) {
-            const uint u = DQ_BUF[o + i];
-            w[2u * i] = uintBitsToFloat(u << 16);
-            w[2u * i + 1u] = uintBitsToFloat(u & 0xffff0000u);
+    } else if (DQ_TYPE == QG_F16 || DQ_TYPE == QG_BF16) {
+        e0 = 32u * u;
+        e1 = e0 + 16u;
+        const uint o = (rb >> 4) + 4u * u;
+        [[unroll]] for (uint i = 0u; i < 4u; i++) {
+            const uvec4 q = DQ_BUF4[o + i];
+            [[unroll]] for (uint k = 0u; k < 4u; k++) {
+                if (DQ_TYPE == QG_F16) {
+                    const vec2 v = unpackHalf2x16(q[k]);
+                    w[8u * i + 2u * k] = v.x;
+                    w[8u * i + 2u * k + 1u] = v.y;
+                } else {
+                    w[8u * i + 2u * k] = uintBitsToFloat(q[k] << 16);
+                    w[8u * i + 2u * k + 1u] = uintBitsToFloat(q[k] & 0xffff0000u);
+                }
+            }
         }
     } else if (DQ_TYPE == QG_Q8_0) {
-        const uint o = rb + 34u * c;
+        e0 = 32u * u;
+        e1 = e0 + 16u;
+        const uint o = rb + 34u * u;
         const float d = unpackHalf2x16(DQ_U16(o)).x;
         [[unroll]] for (uint i = 0u; i < 8u; i++) {
-            const int u = int(DQ_W32(o + 2u + 4u * i));
+            const int q = int(DQ_W32(o + 2u + 4u * i));
             [[unroll]] for (uint b = 0u; b < 4u; b++)
-                w[4u * i + b] = float(bitfieldExtract(u, int(8u * b), 8)) * d;
+                w[4u * i + b] = float(bitfieldExtract(q, int(8u * b), 8)) * d;
         }
     } else if (DQ_TYPE == QG_Q4_0) {
-        const uint o = rb + 18u * c;
+        e0 = 32u * u;
+        e1 = e0 + 16u;
+        const uint o = rb + 18u * u;
         const float d = unpackHalf2x16(DQ_U16(o)).x;
         [[unroll]] for (uint i = 0u; i < 4u; i++) {
-            const uint u = DQ_W32(o + 2u + 4u * i);
+            const uint q = DQ_W32(o + 2u + 4u * i);
             [[unroll]] for (uint b = 0u; b < 4u; b++) {
-                const uint q = (u >> (8u * b)) & 0xffu;
-                w[4u * i + b] = float(int(q & 15u) - 8) * d;
-                w[16u + 4u * i + b] = float(int(q >> 4) - 8) * d;
+                const uint c = (q >> (8u * b)) & 0xffu;
+                w[4u * i + b] = float(int(c & 15u) - 8) * d;
+                w[16u + 4u * i + b] = float(int(c >> 4) - 8) * d;
             }
         }
     } else if (DQ_TYPE == QG_Q4_K || DQ_TYPE == QG_Q5_K) {
-        const uint bs = DQ_TYPE == QG_Q4_K ? 144u : 176u;
-        const uint o = rb + bs * (c >> 3u), j = c & 7u;
-        const vec2 dm = unpackHalf2x16(DQ_W32(o));
-        const uint a = DQ_W32(o + 4u), b = DQ_W32(o + 8u), cc = DQ_W32(o + 12u);
-        uint sc, mn;
-        if (j < 4u) {
-            sc = (a >> (8u * j)) & 63u;
-            mn = (b >> (8u * j)) & 63u;
-        } else {
-            const uint s = 8u * (j - 4u);
-            sc = ((cc >> s) & 15u) | (((a >> (s + 6u)) & 3u) << 4);
-            mn = ((cc >> (s + 4u)) & 15u) | (((b >> (s + 6u)) & 3u) << 4);
-        }
-        const float d1 = dm.x * float(sc), m1 = dm.y * float(mn);
-        const uint qo = o + (DQ_TYPE == QG_Q4_K ? 16u : 48u) + 32u * (j >> 1u);
-        const uint sh = (j & 1u) * 4u;
-        [[unroll]] for (uint i = 0u; i < 8u; i++) {
-            const uint u = DQ_W32(qo + 4u * i);
-            uint hb = 0u;
-            if (DQ_TYPE == QG_Q5_K) hb = DQ_W32(o + 16u + 4u * i) >> j;
-            [[unroll]] for (uint k = 0u; k < 4u; k++) {
-                uint q = (u >> (8u * k + sh)) & 15u;
-                if (DQ_TYPE == QG_Q5_K) q += ((hb >> (8u * k)) & 1u) << 4;
-                precise float v = d1 * float(q) - m1; /* no fma: GGML's rounding */
-                w[4u * i + k] = v;
+        const bool q5 = DQ_TYPE == QG_Q5_K;
+        const uint sb = u >> 3u, c = (u & 7u) >> 1u, h = u & 1u;
+        const uint o = rb + (q5 ? 176u : 144u) * sb; /* 16-aligned */
+        const uvec4 hd = DQ_BUF4[o >> 4];            /* d|dmin, scales[12] */
+        const vec2 dm = unpackHalf2x16(hd.x);
+        /* 6-bit scale and min of sub-blocks j = 2c and 2c+1 */
+        float d1[2], m1[2];
+        [[unroll]] for (uint s = 0u; s < 2u; s++) {
+            const uint j = 2u * c + s;
+            uint sc, mn;
+            if (j < 4u) {
+                sc = (hd.y >> (8u * j)) & 63u;
+                mn = (hd.z >> (8u * j)) & 63u;
+            } else {
+                const uint b = 8u * (j - 4u);
+                sc = ((hd.w >> b) & 15u) | (((hd.y >> (b + 6u)) & 3u) << 4);
+                mn = ((hd.w >> (b + 4u)) & 15u) | (((hd.z >> (b + 6u)) & 3u) << 4);
             }
+            d1[s] = dm.x * float(sc);
+            m1[s] = dm.y * float(mn);
         }
-    } else if (DQ_TYPE == QG_Q6_K) {
-        const uint o = rb + 210u * (c >> 3u), j = c & 7u;
-        const uint h = j >> 2u, qq = j & 3u;
-        const float d = unpackHalf2x16(DQ_U16(o + 208u)).x;
-        const uint so = o + 192u + 8u * h + 2u * qq;
-        const float d0 = d * float(bitfieldExtract(int(DQ_U8(so)), 0, 8));
-        const float d1 = d * float(bitfieldExtract(int(DQ_U8(so + 1u)), 0, 8));
-        const uint lo = o + 64u * h + 32u * (qq & 1u), ls = (qq >> 1u) * 4u;
-        const uint ho = o + 128u + 32u * h, hs = 2u * qq;
-        [[unroll]] for (uint i = 0u; i < 8u; i++) {
-            const uint ul = DQ_W32(lo + 4u * i), uh = DQ_W32(ho + 4u * i);
+        const uvec4 qs = DQ_BUF4[(o + (q5 ? 48u : 16u) + 32u * c + 16u * h) >> 4];
+        uvec4 qh = uvec4(0u);
+        if (q5) qh = DQ_BUF4[(o + 16u + 16u * h) >> 4];
+        e0 = 256u * sb + 64u * c + 16u * h;
+        e1 = e0 + 32u;
+        [[unroll]] for (uint i = 0u; i < 4u; i++)
             [[unroll]] for (uint k = 0u; k < 4u; k++) {
-                const int q = int(((ul >> (8u * k + ls)) & 15u) |
-                                  (((uh >> (8u * k + hs)) & 3u) << 4)) - 32;
-                w[4u * i + k] = (i < 4u ? d0 : d1) * float(q);
+                const uint byte_ = (qs[i] >> (8u * k)) & 0xffu;
+                uint lo = byte_ & 15u, hi = byte_ >> 4;
+                if (q5) {
+                    const uint hb = (qh[i] >> (8u * k)) & 0xffu;
+                    lo += ((hb >> (2u * c)) & 1u) << 4;
+                    hi += ((hb >> (2u * c + 1u)) & 1u) << 4;
+                }
+                precise float vl = d1[0] * float(lo) - m1[0];
+                precise float vh = d1[1] * float(hi) - m1[1];
+                w[4u * i + k] = vl;
+                w[16u + 4u * i + k] = vh;
+            }
+    } else if (DQ_TYPE == QG_Q6_K) {
+        const uint sb = u >> 3u, hh = (u & 7u) >> 2u, q = u & 3u, k0 = q >> 1u, p = q & 1u;
+        const uint o = rb + 210u * sb;
+        const float d = unpackHalf2x16(DQ_U16(o + 208u)).x;
+        const uint si = o + 192u + 8u * hh + 2u * k0 + p;
+        const float s0 = d * float(bitfieldExtract(int(DQ_U8(si)), 0, 8));
+        const float s1 = d * float(bitfieldExtract(int(DQ_U8(si + 4u)), 0, 8));
+        const uint lo_ = o + 64u * hh + 16u * q, ho = o + 128u + 32u * hh + 16u * p;
+        e0 = 256u * sb + 128u * hh + 32u * k0 + 16u * p;
+        e1 = e0 + 64u;
+        [[unroll]] for (uint i = 0u; i < 4u; i++) {
+            const uint ul = DQ_W32(lo_ + 4u * i), uh = DQ_W32(ho + 4u * i);
+            [[unroll]] for (uint k = 0u; k < 4u; k++) {
+                const uint l8 = (ul >> (8u * k)) & 0xffu, h8 = (uh >> (8u * k)) & 0xffu;
+                const int ql = int((l8 & 15u) | (((h8 >> (2u * k0)) & 3u) << 4)) - 32;
+                const int qv = int((l8 >> 4) | (((h8 >> (2u * k0 + 4u)) & 3u) << 4)) - 32;
+                w[4u * i + k] = s0 * float(ql);
+                w[16u + 4u * i + k] = s1 * float(qv);
             }
         }
     } else {
+        e0 = 32u * u;
+        e1 = e0 + 16u;
         [[unroll]] for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
     }
 }

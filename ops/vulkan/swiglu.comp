@@ -7,21 +7,25 @@
  * MOE == 1 (expert_swiglu): G, U (n, f, X); ids (K, T) -> h (f, K, T).
  *   gl_WorkGroupID.z = t*K + k reads expert ids[k, t] (NT must be 1); an
  *   id outside [0, X) writes NaN.
- * Rows as in matmul.comp: invocations take 32-element chunks, gate and up
- * partial sums (2*NR*NT <= 16) are reduced over the workgroup.
+ * Rows as in matmul.comp (qg_rows.glsl): lanes take units of both
+ * matrices; gate and up partial sums (2*RPT*NT <= min(16, TPR)) are
+ * reduced over the row's lanes.
  */
 #include "qg_common.glsl"
 
-layout(constant_id = 0) const uint WG = 64u;
+layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0; /* gate */
 layout(constant_id = 2) const int UTYPE = 0; /* up */
-layout(constant_id = 3) const uint NR = 2u;
+layout(constant_id = 3) const uint TPR = 32u;
 layout(constant_id = 4) const uint NT = 1u;
-layout(constant_id = 5) const uint MOE = 0u;
+layout(constant_id = 5) const uint RPT = 1u;
+layout(constant_id = 6) const uint MOE = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
+layout(std430, binding = 1) readonly buffer GBuf4 { uvec4 gbuf4[]; };
 layout(std430, binding = 2) readonly buffer UBuf { uint ubuf[]; };
+layout(std430, binding = 2) readonly buffer UBuf4 { uvec4 ubuf4[]; };
 layout(std430, binding = 3) readonly buffer XBuf { vec4 x4[]; };   /* (n, T) */
 layout(std430, binding = 4) writeonly buffer HBuf { float h[]; };  /* (f, [K,] T) */
 layout(std430, binding = 5) readonly buffer IBuf { int ids[]; };   /* (K, T) */
@@ -37,18 +41,33 @@ layout(push_constant) uniform PC {
 
 #define DQ_FN dq_g
 #define DQ_BUF gbuf
+#define DQ_BUF4 gbuf4
 #define DQ_TYPE WTYPE
 #include "qg_dequant.glsl"
 #undef DQ_FN
 #undef DQ_BUF
+#undef DQ_BUF4
 #undef DQ_TYPE
 #define DQ_FN dq_u
 #define DQ_BUF ubuf
+#define DQ_BUF4 ubuf4
 #define DQ_TYPE UTYPE
 #include "qg_dequant.glsl"
-#include "qg_reduce.glsl"
+#include "qg_rows.glsl"
+
+float dot32(float w[32], uint xo, uint e0, uint e1) {
+    float s = 0.0;
+    const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), x4[a + i]);
+        s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), x4[b + i]);
+    }
+    return s;
+}
 
 void main() {
+    const uint G = WG / TPR, NR = G * RPT;
+    const uint l = gl_LocalInvocationIndex, g = l / TPR, lane = l % TPR;
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
     const uint n_tok = uint(N_TOK);
     const uint z = gl_WorkGroupID.z;
@@ -59,8 +78,8 @@ void main() {
         const int e = ids[z];
         bad = e < 0 || uint(e) >= pc.n_expert;
         row0 = bad ? 0u : uint(e) * pc.f;
-        c0 = z;           /* output column (t*K + k) */
-        xc0 = z / pc.k;   /* token */
+        c0 = z;         /* output column (t*K + k) */
+        xc0 = z / pc.k; /* token */
         nc = 1u;
     } else {
         c0 = z * NT;
@@ -68,37 +87,33 @@ void main() {
         xc0 = c0;
         nc = min(NT, n_tok - c0);
     }
-    const uint nch = pc.n / 32u;
+    const uint nu = pc.n / 32u;
 
-    float acc[QG_RED_N];
-    [[unroll]] for (uint i = 0u; i < QG_RED_N; i++) acc[i] = 0.0;
-    for (uint c = gl_LocalInvocationIndex; c < nch; c += WG) {
-        [[unroll]] for (uint r = 0u; r < NR; r++) {
-            if (r0 + r >= pc.f) break;
+    float acc[QG_ROWS_ACC];
+    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    for (uint u = lane; u < nu; u += TPR) {
+        [[unroll]] for (uint k = 0u; k < RPT; k++) {
+            const uint r = r0 + g + k * G;
+            if (r >= pc.f) break;
             float wg_[32], wu[32];
-            dq_g((row0 + r0 + r) * pc.rbg, c, wg_);
-            dq_u((row0 + r0 + r) * pc.rbu, c, wu);
+            uint e0, e1, f0, f1;
+            dq_g((row0 + r) * pc.rbg, u, wg_, e0, e1);
+            dq_u((row0 + r) * pc.rbu, u, wu, f0, f1);
             [[unroll]] for (uint t = 0u; t < NT; t++) {
                 if (t >= nc) break;
-                const uint xo = ((xc0 + t) * pc.n + 32u * c) >> 2;
-                float sg = 0.0, su = 0.0;
-                [[unroll]] for (uint i = 0u; i < 8u; i++) {
-                    const vec4 xv = x4[xo + i];
-                    sg += dot(vec4(wg_[4u * i], wg_[4u * i + 1u], wg_[4u * i + 2u], wg_[4u * i + 3u]), xv);
-                    su += dot(vec4(wu[4u * i], wu[4u * i + 1u], wu[4u * i + 2u], wu[4u * i + 3u]), xv);
-                }
-                acc[2u * (r * NT + t)] += sg;
-                acc[2u * (r * NT + t) + 1u] += su;
+                const uint xo = (xc0 + t) * pc.n;
+                acc[2u * (k * NT + t)] += dot32(wg_, xo, e0, e1);
+                acc[2u * (k * NT + t) + 1u] += dot32(wu, xo, f0, f1);
             }
         }
     }
-    wg_sum_n(acc, 2u * NR * NT);
-    const uint l = gl_LocalInvocationIndex;
-    if (l < NR * NT) {
-        const uint r = l / NT, t = l % NT;
-        if (r0 + r < pc.f && t < nc) {
-            const float g = qg_redn[2u * l], u = qg_redn[2u * l + 1u];
-            h[(c0 + t) * pc.f + r0 + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_silu(g) * u;
+    /* partial 2j is gate, 2j+1 up of (row k = j / NT, column t = j % NT) */
+    qg_rows_reduce(acc, 2u * RPT * NT);
+    if (l < RPT * NT * G) {
+        const uint j = l / G, gg = l % G, t = j % NT, r = r0 + gg + (j / NT) * G;
+        if (r < pc.f && t < nc) {
+            const float gs = qg_rows_out[2u * j * G + gg], us = qg_rows_out[(2u * j + 1u) * G + gg];
+            h[(c0 + t) * pc.f + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_silu(gs) * us;
         }
     }
 }
