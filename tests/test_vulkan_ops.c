@@ -1150,6 +1150,114 @@ static void test_moe_fused(void **state) {
         }
 }
 
+/* ---- fused pairs: add -> rmsnorm, rope -> attention ------------------------ */
+
+typedef struct addnorm_ctx {
+    add_ctx add;
+    rms_ctx rms;
+} addnorm_ctx;
+
+static void fill_addnorm(fx *f, const vcase *c, int n_tok, rng *r) {
+    const addnorm_ctx *e = c->ctx;
+    fill_act(f, e->add.a, n_tok, r, -3, 3);
+    fill_act(f, e->add.b, n_tok, r, -3, 3);
+}
+
+static void check_addnorm(fx *f, const vcase *c, int n_tok, const char *label) {
+    const addnorm_ctx *e = c->ctx;
+    vcase ca = {.ctx = (void *)&e->add}, cr = {.ctx = (void *)&e->rms};
+    check_add(f, &ca, n_tok, label);     /* y: as add */
+    check_rmsnorm(f, &cr, n_tok, label); /* h from the y just checked: as rmsnorm */
+}
+
+typedef struct ropeattn_ctx {
+    rope_ctx rope;
+    attn_ctx attn; /* q, k: the rope's outputs */
+} ropeattn_ctx;
+
+static void fill_ropeattn(fx *f, const vcase *c, int n_tok, rng *r) {
+    ropeattn_ctx *e = c->ctx;
+    fill_attention(f, &(vcase){.ctx = &e->attn}, n_tok, r); /* v, pos, caches */
+    fill_act(f, e->rope.q, n_tok, r, -2, 2);
+    fill_act(f, e->rope.k, n_tok, r, -2, 2);
+}
+
+static void check_ropeattn(fx *f, const vcase *c, int n_tok, const char *label) {
+    ropeattn_ctx *e = c->ctx;
+    check_rope(f, &(vcase){.ctx = &e->rope}, n_tok, label);
+    /* the caches hold the rotated k (bit-exact f16/f32 of the read-back
+     * k_rope) and v; o as attention over them */
+    check_attention(f, &(vcase){.ctx = &e->attn}, n_tok, label);
+}
+
+static void test_fused_pairs(void **state) {
+    (void)state;
+    need_vulkan();
+    int case_id = 0;
+    for (int ph = 0; ph < 2; ph++) {
+        const int T = ph == 0 ? 1 : 5;
+        fx f = fx_make(T == 1 ? QG_PHASE_DECODE : QG_PHASE_PREFILL, T, 16);
+        rng r = rng_for(16, 1000 + case_id);
+        addnorm_ctx e = {.add = {.N = 1000}, .rms = {.N = 1000, .eps = 1e-5f}};
+        e.add.a = fx_tensor(&f, "a", QG_F32, QG_ROLE_INPUT, 2, e.add.N, T, 1);
+        e.add.b = fx_tensor(&f, "b", QG_F32, QG_ROLE_INPUT, 2, e.add.N, T, 1);
+        e.add.y = e.rms.x = fx_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, 2, e.add.N, T, 1);
+        e.rms.w = fx_weight(&f, "norm", QG_F32, 1, e.rms.N, 1, 1, &r, 2.0f);
+        e.rms.y = fx_tensor(&f, "h", QG_F32, QG_ROLE_ACT, 2, e.rms.N, T, 1);
+        qg_op_params p = {.eps = e.rms.eps};
+        add_node(&f, QG_OP_ADD, "add", (int[]){e.add.a, e.add.b}, 2, (int[]){e.add.y}, 1, &p);
+        add_node(&f, QG_OP_RMSNORM, "add+rmsnorm", (int[]){e.add.y, e.rms.w}, 2, (int[]){e.rms.y},
+                 1, &p);
+        vcase c = {.f = &f, .n_out = 2, .out = {e.add.y, e.rms.y}, .fill = fill_addnorm,
+                   .check = check_addnorm, .ctx = &e};
+        const int ntoks[] = {1, T};
+        RUN(c, ntoks, 16, case_id++);
+        fx_free(&f);
+    }
+    const qg_dtype cts[] = {QG_F16, QG_F32};
+    for (int ci = 0; ci < 2; ci++)
+        for (int ph = 0; ph < 2; ph++) {
+            const int T = ph == 0 ? 1 : 4, C = 200, hd = 64, nh = 4, nkv = 2;
+            fx f = fx_make(T == 1 ? QG_PHASE_DECODE : QG_PHASE_PREFILL, T, C);
+            rng r = rng_for(17, 1000 + case_id);
+            ropeattn_ctx e = {.rope = {.hd = hd, .nh = nh, .nkv = nkv, .C = C, .eps = 1e-6f,
+                                       .theta = 1e6f},
+                              .attn = {.hd = hd, .nh = nh, .nkv = nkv, .C = C, .ct = cts[ci]}};
+            const int64_t Dq = (int64_t)hd * nh, Dkv = (int64_t)hd * nkv;
+            e.rope.q = fx_tensor(&f, "q", QG_F32, QG_ROLE_INPUT, 2, Dq, T, 1);
+            e.rope.k = fx_tensor(&f, "k", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
+            e.rope.qn = fx_weight(&f, "q_norm", QG_F32, 1, hd, 1, 1, &r, 2.0f);
+            e.rope.kn = fx_weight(&f, "k_norm", QG_F32, 1, hd, 1, 1, &r, 2.0f);
+            e.rope.pos = e.attn.pos = fx_tensor(&f, "pos", QG_I32, QG_ROLE_INPUT, 1, T, 1, 1);
+            f.g->t_pos = e.rope.pos;
+            e.rope.qo = e.attn.q = fx_tensor(&f, "q_rope", QG_F32, QG_ROLE_OUTPUT, 2, Dq, T, 1);
+            e.rope.ko = e.attn.k = fx_tensor(&f, "k_rope", QG_F32, QG_ROLE_OUTPUT, 2, Dkv, T, 1);
+            e.attn.v = fx_tensor(&f, "v", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
+            e.attn.kc = fx_tensor(&f, "cache_k", e.attn.ct, QG_ROLE_KV, 2, Dkv, C, 1);
+            e.attn.vc = fx_tensor(&f, "cache_v", e.attn.ct, QG_ROLE_KV, 2, Dkv, C, 1);
+            e.attn.o = fx_tensor(&f, "o", QG_F32, QG_ROLE_ACT, 2, Dq, T, 1);
+            const size_t cb = f.g->tensors[e.attn.kc].nbytes;
+            e.attn.kc0 = malloc(cb);
+            e.attn.vc0 = malloc(cb);
+            assert_true(e.attn.kc0 && e.attn.vc0);
+            qg_op_params p = {.eps = 1e-6f, .rope_theta = 1e6f, .head_dim = hd, .n_head = nh,
+                              .n_head_kv = nkv};
+            add_node(&f, QG_OP_ROPE, "rope", (int[]){e.rope.q, e.rope.k, e.rope.qn, e.rope.kn,
+                                                     e.rope.pos}, 5, (int[]){e.rope.qo, e.rope.ko}, 2, &p);
+            add_node(&f, QG_OP_ATTENTION, "rope+attention",
+                     (int[]){e.attn.q, e.attn.k, e.attn.v, e.attn.kc, e.attn.vc, e.attn.pos}, 6,
+                     (int[]){e.attn.o}, 1, &p);
+            vcase c = {.f = &f, .n_out = 5,
+                       .out = {e.rope.qo, e.rope.ko, e.attn.o, e.attn.kc, e.attn.vc},
+                       .fill = fill_ropeattn, .check = check_ropeattn, .ctx = &e};
+            const int ntoks[] = {1, T};
+            RUN(c, ntoks, 17, case_id++);
+            free(e.attn.kc0);
+            free(e.attn.vc0);
+            fx_free(&f);
+        }
+}
+
 /* ---- supports ------------------------------------------------------------ */
 
 static void test_supports(void **state) {
@@ -1205,6 +1313,7 @@ int main(void) {
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_expert_swiglu_aggregate),
         cmocka_unit_test(test_moe_fused),
+        cmocka_unit_test(test_fused_pairs),
     };
     if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER")); /* one test */
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -97,6 +97,7 @@ qg_status qg_vk_fill(qg_vk_dev *d, const qg_vk_buf *b, VkDeviceSize off,
 /* The shaders, one per ops/vulkan/<name>.comp. */
 typedef enum qg_vk_shader {
     QG_VK_ADD,
+    QG_VK_ADD_RMSNORM,
     QG_VK_AGGREGATE,
     QG_VK_ATTENTION,
     QG_VK_EMBED,
@@ -104,12 +105,13 @@ typedef enum qg_vk_shader {
     QG_VK_MATMUL,
     QG_VK_RMSNORM,
     QG_VK_ROPE,
+    QG_VK_ROPE_KV,
     QG_VK_SWIGLU,
     QG_VK_TOPK,
     QG_VK_SHADER_COUNT
 } qg_vk_shader;
 
-#define QG_VK_MAX_BIND 10 /* storage buffers per dispatch, step included */
+#define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
 #define QG_VK_MAX_SPEC 8  /* specialization constants, ids 0.. */
 #define QG_VK_PUSH_BYTES 64
 
@@ -173,6 +175,7 @@ typedef struct qg_vk_rec_ctx {
     /* rope table (hd, n_ctx) for a node's head_dim and theta */
     qg_vk_loc (*rope_table)(void *self, const qg_node *n);
     qg_vk_loc moe_scratch;                /* moe_fused's logits | h */
+    bool fuse;                            /* peephole fusion of node pairs */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */
@@ -182,9 +185,15 @@ bool qg_vk_supports(const qg_vk_dev *d, const qg_graph *g, const qg_node *n);
  * each 256-aligned; 0 for other nodes. */
 size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n);
 
-/* Append node `ni`'s dispatches to *out (grown with realloc; *n, *cap).
- * Aborts on allocation failure (compile time only). */
-void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out,
-                       int *n, int *cap);
+/* Append node `ni`'s dispatches to *out (grown with realloc; *n, *cap)
+ * and return how many nodes they cover: 1, or 2 when c->fuse and node
+ * ni+1 (< end, the partition's end) fuses with it:
+ *   add -> rmsnorm of its result     one add_rmsnorm dispatch (node ni)
+ *   rope -> attention of its q, k    rope also appends k and v to the
+ *                                    caches; then attention (node ni+1)
+ * The fused dispatches compute the same values with the same f32
+ * operations.  Aborts on allocation failure (compile time only). */
+int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **out, int *n,
+                      int *cap);
 
 #endif

@@ -79,6 +79,7 @@ typedef struct vk_exec {
     vk_graph *cur; /* the graph being compiled (for the loc callbacks) */
     VkFence fence;
     bool in_flight;
+    bool no_fuse; /* QG_VK_NO_FUSE=1: one node, one set of dispatches */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -305,36 +306,40 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
             VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT,
             SHADER_RW | VK_ACCESS_INDIRECT_COMMAND_READ_BIT);
     access acc[4 * QG_VK_MAX_BIND * 8];
-    int n_acc = 0;
-    for (int i = vp->d0; i < vp->d0 + vp->nd; i++) {
-        const qg_vk_dispatch *d = &vg->disp[i];
-        if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
-            barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
-            n_acc = 0;
+    int n_acc = 0, di = vp->d0;
+    for (int node = part->first; node < part->first + part->n; node++) {
+        /* the node's dispatches (none when fused into the one before) */
+        for (; di < vp->d0 + vp->nd && vg->disp[di].node == node; di++) {
+            const qg_vk_dispatch *d = &vg->disp[di];
+            if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
+                barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
+                n_acc = 0;
+            }
+            vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe);
+            vkCmdBindDescriptorSets(cb, VK_PIPELINE_BIND_POINT_COMPUTE, x->pipes.layout[d->n_bind],
+                                    0, 1, &d->set, 0, NULL);
+            if (d->push_bytes)
+                vkCmdPushConstants(cb, x->pipes.layout[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                                   d->push_bytes, d->push);
+            if (d->z_div && vg->g->n_tok_max > 1)
+                vkCmdDispatchIndirect(cb, vg->ind.buf,
+                                      sizeof(VkDispatchIndirectCommand) * (size_t)di);
+            else
+                vkCmdDispatch(cb, d->groups[0], d->groups[1], d->groups[2]);
+            for (int k = 0; k < d->n_bind; k++)
+                acc[n_acc++] = (access){d->b[k].buf, d->b[k].off, d->b[k].off + d->b[k].range,
+                                        (d->writes >> k) & 1u};
         }
-        vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe);
-        vkCmdBindDescriptorSets(cb, VK_PIPELINE_BIND_POINT_COMPUTE, x->pipes.layout[d->n_bind], 0, 1,
-                                &d->set, 0, NULL);
-        if (d->push_bytes)
-            vkCmdPushConstants(cb, x->pipes.layout[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
-                               d->push_bytes, d->push);
-        if (d->z_div && vg->g->n_tok_max > 1)
-            vkCmdDispatchIndirect(cb, vg->ind.buf, sizeof(VkDispatchIndirectCommand) * (size_t)i);
-        else
-            vkCmdDispatch(cb, d->groups[0], d->groups[1], d->groups[2]);
-        for (int k = 0; k < d->n_bind; k++)
-            acc[n_acc++] = (access){d->b[k].buf, d->b[k].off, d->b[k].off + d->b[k].range,
-                                    (d->writes >> k) & 1u};
-        const bool node_end = i + 1 == vp->d0 + vp->nd || vg->disp[i + 1].node != d->node;
-        if (timed && node_end) {
+        if (timed) {
             barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                     VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
             n_acc = 0;
             vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vp->qp,
-                                (uint32_t)(d->node - part->first + 1));
+                                (uint32_t)(node - part->first + 1));
         }
     }
+    QG_ASSERT(di == vp->d0 + vp->nd);
     /* results to the host and to transfers (tensor_get, copies) */
     barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
             VK_PIPELINE_STAGE_HOST_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
@@ -421,14 +426,16 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     /* nodes -> dispatches */
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->io.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
-                        .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size}};
+                        .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
+                        .fuse = !x->no_fuse};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
         if (part->exec != e || g->nodes[part->first].op == QG_OP_COPY) continue;
         vg->parts[p].d0 = vg->n_disp;
-        for (int i = part->first; i < part->first + part->n; i++)
-            qg_vk_record_node(&rc, i, &vg->disp, &vg->n_disp, &vg->cap_disp);
+        for (int i = part->first; i < part->first + part->n;)
+            i += qg_vk_record_node(&rc, i, part->first + part->n, &vg->disp, &vg->n_disp,
+                                   &vg->cap_disp);
         vg->parts[p].nd = vg->n_disp - vg->parts[p].d0;
     }
     for (int i = 0; i < vg->n_disp; i++) {
@@ -708,6 +715,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     if ((st = qg_vk_pipes_init(&x->d, &x->pipes, err))) goto fail_st;
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     QG_VK_CHECK(vkCreateFence(x->d.dev, &fci, NULL, &x->fence));
+    x->no_fuse = env_on("QG_VK_NO_FUSE");
     if (qg_debug_enabled("vulkan")) fprintf(stderr, "vulkan: %s\n", x->d.desc);
     out->i = &VK_EXEC;
     out->self = x;

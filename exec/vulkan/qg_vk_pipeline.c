@@ -16,6 +16,7 @@
 
 static const char *const SHADER_NAMES[] = {
     [QG_VK_ADD] = "add",
+    [QG_VK_ADD_RMSNORM] = "add_rmsnorm",
     [QG_VK_AGGREGATE] = "aggregate",
     [QG_VK_ATTENTION] = "attention",
     [QG_VK_EMBED] = "embed",
@@ -23,6 +24,7 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_MATMUL] = "matmul",
     [QG_VK_RMSNORM] = "rmsnorm",
     [QG_VK_ROPE] = "rope",
+    [QG_VK_ROPE_KV] = "rope_kv",
     [QG_VK_SWIGLU] = "swiglu",
     [QG_VK_TOPK] = "topk",
 };

@@ -300,10 +300,62 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
-void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int *n, int *cap) {
+/* attention node nd: kv_append (when append), then attention. */
+static void rec_attention(rec *r, const qg_node *nd, bool append) {
+    const qg_tensor *T = r->c->g->tensors;
+    const qg_op_params *p = &nd->p;
+    const uint32_t f16 = T[nd->in[3]].type == QG_F16, dkv = (uint32_t)T[nd->in[3]].ne[0];
+    const uint32_t C = (uint32_t)T[nd->in[3]].ne[1];
+    const int Tm = r->c->g->n_tok_max;
+    qg_vk_dispatch *d;
+    if (append) {
+        d = new_dispatch(r, QG_VK_KV_APPEND);
+        d->spec[1] = f16;
+        bind(d, tloc(r, nd->in[1]), false);
+        bind(d, tloc(r, nd->in[2]), false);
+        bind(d, tloc(r, nd->in[3]), true);
+        bind(d, tloc(r, nd->in[4]), true);
+        bind(d, tloc(r, nd->in[5]), false);
+        push(d, dkv);
+        push(d, C);
+        d->groups[0] = div_up(dkv / 2, 64);
+        d->groups[1] = 2;
+        tok_groups(d, Tm, 1, 1);
+    }
+    d = new_dispatch(r, QG_VK_ATTENTION);
+    d->spec[1] = f16;
+    bind(d, tloc(r, nd->in[0]), false);
+    bind(d, tloc(r, nd->in[3]), false);
+    bind(d, tloc(r, nd->in[4]), false);
+    bind(d, tloc(r, nd->in[5]), false);
+    bind(d, tloc(r, nd->out[0]), true);
+    push(d, (uint32_t)p->head_dim);
+    push(d, (uint32_t)p->n_head);
+    push(d, (uint32_t)p->n_head_kv);
+    push(d, C);
+    d->groups[0] = (uint32_t)p->n_head;
+    d->groups[1] = 1;
+    tok_groups(d, Tm, 1, 1);
+}
+
+/* Does node b fuse into node a (see qg_vk_record_node)? */
+static bool fuses(const qg_graph *g, const qg_node *a, const qg_node *b) {
+    if (a->op == QG_OP_ADD && b->op == QG_OP_RMSNORM)
+        return b->in[0] == a->out[0] && g->tensors[b->in[0]].ne[0] == g->tensors[a->in[0]].ne[0];
+    if (a->op == QG_OP_ROPE && b->op == QG_OP_ATTENTION)
+        return b->in[0] == a->out[0] && b->in[1] == a->out[1] && b->in[5] == a->in[4] &&
+               b->p.head_dim == a->p.head_dim && b->p.n_head == a->p.n_head &&
+               b->p.n_head_kv == a->p.n_head_kv;
+    return false;
+}
+
+int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **out, int *n,
+                      int *cap) {
     rec r = {.c = c, .node = ni, .out = out, .n = n, .cap = cap};
     const qg_graph *g = c->g;
     const qg_node *nd = &g->nodes[ni];
+    const qg_node *next = c->fuse && ni + 1 < end ? &g->nodes[ni + 1] : NULL;
+    const bool fused = next && fuses(g, nd, next);
     const qg_tensor *T = g->tensors;
     const qg_op_params *p = &nd->p;
     const uint32_t Tm = (uint32_t)g->n_tok_max;
@@ -326,7 +378,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         d->groups[0] = div_up((uint64_t)w->ne[0] / 32, 64);
         d->groups[1] = 1;
         tok_groups(d, (int)Tm, 1, 1);
-        return;
+        return 1;
     }
     case QG_OP_RMSNORM:
         d = new_dispatch(&r, QG_VK_RMSNORM);
@@ -337,8 +389,21 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         pushf(d, p->eps);
         d->groups[0] = d->groups[1] = 1;
         tok_groups(d, (int)Tm, 1, 1);
-        return;
+        return 1;
     case QG_OP_ADD:
+        if (fused) { /* y = a + b; h = rmsnorm(y) * w */
+            d = new_dispatch(&r, QG_VK_ADD_RMSNORM);
+            bind(d, IN(0), false);
+            bind(d, IN(1), false);
+            bind(d, OUT(0), true);
+            bind(d, tloc(&r, next->in[1]), false);
+            bind(d, tloc(&r, next->out[0]), true);
+            push(d, (uint32_t)TIN(0)->ne[0]);
+            pushf(d, next->p.eps);
+            d->groups[0] = d->groups[1] = 1;
+            tok_groups(d, (int)Tm, 1, 1);
+            return 2;
+        }
         d = new_dispatch(&r, QG_VK_ADD);
         bind(d, IN(0), false);
         bind(d, IN(1), false);
@@ -347,16 +412,22 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         d->groups[0] = div_up((uint64_t)TIN(0)->ne[0], 256);
         d->groups[1] = 1;
         tok_groups(d, (int)Tm, 1, 1);
-        return;
+        return 1;
     case QG_OP_QKV:
         for (int i = 0; i < 3; i++) rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false);
-        return;
+        return 1;
     case QG_OP_ROPE:
-        d = new_dispatch(&r, QG_VK_ROPE);
+        d = new_dispatch(&r, fused ? QG_VK_ROPE_KV : QG_VK_ROPE);
         for (int i = 0; i < 5; i++) bind(d, IN(i), false);
         bind(d, c->rope_table(c->self, nd), false);
         bind(d, OUT(0), true);
         bind(d, OUT(1), true);
+        if (fused) { /* also append k and v: the attention's first half */
+            d->spec[1] = T[next->in[3]].type == QG_F16;
+            bind(d, tloc(&r, next->in[2]), false);
+            bind(d, tloc(&r, next->in[3]), true);
+            bind(d, tloc(&r, next->in[4]), true);
+        }
         push(d, (uint32_t)p->head_dim);
         push(d, (uint32_t)p->n_head);
         push(d, (uint32_t)p->n_head_kv);
@@ -365,60 +436,35 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         d->groups[0] = (uint32_t)(p->n_head + p->n_head_kv);
         d->groups[1] = 1;
         tok_groups(d, (int)Tm, 1, 1);
-        return;
-    case QG_OP_ATTENTION: {
-        const uint32_t f16 = TIN(3)->type == QG_F16, dkv = (uint32_t)TIN(3)->ne[0];
-        const uint32_t C = (uint32_t)TIN(3)->ne[1];
-        d = new_dispatch(&r, QG_VK_KV_APPEND);
-        d->spec[1] = f16;
-        bind(d, IN(1), false);
-        bind(d, IN(2), false);
-        bind(d, IN(3), true);
-        bind(d, IN(4), true);
-        bind(d, IN(5), false);
-        push(d, dkv);
-        push(d, C);
-        d->groups[0] = div_up(dkv / 2, 64);
-        d->groups[1] = 2;
-        tok_groups(d, (int)Tm, 1, 1);
-        d = new_dispatch(&r, QG_VK_ATTENTION);
-        d->spec[1] = f16;
-        bind(d, IN(0), false);
-        bind(d, IN(3), false);
-        bind(d, IN(4), false);
-        bind(d, IN(5), false);
-        bind(d, OUT(0), true);
-        push(d, (uint32_t)p->head_dim);
-        push(d, (uint32_t)p->n_head);
-        push(d, (uint32_t)p->n_head_kv);
-        push(d, C);
-        d->groups[0] = (uint32_t)p->n_head;
-        d->groups[1] = 1;
-        tok_groups(d, (int)Tm, 1, 1);
-        return;
-    }
+        if (!fused) return 1;
+        r.node = ni + 1;
+        rec_attention(&r, next, false);
+        return 2;
+    case QG_OP_ATTENTION:
+        rec_attention(&r, nd, true);
+        return 1;
     case QG_OP_MATMUL:
         rec_matmul(&r, TIN(0), IN(0), IN(1), OUT(0), false);
-        return;
+        return 1;
     case QG_OP_ROUTER:
         rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), false);
-        return;
+        return 1;
     case QG_OP_LM_HEAD:
         rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), p->only_last);
-        return;
+        return 1;
     case QG_OP_SWIGLU:
         rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0);
-        return;
+        return 1;
     case QG_OP_TOPK:
         rec_topk(&r, IN(0), (int)TIN(0)->ne[0], (int)TOUT(0)->ne[0], OUT(0), OUT(1));
-        return;
+        return 1;
     case QG_OP_EXPERT_SWIGLU:
         rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), true, IN(3),
                    (int)TIN(3)->ne[0], (int)TIN(1)->ne[2]);
-        return;
+        return 1;
     case QG_OP_AGGREGATE:
         rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0]);
-        return;
+        return 1;
     case QG_OP_MOE_FUSED: {
         const qg_tensor *rt = TIN(1), *gt = TIN(2);
         const int X = (int)rt->ne[1], K = (int)TOUT(1)->ne[0];
@@ -431,7 +477,7 @@ void qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, qg_vk_dispatch **out, int
         rec_topk(&r, logits, X, K, OUT(1), OUT(2));
         rec_swiglu(&r, gt, IN(2), TIN(3), IN(3), IN(0), h, true, OUT(1), K, (int)gt->ne[2]);
         rec_aggregate(&r, TIN(4), IN(4), h, OUT(1), OUT(2), OUT(0), K);
-        return;
+        return 1;
     }
     case QG_OP_COPY:
     case QG_OP_COUNT:
