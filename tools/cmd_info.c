@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void print_scalar(const qg_gguf_kv *kv) {
     switch (kv->type) {
@@ -91,6 +92,17 @@ int qg_cmd_info(int argc, char **argv) {
         printf(",\n  %u experts, %u used, expert_ff %u\n", hp->n_expert, hp->n_expert_used, hp->n_ff_exp);
     else
         printf(", ff %u\n", hp->n_ff);
+    printf("\ndevices:\n  cpu: %ld threads online\n", sysconf(_SC_NPROCESSORS_ONLN));
+#ifdef QG_HAVE_CUDA
+    qg_exec_cuda_describe(stdout);
+#else
+    printf("  cuda: not built\n");
+#endif
+#ifdef QG_HAVE_VULKAN
+    qg_exec_vulkan_describe(stdout);
+#else
+    printf("  vulkan: not built\n");
+#endif
     c.ctx.plan_only = true;
     qg_ctx *ctx = qg_ctx_new(m, &c.ctx, &err);
     if (!ctx) {
