@@ -56,6 +56,9 @@ typedef struct qg_vk_dev {
     uint32_t qfam;
     uint32_t sg_size;       /* subgroup size */
     bool subgroup;          /* use the QG_SUBGROUP=1 shaders */
+    bool full_subgroups;    /* VK_EXT_subgroup_size_control enabled with
+                               computeFullSubgroups: the weight shaders may
+                               give one row group per subgroup (SGROWS) */
     bool timestamps;        /* the queue supports timestamp queries */
     uint32_t mt_device;     /* memory type for device buffers */
     uint32_t mt_host;       /* host-visible, coherent (cached if any) */
@@ -113,6 +116,7 @@ typedef enum qg_vk_shader {
 
 #define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
 #define QG_VK_MAX_SPEC 8  /* specialization constants, ids 0.. */
+#define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
 #define QG_VK_PUSH_BYTES 64
 
 typedef struct qg_vk_pipe_entry {

@@ -228,8 +228,38 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
         vkGetPhysicalDeviceQueueFamilyProperties(d->pd, &nq, qp);
         d->timestamps = qp[d->qfam].timestampValidBits > 0 && d->props.limits.timestampPeriod > 0;
     }
-    snprintf(d->desc, sizeof d->desc, "%s (%s, subgroup %u%s)", d->props.deviceName,
-             type_name(d->props.deviceType), d->sg_size, d->subgroup ? "" : ", shared-memory reductions");
+
+    /* full subgroups (VK_EXT_subgroup_size_control): lets the weight
+     * shaders map one row to one subgroup; the workgroup size (128) must
+     * be a multiple of every subgroup size the device may use */
+    VkPhysicalDeviceSubgroupSizeControlFeaturesEXT sgf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES_EXT};
+    const char *sg_ext = VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME;
+    {
+        uint32_t ne = 0;
+        bool has = false;
+        if (vkEnumerateDeviceExtensionProperties(d->pd, NULL, &ne, NULL) == VK_SUCCESS && ne) {
+            VkExtensionProperties *ep = malloc(sizeof *ep * ne);
+            if (ep && vkEnumerateDeviceExtensionProperties(d->pd, NULL, &ne, ep) == VK_SUCCESS)
+                for (uint32_t i = 0; i < ne; i++) has |= strcmp(ep[i].extensionName, sg_ext) == 0;
+            free(ep);
+        }
+        if (has) {
+            VkPhysicalDeviceSubgroupSizeControlPropertiesEXT sgp2 = {
+                .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES_EXT};
+            VkPhysicalDeviceProperties2 pp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                              .pNext = &sgp2};
+            vkGetPhysicalDeviceProperties2(d->pd, &pp);
+            VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                            .pNext = &sgf};
+            vkGetPhysicalDeviceFeatures2(d->pd, &f2);
+            d->full_subgroups = d->subgroup && sgf.subgroupSizeControl && sgf.computeFullSubgroups &&
+                                sgp2.maxSubgroupSize && 128 % sgp2.maxSubgroupSize == 0 &&
+                                d->sg_size >= 8 && d->sg_size <= 128;
+        }
+        sgf.pNext = NULL;
+        sgf.subgroupSizeControl = sgf.computeFullSubgroups = d->full_subgroups;
+    }
 
     /* memory types: probe with a throwaway storage buffer's requirements */
     float prio = 1.0f;
@@ -237,7 +267,14 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
                                    .queueFamilyIndex = d->qfam, .queueCount = 1,
                                    .pQueuePriorities = &prio};
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci};
+                              .pNext = d->full_subgroups ? &sgf : NULL,
+                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
+                              .enabledExtensionCount = d->full_subgroups ? 1 : 0,
+                              .ppEnabledExtensionNames = &sg_ext};
+    snprintf(d->desc, sizeof d->desc, "%s (%s, subgroup %u%s)", d->props.deviceName,
+             type_name(d->props.deviceType), d->sg_size,
+             !d->subgroup ? ", shared-memory reductions"
+             : d->full_subgroups ? ", full subgroups" : "");
     QG_VK_CHECK(vkCreateDevice(d->pd, &dci, NULL, &d->dev));
     vkGetDeviceQueue(d->dev, d->qfam, 0, &d->queue);
     {

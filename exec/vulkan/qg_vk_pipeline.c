@@ -106,9 +106,15 @@ VkPipeline qg_vk_pipe_get(qg_vk_dev *d, qg_vk_pipes *p, qg_vk_shader shader, int
         me[i] = (VkSpecializationMapEntry){.constantID = i, .offset = 4 * i, .size = 4};
     VkSpecializationInfo si = {.mapEntryCount = QG_VK_MAX_SPEC, .pMapEntries = me,
                                .dataSize = 4 * QG_VK_MAX_SPEC, .pData = spec};
+    /* the weight shaders with one row group per subgroup (spec 7) need
+     * full subgroups, so that subgroups tile the workgroup exactly */
+    const bool sgrows = (shader == QG_VK_MATMUL || shader == QG_VK_SWIGLU ||
+                         shader == QG_VK_AGGREGATE) && spec[QG_VK_SPEC_SGROWS];
+    QG_ASSERT(!sgrows || d->full_subgroups);
     VkComputePipelineCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                  .flags = sgrows ? VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT_EXT : 0,
                   .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = p->module[shader],
                   .pName = "main", .pSpecializationInfo = &si},
         .layout = p->layout[n_bind]};

@@ -190,17 +190,27 @@ static void row_groups(qg_vk_dispatch *d, uint64_t groups) {
 }
 
 /* The row layout of the weight shaders (ops/vulkan/qg_rows.glsl): WG
- * invocations, TPR lanes per row (the row's 32-element units rounded up
- * to a power of two, in [8, 32], and at least the na partial sums per
- * lane), RPT rows per lane group: NR = WG / TPR * RPT rows per workgroup. */
+ * invocations in row groups of lanes, RPT rows per group.  With full
+ * subgroups (and subgroup arithmetic) a group is a subgroup (SGROWS);
+ * otherwise TPR consecutive invocations: the row's 32-element units
+ * rounded up to a power of two, in [8, 32], and at least the na partial
+ * sums per lane.  NR = groups * RPT rows per workgroup. */
 #define ROWS_WG 128u
-typedef struct rows { uint32_t wg, tpr, rpt, nr; } rows;
+typedef struct rows { uint32_t wg, tpr, rpt, nr, sgrows; } rows;
 
-static rows rows_for(int64_t n, uint32_t na, uint32_t rpt) {
+static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t rpt) {
     rows r = {.wg = ROWS_WG, .tpr = 8, .rpt = rpt};
+    QG_ASSERT(na <= 16);
+    if (dv->full_subgroups && na / 2 <= dv->sg_size && na <= 2 * dv->sg_size) {
+        /* slots (na, or na / 2 for swiglu's pairs) are written by lanes */
+        r.sgrows = 1;
+        r.tpr = dv->sg_size;
+        r.nr = r.wg / dv->sg_size * rpt;
+        return r;
+    }
     while (r.tpr < 32 && (int64_t)r.tpr * 32 < n) r.tpr *= 2;
     while (r.tpr < na) r.tpr *= 2;
-    QG_ASSERT(na <= 16 && r.tpr <= r.wg);
+    QG_ASSERT(r.tpr <= r.wg);
     r.nr = r.wg / r.tpr * rpt;
     return r;
 }
@@ -214,13 +224,14 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
                        bool last_only) {
     const int Tm = r->c->g->n_tok_max;
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
-    const rows L = rows_for(wt->ne[0], NT, 1);
+    const rows L = rows_for(r->c->d, wt->ne[0], NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)wt->type;
     d->spec[2] = L.tpr;
     d->spec[3] = NT;
     d->spec[4] = L.rpt;
+    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, w, false);
     bind(d, x, false);
     bind(d, y, true);
@@ -239,7 +250,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
     const uint32_t NT = moe || Tm == 1 ? 1 : 8;
-    const rows L = rows_for(gt->ne[0], 2 * NT, 1);
+    const rows L = rows_for(r->c->d, gt->ne[0], 2 * NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)gt->type;
@@ -248,6 +259,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     d->spec[4] = NT;
     d->spec[5] = L.rpt;
     d->spec[6] = moe ? 1 : 0;
+    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, g, false);
     bind(d, u, false);
     bind(d, x, false);
@@ -279,12 +291,13 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
 /* y = sum_k wts * D_ids h_k; D (F, E, X). */
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
                           qg_vk_loc wts, qg_vk_loc y, int K) {
-    const rows L = rows_for(dt->ne[0], 1, 1);
+    const rows L = rows_for(r->c->d, dt->ne[0], 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
     d->spec[2] = L.tpr;
     d->spec[3] = L.rpt;
+    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, dw, false);
     bind(d, h, false);
     bind(d, ids, false);

@@ -15,6 +15,7 @@ layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0;
 layout(constant_id = 2) const uint TPR = 32u;
 layout(constant_id = 3) const uint RPT = 1u; /* <= min(16, TPR) */
+layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer DBuf { uint dbuf[]; };   /* (f, m, X) */
@@ -41,8 +42,8 @@ layout(push_constant) uniform PC {
 #include "qg_rows.glsl"
 
 void main() {
-    const uint G = WG / TPR, NR = G * RPT;
-    const uint l = gl_LocalInvocationIndex, g = l / TPR, lane = l % TPR;
+    const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
+    const uint lanes = qg_rows_lanes();
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK) || r0 >= pc.m) return;
@@ -58,7 +59,7 @@ void main() {
         }
         const float wk = wts[t * pc.k + kk];
         const uint ho = (t * pc.k + kk) * pc.n;
-        for (uint u = lane; u < nu; u += TPR) {
+        for (uint u = lane; u < nu; u += lanes) {
             [[unroll]] for (uint k = 0u; k < RPT; k++) {
                 const uint r = r0 + g + k * G;
                 if (r >= pc.m) break;
@@ -77,8 +78,9 @@ void main() {
         }
     }
     qg_rows_reduce(acc, RPT);
-    if (l < RPT * G) {
-        const uint r = r0 + (l % G) + (l / G) * G;
-        if (r < pc.m) y[t * pc.m + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_out[l];
+    uint j, gg;
+    if (qg_rows_slot(RPT, j, gg)) {
+        const uint r = r0 + gg + j * G;
+        if (r < pc.m) y[t * pc.m + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_sum(acc, j, gg);
     }
 }

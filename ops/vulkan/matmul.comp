@@ -19,6 +19,7 @@ layout(constant_id = 1) const int WTYPE = 0;
 layout(constant_id = 2) const uint TPR = 32u; /* lanes per row */
 layout(constant_id = 3) const uint NT = 1u;   /* columns per workgroup */
 layout(constant_id = 4) const uint RPT = 1u;  /* rows per row group; RPT*NT <= min(16, TPR) */
+layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -53,8 +54,8 @@ float dot32(float w[32], uint xo, uint e0, uint e1) {
 }
 
 void main() {
-    const uint G = WG / TPR, NR = G * RPT;
-    const uint l = gl_LocalInvocationIndex, g = l / TPR, lane = l % TPR;
+    const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
+    const uint lanes = qg_rows_lanes();
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
     const uint n_tok = uint(N_TOK);
     const uint ncol = pc.last_only != 0u ? 1u : n_tok;
@@ -66,7 +67,7 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
-    for (uint u = lane; u < nu; u += TPR) {
+    for (uint u = lane; u < nu; u += lanes) {
         [[unroll]] for (uint k = 0u; k < RPT; k++) {
             const uint r = r0 + g + k * G;
             if (r >= pc.m) break;
@@ -80,10 +81,10 @@ void main() {
         }
     }
     qg_rows_reduce(acc, RPT * NT);
-    /* invocation l writes partial j = l / G (row k = j / NT, column
-     * t = j % NT) of row group l % G */
-    if (l < RPT * NT * G) {
-        const uint j = l / G, t = j % NT, r = r0 + (l % G) + (j / NT) * G;
-        if (r < pc.m && t < nc) y[(c0 + t) * pc.m + r] = qg_rows_out[l];
+    /* slot j: row k = j / NT, column t = j % NT of group gg */
+    uint j, gg;
+    if (qg_rows_slot(RPT * NT, j, gg)) {
+        const uint t = j % NT, r = r0 + gg + (j / NT) * G;
+        if (r < pc.m && t < nc) y[(c0 + t) * pc.m + r] = qg_rows_sum(acc, j, gg);
     }
 }

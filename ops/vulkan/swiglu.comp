@@ -20,6 +20,7 @@ layout(constant_id = 3) const uint TPR = 32u;
 layout(constant_id = 4) const uint NT = 1u;
 layout(constant_id = 5) const uint RPT = 1u;
 layout(constant_id = 6) const uint MOE = 0u;
+layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
@@ -66,8 +67,8 @@ float dot32(float w[32], uint xo, uint e0, uint e1) {
 }
 
 void main() {
-    const uint G = WG / TPR, NR = G * RPT;
-    const uint l = gl_LocalInvocationIndex, g = l / TPR, lane = l % TPR;
+    const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
+    const uint lanes = qg_rows_lanes();
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
     const uint n_tok = uint(N_TOK);
     const uint z = gl_WorkGroupID.z;
@@ -91,7 +92,7 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
-    for (uint u = lane; u < nu; u += TPR) {
+    for (uint u = lane; u < nu; u += lanes) {
         [[unroll]] for (uint k = 0u; k < RPT; k++) {
             const uint r = r0 + g + k * G;
             if (r >= pc.f) break;
@@ -107,12 +108,13 @@ void main() {
             }
         }
     }
-    /* partial 2j is gate, 2j+1 up of (row k = j / NT, column t = j % NT) */
+    /* partial 2j is gate, 2j+1 up of slot j: row k = j / NT, column t = j % NT */
     qg_rows_reduce(acc, 2u * RPT * NT);
-    if (l < RPT * NT * G) {
-        const uint j = l / G, gg = l % G, t = j % NT, r = r0 + gg + (j / NT) * G;
+    uint j, gg;
+    if (qg_rows_slot(RPT * NT, j, gg)) {
+        const uint t = j % NT, r = r0 + gg + (j / NT) * G;
         if (r < pc.f && t < nc) {
-            const float gs = qg_rows_out[2u * j * G + gg], us = qg_rows_out[(2u * j + 1u) * G + gg];
+            const float gs = qg_rows_sum(acc, 2u * j, gg), us = qg_rows_sum(acc, 2u * j + 1u, gg);
             h[(c0 + t) * pc.f + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_silu(gs) * us;
         }
     }
