@@ -21,7 +21,9 @@
  *     KV rounding, different summation order);
  *   - decode against prefill: rel_rms < 1e-4 on F32 files (both exact),
  *     < 5e-3 otherwise (prefill rounds weights and activations to f16 once:
- *     2^-11 relative per product, a few 1e-4 per layer).
+ *     2^-11 relative per product, a few 1e-4 per layer), over the positions
+ *     whose reference routing margin is >= 1e-2 (a nearer tie may flip under
+ *     that rounding, legitimately).
  * Also: --n-cpu-moe placement (expert nodes of layer 0 on the CPU, copies
  * between the executors) against the reference, and --profile events.
  * With QG_CUDA_BIG_MODEL=<file>: greedy 64-token continuations of 10
@@ -160,15 +162,34 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
 
     qg_ref_model *ref = qg_ref_model_load(path, &err);
     if (!ref) fail_msg("ref load: %s", err.msg);
-    double *rl = malloc(sizeof(double) * NV);
+    double *rl = malloc(sizeof(double) * NV), margin[N_TOK];
     assert_non_null(rl);
-    if (qg_ref_model_eval(ref, tok, N_TOK, rl, &err)) fail_msg("ref eval: %s", err.msg);
+    qg_ref_eval_out ro = {.logits = rl, .route_margin = margin};
+    if (qg_ref_model_eval_ex(ref, tok, N_TOK, &ro, &err)) fail_msg("ref eval: %s", err.msg);
 
     float *pre = logits_prefill(m, "cuda", tok, N_TOK, 8, 0); /* 8 + 8 + 4 */
     float *dec = logits_stepwise(m, "cuda", tok, N_TOK);
     float *cpu = logits_stepwise(m, "cpu", tok, N_TOK);
     const double e_pre = rel_rms_f(pre, rl, NV), e_dec = rel_rms_f(dec, rl, NV);
-    const double e_cpu = rel_rms_ff(dec, cpu, NV), e_dp = rel_rms_ff(dec, pre, NV);
+    const double e_cpu = rel_rms_ff(dec, cpu, NV);
+    /* decode vs prefill over the positions whose expert choice is not a
+     * near tie in the reference (router-logit margin >= 1e-2): prefill's
+     * f16 rounding moves router logits by ~1e-3, enough to flip a closer
+     * choice, and one flipped expert changes that position's logits by
+     * far more than rounding */
+    double num = 0, den = 0;
+    int n_close = 0;
+    for (int t = 0; t < N_TOK; t++) {
+        if (margin[t] < 1e-2) {
+            n_close++;
+            continue;
+        }
+        for (size_t i = (size_t)t * V; i < (size_t)(t + 1) * V; i++) {
+            num += ((double)dec[i] - pre[i]) * ((double)dec[i] - pre[i]);
+            den += (double)pre[i] * pre[i];
+        }
+    }
+    const double e_dp = sqrt(num / (den > 0 ? den : 1));
     double min_cos = 1;
     for (int t = 0; t < N_TOK; t++)
         min_cos = fmin(min_cos, cosine_f(pre + (size_t)t * V, rl + (size_t)t * V, V));
@@ -190,8 +211,8 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
     }
     const bool f32 = !strcmp(ftype, "f32");
     printf("  %-12s %-7s prefill %.3e  decode %.3e  llama.cpp %.3e  min cos %.7f  "
-           "decode-vs-cpu %.1e  decode-vs-prefill %.1e\n",
-           preset, ftype, e_pre, e_dec, e_llama, min_cos, e_cpu, e_dp);
+           "decode-vs-cpu %.1e  decode-vs-prefill %.1e (%d near-tie positions left out)\n",
+           preset, ftype, e_pre, e_dec, e_llama, min_cos, e_cpu, e_dp, n_close);
     if (!isnan(e_llama) && !(e_pre <= e_llama * 1.05 + 2e-6))
         fail_msg("%s %s: prefill %.3e is farther from the reference than llama.cpp's %.3e", preset,
                  ftype, e_pre, e_llama);

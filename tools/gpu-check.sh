@@ -11,7 +11,9 @@
 #      4096-token depth; peak GPU memory read with nvidia-smi meanwhile
 #   5. compute-sanitizer memcheck on a prefill + decode run of a tiny model
 #   6. optional: QG_GPU_LAB=1 runs the kernel lab (tools/kernels),
-#      QG_GPU_GREEDY=1 the 64-token greedy CUDA-vs-CPU check on the big file
+#      QG_GPU_GREEDY=1 the 64-token greedy CUDA-vs-CPU check on the big file,
+#      QG_GPU_PROFILE=1 `qmoe-graph profile` (per-op GPU times),
+#      QG_GPU_AB="VAR=value ..." one more tg128 bench under that environment
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
@@ -114,6 +116,16 @@ if [ -f "$MODEL" ]; then
     for l in $(grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | awk -F'|' '{gsub(/ /,"",$7); gsub(/ /,"",$8); print $7"="$8}'); do
         note "bench $l tok/s"
     done
+fi
+
+if [ -f "$MODEL" ] && [ "${QG_GPU_PROFILE:-0}" = 1 ]; then
+    step "profile pp512 + tg32" 300 "$QG" profile "$MODEL" --backend cuda -p 512 -n 32
+    sed -n '/^profile of/,/^---- /p' "$LOG" | head -70 | sed 's/^/   /'
+fi
+if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
+    # an A/B run of decode with the given environment (e.g. QG_CUDA_PDL=0)
+    step "bench tg128 with $QG_GPU_AB" 300 env $QG_GPU_AB "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 3
+    grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | sed 's/^/   /'
 fi
 
 # ---- 5. memcheck ---------------------------------------------------------

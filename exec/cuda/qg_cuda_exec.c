@@ -20,8 +20,14 @@
  * pair of events around each.  Nothing in a step synchronizes with the
  * host; tensor_get (the logits) waits for the stream.
  *
+ * Kernels are launched with programmatic dependent launch on sm_90: a
+ * kernel's launch and its weight prefetch overlap the previous kernel's
+ * tail, and it waits for that kernel's writes before reading activations.
+ *
  * Environment: QG_CUDA_GRAPH=0 launches plainly, QG_CUDA_FUSE=0 keeps every
- * node, QG_CUDA_F32_PREFILL=1 makes prefill products exact f32.
+ * node (also the rope/KV-append fold), QG_CUDA_PDL=0 turns off
+ * programmatic dependent launch, QG_CUDA_F32_PREFILL=1 makes prefill
+ * products exact f32.
  */
 #include "../../ops/cuda/qg_cuda_ops.h"
 #include "../qg_exec.h"
@@ -411,11 +417,31 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
     for (int j = 0; j < g->n_nodes; j++)
         if (post[j] >= 0) cg->L[j].post_add = cg->dev[post[j]];
     free(post);
+    /* rope -> attention: the rope kernel appends the KV rows */
+    int n_app = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const qg_node *n = &g->nodes[i];
+        if (n->exec != e || cg->skip[i] || n->op != QG_OP_ROPE) continue;
+        const int j = sole_consumer(g, n->out[1]);
+        if (j <= i) continue;
+        const qg_node *a = &g->nodes[j];
+        if (a->exec != e || a->partition != n->partition || cg->skip[j] ||
+            !qg_cuda_op_can_fold_append(g, n, a))
+            continue;
+        const qg_tensor *kc = &g->tensors[a->in[3]];
+        cg->L[i].kv_k = cg->dev[a->in[3]];
+        cg->L[i].kv_v = cg->dev[a->in[4]];
+        cg->L[i].kv_vsrc = cg->dev[a->in[2]];
+        cg->L[i].kv_type = kc->type;
+        cg->L[i].kv_ctx = (int)kc->ne[1];
+        cg->L[j].skip_append = true;
+        n_app++;
+    }
     if (c->log)
         fprintf(stderr,
                 "cuda: %s graph: folded %d rmsnorm and %d add nodes into neighbours (%d add "
-                "outputs moved to a buffer of their own)\n",
-                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own);
+                "outputs moved to a buffer of their own), %d KV appends into rope\n",
+                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own, n_app);
     return QG_OK;
 }
 
@@ -450,6 +476,7 @@ static qg_status cuda_kv_alloc(void *self, size_t bytes, qg_error *err) {
                             bytes / 1073741824.0, c->name, fr / 1073741824.0);
     }
     QG_CUDA_TRY(cudaMemset(p, 0, bytes));
+    QG_CUDA_TRY(cudaDeviceSynchronize());
     if (c->kv) cudaFree(c->kv);
     c->kv = p;
     c->kv_bytes = bytes;
@@ -560,7 +587,8 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
     int ctr = 0, rope_off = 0;
     for (int i = 0; i < g->n_nodes; i++) {
         const qg_node *n = &g->nodes[i];
-        if (n->exec != exec_index) continue;
+        /* copy nodes are run by the runtime (tensor_get / tensor_set) */
+        if (n->exec != exec_index || n->op == QG_OP_COPY) continue;
         size_t sb = 0;
         int nc = 0;
         qg_cuda_op_needs(g, n, &c->o, &sb, &nc);
@@ -598,6 +626,9 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
         QG_CUDA_TRY(ce);
     }
     if (c->fuse && (st = fold_nodes(c, cg, err))) goto fail;
+    /* the zeroing memsets above run on the legacy stream, which does not
+     * order with ours (non-blocking): finish them before any step */
+    QG_CUDA_TRY(cudaDeviceSynchronize());
     if (c->log)
         fprintf(stderr,
                 "cuda: compiled the %s graph (%d nodes here): arena %.1f MiB, scratch %.1f MiB, "
@@ -627,6 +658,9 @@ static qg_status launch_nodes(cuda_exec *c, cuda_graph *cg, const qg_partition *
                               bool profile) {
     for (int i = p->first; i < p->first + p->n; i++) {
         if (cg->skip[i]) continue;
+        if (!cg->L[i].n)
+            return qg_error_set(err, QG_ERR_BACKEND, "cuda: node %s (%s) is not launchable here",
+                                cg->g->nodes[i].name, qg_op_name(cg->g->nodes[i].op));
         if (profile) cudaEventRecord(cg->ev[2 * i + 1], c->stream);
         const int e = qg_cuda_op_launch(&cg->L[i]);
         if (e != 0)
@@ -842,6 +876,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->total_mem = prop.totalGlobalMem;
     c->o.n_sm = prop.multiProcessorCount;
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
+    c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
     c->use_graphs = !env_is("QG_CUDA_GRAPH", "0");
     c->fuse = !env_is("QG_CUDA_FUSE", "0");
     c->log = qg_debug_enabled("cuda");
@@ -850,10 +885,11 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     if (c->log)
         fprintf(stderr,
                 "cuda: device %d: %s, compute %d.%d, %d SMs, %.1f GiB; graphs %s, fusion %s, "
-                "prefill products %s\n",
+                "programmatic dependent launch %s, prefill products %s\n",
                 dev, c->name, prop.major, prop.minor, prop.multiProcessorCount,
                 prop.totalGlobalMem / 1073741824.0, c->use_graphs ? "on" : "off",
-                c->fuse ? "on" : "off", c->o.f32_prefill ? "f32" : "f16 tensor cores");
+                c->fuse ? "on" : "off", c->o.pdl ? "on" : "off",
+                c->o.f32_prefill ? "f32" : "f16 tensor cores");
     out->i = &CUDA_EXEC;
     out->self = c;
     return QG_OK;

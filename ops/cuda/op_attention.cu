@@ -7,15 +7,18 @@
  * with the CPU's expression), sin/cos in float64 rounded to f32 once, the
  * rotation's products and differences rounded one by one like the CPU.
  *
- * attention, in two launches:
+ * attention, in two launches (one when the executor folds the append into
+ * the rope node, which then writes the rows itself):
  *   k_kv_append      rows pos[t] of both caches <- k, v (F16: rounded once)
  *   decode graphs    k_attn_decode: split-K over the cache rows; a CTA
- *                    takes GC q heads sharing one kv head and a chunk of
- *                    rows, 4 warps stride over the rows with an online
- *                    softmax (lanes hold hd/32 dims), the CTA merges its
- *                    warps and writes (max, sum, acc) per head; the last
- *                    CTA of a head group (an atomic ticket) merges the
- *                    splits and writes o.
+ *                    takes up to 8 q heads sharing one kv head (a warp
+ *                    each) and a chunk of rows, walked in tiles of 32
+ *                    staged in shared memory (the next tile's loads in
+ *                    flight while the current one is used); lane j scores
+ *                    row j, online softmax per warp; each split writes
+ *                    (max, sum, acc) per head, and the last CTA of a head
+ *                    group (an atomic ticket) merges the splits and writes
+ *                    o (split-contiguous partials, vector loads).
  *   prefill graphs   k_attn_prefill: a CTA takes one head and 8 tokens
  *                    (a warp each) and walks tiles of 32 cache rows up to
  *                    the largest position among them, staged in shared
@@ -30,11 +33,31 @@
 
 /* ---- rope ------------------------------------------------------------- */
 
+__device__ __forceinline__ void cache_put(half *d, float v) { *d = __float2half_rn(v); }
+__device__ __forceinline__ void cache_put(float *d, float v) { *d = v; }
+__device__ __forceinline__ float cache_get(const half *p) { return __half2float(*p); }
+__device__ __forceinline__ float cache_get(const float *p) { return *p; }
+
+/* The append folded into rope: caches (Dkv, C), F16 or F32. */
+struct rope_kv {
+    void *kc, *vc;
+    const float *v; /* (Dkv, T) */
+    int f16, C;
+};
+
+__device__ __forceinline__ void kv_put(const rope_kv &kv, bool isv, size_t i, float x) {
+    void *c = isv ? kv.vc : kv.kc;
+    if (kv.f16) cache_put((half *)c + i, x);
+    else cache_put((float *)c + i, x);
+}
+
 __global__ void __launch_bounds__(128)
 k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ qn,
        const float *__restrict__ kn, const int32_t *__restrict__ pos,
        const int32_t *__restrict__ step, const double *__restrict__ freq, int hd, int nh, int nkv,
-       float eps, float *__restrict__ qo, float *__restrict__ ko) {
+       float eps, float *__restrict__ qo, float *__restrict__ ko, rope_kv kv) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int t = blockIdx.x, lane = threadIdx.x & 31;
     const int j = blockIdx.y * 4 + (threadIdx.x >> 5);
     if (t >= step[QG_STEP_N_TOK] || j >= nh + nkv) return;
@@ -61,8 +84,26 @@ k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__
         double sd, cd;
         sincos(p * freq[r], &sd, &cd);
         const float c = (float)cd, s = (float)sd;
-        dst[r] = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
-        dst[r + half] = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
+        const float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
+        const float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
+        dst[r] = o0;
+        dst[r + half] = o1;
+        if (kv.kc && j >= nh) {
+            const int p = pos[t];
+            if (p >= 0 && p < kv.C) {
+                const size_t row = (size_t)p * nkv * hd + (size_t)(j - nh) * hd;
+                kv_put(kv, false, row + r, o0);
+                kv_put(kv, false, row + r + half, o1);
+            }
+        }
+    }
+    if (kv.kc && j >= nh) {
+        const int p = pos[t];
+        if (p >= 0 && p < kv.C) {
+            const size_t row = (size_t)p * nkv * hd + (size_t)(j - nh) * hd;
+            const float *vs = kv.v + ((size_t)t * nkv + (j - nh)) * hd;
+            for (int i = lane; i < hd; i += 32) kv_put(kv, true, row + i, vs[i]);
+        }
     }
 }
 
@@ -70,20 +111,15 @@ cudaError_t qg_cu_rope(const qg_cuda_launch *l) {
     const qg_op_params *p = &l->n->p;
     if (!l->rope_freq) return cudaErrorInvalidValue;
     const dim3 grid(l->g->n_tok_max, (p->n_head + p->n_head_kv + 3) / 4);
-    k_rope<<<grid, 128, 0, qg_cu_stream(l)>>>(
-        qg_cu_in_ptr<const float>(l, 0), qg_cu_in_ptr<const float>(l, 1),
-        qg_cu_in_ptr<const float>(l, 2), qg_cu_in_ptr<const float>(l, 3),
-        qg_cu_in_ptr<const int32_t>(l, 4), l->step, l->rope_freq, p->head_dim, p->n_head,
-        p->n_head_kv, p->eps, qg_cu_out_ptr<float>(l, 0), qg_cu_out_ptr<float>(l, 1));
-    return cudaGetLastError();
+    rope_kv kv = {l->kv_k, l->kv_v, l->kv_vsrc, l->kv_type == QG_F16, l->kv_ctx};
+    return qg_cu_launch(l, k_rope, grid, dim3(128), 0, qg_cu_in_ptr<const float>(l, 0),
+                        qg_cu_in_ptr<const float>(l, 1), qg_cu_in_ptr<const float>(l, 2),
+                        qg_cu_in_ptr<const float>(l, 3), qg_cu_in_ptr<const int32_t>(l, 4), l->step,
+                        l->rope_freq, p->head_dim, p->n_head, p->n_head_kv, p->eps,
+                        qg_cu_out_ptr<float>(l, 0), qg_cu_out_ptr<float>(l, 1), kv);
 }
 
 /* ---- cache append ----------------------------------------------------- */
-
-__device__ __forceinline__ void cache_put(half *d, float v) { *d = __float2half_rn(v); }
-__device__ __forceinline__ void cache_put(float *d, float v) { *d = v; }
-__device__ __forceinline__ float cache_get(const half *p) { return __half2float(*p); }
-__device__ __forceinline__ float cache_get(const float *p) { return *p; }
 
 /* k, v (Dkv, T) -> rows pos[t] of kc, vc (Dkv, C); grid (T, 2).  A
  * position outside [0, C) (the runtime refuses those) writes nothing. */
@@ -92,6 +128,8 @@ __global__ void __launch_bounds__(256)
 k_kv_append(const float *__restrict__ k, const float *__restrict__ v, const int32_t *__restrict__ pos,
             const int32_t *__restrict__ step, int Dkv, int C, CT *__restrict__ kc,
             CT *__restrict__ vc) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int t = blockIdx.x;
     if (t >= step[QG_STEP_N_TOK]) return;
     const int p = pos[t];
@@ -110,114 +148,146 @@ struct at_args {
     int nh, nkv, Dkv;
     float scale;
     float *o;
-    float *part; /* (nh, ns_max) max | (nh, ns_max) sum | (nh, ns_max, hd) acc */
-    int *counters;
-    int ns_max, min_chunk;
+    float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, hd, NSP) acc */
+    int *counters; /* (nh / gw) */
+    int gw;        /* q heads per CTA */
+    int ns_max, nsp, min_chunk;
 };
 
-#define AD_WARPS 4
+#define AD_ROWS 32
 
-template <typename CT, int GC, int DPL>
-__global__ void __launch_bounds__(AD_WARPS * 32) k_attn_decode(at_args a) {
-    constexpr int HD = 32 * DPL;
-    __shared__ float s_m[AD_WARPS][GC], s_l[AD_WARPS][GC];
-    __shared__ float s_acc[AD_WARPS][GC][HD];
+/* Four cache elements as floats. */
+__device__ __forceinline__ float4 ld4(const half *p) {
+    const uint2 u = *(const uint2 *)p;
+    const float2 a = __half22float2(*(const half2 *)&u.x), b = __half22float2(*(const half2 *)&u.y);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 ld4(const float *p) { return *(const float4 *)p; }
+
+template <typename CT, int DPL>
+__global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
+    constexpr int HD = 32 * DPL, R = AD_ROWS, NQ = 2 * DPL; /* 4-element loads per thread per tile */
+    __shared__ float Ks[R][HD + 1], Vs[R][HD + 1];
+    __shared__ float Qs[8][HD];
+    __shared__ float Fs[8][64];
     __shared__ int s_last;
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int rows = a.pos[0] + 1;
     int chunk = (rows + a.ns_max - 1) / a.ns_max;
+    chunk = (chunk + R - 1) / R * R;
     if (chunk < a.min_chunk) chunk = a.min_chunk;
     const int ns = (rows + chunk - 1) / chunk;
     const int s = blockIdx.y;
     if (s >= ns) return;
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
-    const int h0 = blockIdx.x * GC, kvh = h0 / (a.nh / a.nkv);
-    float q[GC][DPL], m[GC], l[GC], acc[GC][DPL];
+    const bool active = warp < a.gw;
+    const int h = blockIdx.x * a.gw + warp, kvh = blockIdx.x * a.gw / (a.nh / a.nkv);
+    if (active)
+        for (int d = lane; d < HD; d += 32) Qs[warp][d] = a.q[(size_t)h * HD + d];
+    const CT *kb = (const CT *)a.kc + (size_t)kvh * HD, *vb = (const CT *)a.vc + (size_t)kvh * HD;
+    float4 buf[NQ];
+    auto load_tile = [&](int base) {
 #pragma unroll
-    for (int g = 0; g < GC; g++) {
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DPL; i++) {
-            q[g][i] = a.q[(size_t)(h0 + g) * HD + lane * DPL + i];
-            acc[g][i] = 0.0f;
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
+            const int r = rem / (HD / 4), q4 = rem - r * (HD / 4), j = base + r;
+            buf[k] = j < j1 ? ld4((mat ? vb : kb) + (size_t)j * a.Dkv + 4 * q4)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
+    };
+    load_tile(j0);
+    float m = -INFINITY, l = 0.0f, acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
+    for (int t0 = j0; t0 < j1; t0 += R) {
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
+            const int r = rem / (HD / 4), q4 = rem - r * (HD / 4);
+            float *row = mat ? &Vs[r][4 * q4] : &Ks[r][4 * q4];
+            row[0] = buf[k].x;
+            row[1] = buf[k].y;
+            row[2] = buf[k].z;
+            row[3] = buf[k].w;
+        }
+        __syncthreads();
+        if (t0 + R < j1) load_tile(t0 + R);
+        if (!active) continue;
+        const int j = t0 + lane;
+        const bool ok = j < j1;
+        float sc = -INFINITY;
+        if (ok) {
+            float d0 = 0.0f;
+#pragma unroll 8
+            for (int d = 0; d < HD; d++) d0 = fmaf(Qs[warp][d], Ks[lane][d], d0);
+            sc = d0 * a.scale;
+        }
+        const float mn = fmaxf(m, qg_warp_max(sc));
+        const float c = expf(m - mn);
+        const float p = ok ? expf(sc - mn) : 0.0f;
+        l = l * c + qg_warp_sum(p);
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[i] *= c;
+#pragma unroll 4
+        for (int r = 0; r < R; r++) {
+            const float pr = __shfl_sync(0xffffffffu, p, r);
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[i] = fmaf(pr, Vs[r][lane + 32 * i], acc[i]);
+        }
+        m = mn;
     }
-    const CT *kc = (const CT *)a.kc + (size_t)kvh * HD + lane * DPL;
-    const CT *vc = (const CT *)a.vc + (size_t)kvh * HD + lane * DPL;
-    for (int j = j0 + warp; j < j1; j += AD_WARPS) {
-        float kr[DPL], vr[DPL];
+    if (ns == 1) {
+        if (active) {
+            const float inv = 1.0f / l;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) {
-            kr[i] = cache_get(kc + (size_t)j * a.Dkv + i);
-            vr[i] = cache_get(vc + (size_t)j * a.Dkv + i);
+            for (int i = 0; i < DPL; i++) a.o[(size_t)h * HD + lane + 32 * i] = acc[i] * inv;
         }
-#pragma unroll
-        for (int g = 0; g < GC; g++) {
-            float sc = 0.0f;
-#pragma unroll
-            for (int i = 0; i < DPL; i++) sc = fmaf(q[g][i], kr[i], sc);
-            sc = qg_warp_sum(sc) * a.scale;
-            if (sc > m[g]) {
-                const float c = expf(m[g] - sc);
-                l[g] = l[g] * c + 1.0f;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) acc[g][i] = fmaf(acc[g][i], c, vr[i]);
-                m[g] = sc;
-            } else {
-                const float p = expf(sc - m[g]);
-                l[g] += p;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) acc[g][i] = fmaf(p, vr[i], acc[g][i]);
-            }
-        }
+        return;
     }
-#pragma unroll
-    for (int g = 0; g < GC; g++) {
-        if (lane == 0) {
-            s_m[warp][g] = m[g];
-            s_l[warp][g] = l[g];
-        }
-#pragma unroll
-        for (int i = 0; i < DPL; i++) s_acc[warp][g][lane * DPL + i] = acc[g][i];
-    }
-    __syncthreads();
-    const int NS = a.ns_max;
+    const int NS = a.nsp;
     float *pm = a.part, *pl = pm + (size_t)a.nh * NS, *pa = pl + (size_t)a.nh * NS;
-    for (int idx = tid; idx < GC * HD; idx += AD_WARPS * 32) {
-        const int g = idx / HD, d = idx - g * HD, h = h0 + g;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < AD_WARPS; w++) M = fmaxf(M, s_m[w][g]);
-        float L = 0.0f, A = 0.0f;
-#pragma unroll
-        for (int w = 0; w < AD_WARPS; w++) {
-            const float f = s_m[w][g] == -INFINITY ? 0.0f : expf(s_m[w][g] - M);
-            L += s_l[w][g] * f;
-            A += s_acc[w][g][d] * f;
+    if (active) {
+        if (lane == 0) {
+            pm[(size_t)h * NS + s] = m;
+            pl[(size_t)h * NS + s] = l;
         }
-        pa[((size_t)h * NS + s) * HD + d] = A;
-        if (d == 0) {
-            pm[(size_t)h * NS + s] = M;
-            pl[(size_t)h * NS + s] = L;
-        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) pa[((size_t)h * HD + lane + 32 * i) * NS + s] = acc[i];
     }
     __threadfence();
     __syncthreads();
     if (tid == 0) s_last = atomicAdd(&a.counters[blockIdx.x], 1) == ns - 1;
     __syncthreads();
     if (!s_last) return;
-    for (int idx = tid; idx < GC * HD; idx += AD_WARPS * 32) {
-        const int g = idx / HD, d = idx - g * HD, h = h0 + g;
+    if (active) {
         float M = -INFINITY;
-        for (int s2 = 0; s2 < ns; s2++) M = fmaxf(M, __ldcg(pm + (size_t)h * NS + s2));
-        float L = 0.0f, A = 0.0f;
-        for (int s2 = 0; s2 < ns; s2++) {
+        for (int s2 = lane; s2 < ns; s2 += 32) M = fmaxf(M, __ldcg(pm + (size_t)h * NS + s2));
+        M = qg_warp_max(M);
+        float L = 0.0f;
+        for (int s2 = lane; s2 < ns; s2 += 32) {
             const float f = expf(__ldcg(pm + (size_t)h * NS + s2) - M);
+            Fs[warp][s2] = f;
             L += __ldcg(pl + (size_t)h * NS + s2) * f;
-            A += __ldcg(pa + ((size_t)h * NS + s2) * HD + d) * f;
         }
-        a.o[(size_t)h * HD + d] = A * (1.0f / L);
+        L = qg_warp_sum(L);
+        __syncwarp();
+        const float inv = 1.0f / L;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            const float *src = pa + ((size_t)h * HD + lane + 32 * i) * NS;
+            float A = 0.0f;
+            int s2 = 0;
+            for (; s2 + 4 <= ns; s2 += 4) {
+                const float4 v = __ldcg((const float4 *)(src + s2));
+                A += v.x * Fs[warp][s2] + v.y * Fs[warp][s2 + 1] + v.z * Fs[warp][s2 + 2] +
+                     v.w * Fs[warp][s2 + 3];
+            }
+            for (; s2 < ns; s2++) A += __ldcg(src + s2) * Fs[warp][s2];
+            a.o[(size_t)h * HD + lane + 32 * i] = A * inv;
+        }
     }
     if (tid == 0) a.counters[blockIdx.x] = 0;
 }
@@ -233,6 +303,8 @@ __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
     __shared__ float Ks[AP_ROWS][HD + 1], Vs[AP_ROWS][HD + 1];
     __shared__ float Qs[AP_WARPS][HD];
     __shared__ int s_pmax;
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int n_tok = a.step[QG_STEP_N_TOK];
     const int t0 = blockIdx.y * AP_WARPS;
@@ -295,21 +367,22 @@ __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
 /* ---- launch ----------------------------------------------------------- */
 
 /* q heads per decode CTA: the largest of 8, 4, 2, 1 dividing the group. */
-static int attn_gc(const qg_op_params *p) {
+static int attn_gw(const qg_op_params *p) {
     const int G = p->n_head / p->n_head_kv;
-    for (int gc = 8; gc > 1; gc >>= 1)
-        if (G % gc == 0) return gc;
+    for (int gw = 8; gw > 1; gw >>= 1)
+        if (G % gw == 0) return gw;
     return 1;
 }
 
-#define AD_MIN_CHUNK 32
+#define AD_MIN_CHUNK 64
 
-/* Most splits of the decode kernel: about two CTAs per multiprocessor,
- * never more than the cache can fill with AD_MIN_CHUNK rows each. */
+/* Most splits of the decode kernel: about one CTA per multiprocessor at
+ * the longest context, never more than the cache fills with AD_MIN_CHUNK
+ * rows each, at most 64 (the merge's table). */
 static int attn_ns_max(const qg_graph *g, const qg_op_params *p, const qg_cuda_opts *o) {
-    const int groups = p->n_head / attn_gc(p);
+    const int groups = p->n_head / attn_gw(p);
     const int n_sm = o->n_sm > 0 ? o->n_sm : 132;
-    int ns = (2 * n_sm + groups - 1) / groups;
+    int ns = (n_sm + groups - 1) / groups;
     const int by_rows = (g->n_ctx + AD_MIN_CHUNK - 1) / AD_MIN_CHUNK;
     if (ns > by_rows) ns = by_rows;
     if (ns > 64) ns = 64;
@@ -321,23 +394,23 @@ void qg_cu_attention_needs(const qg_graph *g, const qg_node *n, const qg_cuda_op
     *n_counters = 0;
     if (g->n_tok_max != 1) return;
     const qg_op_params *p = &n->p;
-    const int ns = attn_ns_max(g, p, o);
-    b->take<float>((size_t)p->n_head * ns * (p->head_dim + 2));
-    *n_counters = p->n_head / attn_gc(p);
+    const int nsp = (attn_ns_max(g, p, o) + 3) / 4 * 4;
+    b->take<float>((size_t)p->n_head * nsp * (p->head_dim + 2));
+    *n_counters = p->n_head / attn_gw(p);
 }
 
 template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
     const qg_op_params *p = &l->n->p;
     const qg_tensor *kt = qg_cu_in(l, 3);
     const int Dkv = (int)kt->ne[0], C = (int)kt->ne[1], hd = p->head_dim, T = l->g->n_tok_max;
-    cudaStream_t s = qg_cu_stream(l);
     CT *kc = qg_cu_in_ptr<CT>(l, 3), *vc = qg_cu_in_ptr<CT>(l, 4);
     const int32_t *pos = qg_cu_in_ptr<const int32_t>(l, 5);
-    k_kv_append<CT><<<dim3(T, 2), 256, 0, s>>>(qg_cu_in_ptr<const float>(l, 1),
-                                               qg_cu_in_ptr<const float>(l, 2), pos, l->step, Dkv, C,
-                                               kc, vc);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
+    cudaError_t e = cudaSuccess;
+    if (!l->skip_append &&
+        (e = qg_cu_launch(l, k_kv_append<CT>, dim3(T, 2), dim3(256), 0,
+                          qg_cu_in_ptr<const float>(l, 1), qg_cu_in_ptr<const float>(l, 2), pos,
+                          l->step, Dkv, C, kc, vc)) != cudaSuccess)
+        return e;
     at_args a = {};
     a.q = qg_cu_in_ptr<const float>(l, 0);
     a.kc = kc;
@@ -351,35 +424,28 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
     a.o = qg_cu_out_ptr<float>(l, 0);
     const int dpl = hd / 32;
     if (T == 1) {
-        const int gc = attn_gc(p);
+        a.gw = attn_gw(p);
         a.part = (float *)l->scratch;
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
+        a.nsp = (a.ns_max + 3) / 4 * 4;
         a.min_chunk = AD_MIN_CHUNK;
-        const dim3 grid(p->n_head / gc, a.ns_max);
-#define AD_CASE(GCV, DPLV)                                                        \
-    if (gc == GCV && dpl == DPLV) k_attn_decode<CT, GCV, DPLV><<<grid, AD_WARPS * 32, 0, s>>>(a)
-#define AD_GC(GCV)                                                                \
-    AD_CASE(GCV, 1);                                                              \
-    else AD_CASE(GCV, 2);                                                         \
-    else AD_CASE(GCV, 3);                                                         \
-    else AD_CASE(GCV, 4)
-        AD_GC(8);
-        else AD_GC(4);
-        else AD_GC(2);
-        else AD_GC(1);
-        else return cudaErrorInvalidValue;
-#undef AD_GC
-#undef AD_CASE
+        const dim3 grid(p->n_head / a.gw, a.ns_max);
+        if (dpl == 1) e = qg_cu_launch(l, k_attn_decode<CT, 1>, grid, dim3(256), 0, a);
+        else if (dpl == 2) e = qg_cu_launch(l, k_attn_decode<CT, 2>, grid, dim3(256), 0, a);
+        else if (dpl == 3) e = qg_cu_launch(l, k_attn_decode<CT, 3>, grid, dim3(256), 0, a);
+        else if (dpl == 4) e = qg_cu_launch(l, k_attn_decode<CT, 4>, grid, dim3(256), 0, a);
+        else e = cudaErrorInvalidValue;
     } else {
         const dim3 grid(p->n_head, (T + AP_WARPS - 1) / AP_WARPS);
-        if (dpl == 1) k_attn_prefill<CT, 1><<<grid, AP_WARPS * 32, 0, s>>>(a);
-        else if (dpl == 2) k_attn_prefill<CT, 2><<<grid, AP_WARPS * 32, 0, s>>>(a);
-        else if (dpl == 3) k_attn_prefill<CT, 3><<<grid, AP_WARPS * 32, 0, s>>>(a);
-        else if (dpl == 4) k_attn_prefill<CT, 4><<<grid, AP_WARPS * 32, 0, s>>>(a);
-        else return cudaErrorInvalidValue;
+        const dim3 blk(AP_WARPS * 32);
+        if (dpl == 1) e = qg_cu_launch(l, k_attn_prefill<CT, 1>, grid, blk, 0, a);
+        else if (dpl == 2) e = qg_cu_launch(l, k_attn_prefill<CT, 2>, grid, blk, 0, a);
+        else if (dpl == 3) e = qg_cu_launch(l, k_attn_prefill<CT, 3>, grid, blk, 0, a);
+        else if (dpl == 4) e = qg_cu_launch(l, k_attn_prefill<CT, 4>, grid, blk, 0, a);
+        else e = cudaErrorInvalidValue;
     }
-    return cudaGetLastError();
+    return e;
 }
 
 /* attention: q (Dq,T), k (Dkv,T), v (Dkv,T), kcache (Dkv,C), vcache (Dkv,C),

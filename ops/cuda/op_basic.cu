@@ -19,6 +19,8 @@ template <int DT>
 __global__ void __launch_bounds__(128)
 k_embed(const uint8_t *__restrict__ w, size_t rb, int E, int V, const int32_t *__restrict__ tok,
         const int32_t *__restrict__ step, float *__restrict__ x) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int t = blockIdx.x;
     const int u = blockIdx.y * blockDim.x + threadIdx.x;
     if (t >= step[QG_STEP_N_TOK] || u >= E / 32) return;
@@ -41,11 +43,11 @@ cudaError_t qg_cu_embed(const qg_cuda_launch *l) {
     const dim3 grid(l->g->n_tok_max, (E / 32 + 127) / 128);
     const uint8_t *w = qg_cu_in_ptr<const uint8_t>(l, 0);
     const size_t rb = qg_cu_row_bytes(wt->type, E);
-    QG_CUDA_DISPATCH_DT(wt->type,
-                        k_embed<DT><<<grid, 128, 0, qg_cu_stream(l)>>>(
-                            w, rb, E, V, qg_cu_in_ptr<const int32_t>(l, 1), l->step,
-                            qg_cu_out_ptr<float>(l, 0)));
-    return cudaGetLastError();
+    cudaError_t e = cudaSuccess;
+    QG_CUDA_DISPATCH_DT(wt->type, e = qg_cu_launch(l, k_embed<DT>, grid, dim3(128), 0, w, rb, E, V,
+                                                   qg_cu_in_ptr<const int32_t>(l, 1), l->step,
+                                                   qg_cu_out_ptr<float>(l, 0)));
+    return e;
 }
 
 /* ---- rmsnorm ---------------------------------------------------------- */
@@ -56,6 +58,8 @@ __global__ void __launch_bounds__(256)
 k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, int N, float eps,
           const int32_t *__restrict__ step, float *__restrict__ y) {
     __shared__ float red[32];
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int t = blockIdx.x;
     if (t >= step[QG_STEP_N_TOK]) return;
     const float *xt = x + (size_t)t * N;
@@ -69,10 +73,9 @@ k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, int N, float
 
 cudaError_t qg_cu_rmsnorm(const qg_cuda_launch *l) {
     const int N = (int)qg_cu_in(l, 0)->ne[0];
-    k_rmsnorm<<<l->g->n_tok_max, 256, 0, qg_cu_stream(l)>>>(
-        qg_cu_in_ptr<const float>(l, 0), qg_cu_in_ptr<const float>(l, 1), N, l->n->p.eps, l->step,
-        qg_cu_out_ptr<float>(l, 0));
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_rmsnorm, dim3(l->g->n_tok_max), dim3(256), 0,
+                        qg_cu_in_ptr<const float>(l, 0), qg_cu_in_ptr<const float>(l, 1), N,
+                        l->n->p.eps, l->step, qg_cu_out_ptr<float>(l, 0));
 }
 
 /* ---- add -------------------------------------------------------------- */
@@ -81,6 +84,8 @@ cudaError_t qg_cu_rmsnorm(const qg_cuda_launch *l) {
 __global__ void __launch_bounds__(256)
 k_add(const float *__restrict__ a, const float *__restrict__ b, int64_t N,
       const int32_t *__restrict__ step, float *__restrict__ y) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int64_t n = N * step[QG_STEP_N_TOK];
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -90,10 +95,8 @@ k_add(const float *__restrict__ a, const float *__restrict__ b, int64_t N,
 cudaError_t qg_cu_add(const qg_cuda_launch *l) {
     const int64_t N = qg_cu_in(l, 0)->ne[0];
     const int blocks = qg_cu_blocks(N * l->g->n_tok_max, 256, l->o.n_sm, 8);
-    k_add<<<blocks, 256, 0, qg_cu_stream(l)>>>(qg_cu_in_ptr<const float>(l, 0),
-                                               qg_cu_in_ptr<const float>(l, 1), N, l->step,
-                                               qg_cu_out_ptr<float>(l, 0));
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_add, dim3(blocks), dim3(256), 0, qg_cu_in_ptr<const float>(l, 0),
+                        qg_cu_in_ptr<const float>(l, 1), N, l->step, qg_cu_out_ptr<float>(l, 0));
 }
 
 /* ---- copy ------------------------------------------------------------- */
@@ -112,6 +115,8 @@ __global__ void __launch_bounds__(128)
 k_topk(const float *__restrict__ logits, int X, int K, const int32_t *__restrict__ step,
        int32_t *__restrict__ ids, float *__restrict__ wts) {
     extern __shared__ float p_all[]; /* (X, 4) */
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int w = threadIdx.x >> 5;
     const int t = blockIdx.x * 4 + w;
     if (t >= step[QG_STEP_N_TOK]) return;
@@ -122,9 +127,8 @@ k_topk(const float *__restrict__ logits, int X, int K, const int32_t *__restrict
 cudaError_t qg_cu_topk_raw(const qg_cuda_launch *l, const float *logits, int X, int K,
                            int32_t *ids, float *wts) {
     const int T = l->g->n_tok_max;
-    k_topk<<<(T + 3) / 4, 128, sizeof(float) * (size_t)X * 4, qg_cu_stream(l)>>>(logits, X, K,
-                                                                                l->step, ids, wts);
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_topk, dim3((T + 3) / 4), dim3(128), sizeof(float) * (size_t)X * 4,
+                        logits, X, K, l->step, ids, wts);
 }
 
 cudaError_t qg_cu_topk(const qg_cuda_launch *l) {

@@ -83,6 +83,8 @@ __global__ void __launch_bounds__(128) k_gemm_f16(gm_args a) {
     __shared__ __align__(128) unsigned char smem[SMB];
     __shared__ int colx[BN], coly[BN];
     const uint8_t *w, *w2;
+    qg_pdl_wait();
+    qg_pdl_trigger();
     if (!gm_columns<BN>(a, colx, coly, &w, &w2)) return;
     __syncthreads();
     half *Ws = (half *)smem;          /* (NM, BM, LDS) */
@@ -174,6 +176,8 @@ __global__ void __launch_bounds__(128) k_gemm_f32(gm_args a) {
     __shared__ float Xs[BK][BN];
     __shared__ int colx[BN], coly[BN];
     const uint8_t *w, *w2;
+    qg_pdl_wait();
+    qg_pdl_trigger();
     if (!gm_columns<BN>(a, colx, coly, &w, &w2)) return;
     __syncthreads();
     const int tid = threadIdx.x, tr = tid & 15, tc = tid >> 4; /* row, 4-column group */
@@ -258,25 +262,25 @@ static bool gm_f32(const qg_cuda_launch *l, qg_dtype t) { return t == QG_F32 || 
  * grouped and not dual. */
 static cudaError_t gm_launch(const qg_cuda_launch *l, qg_dtype t, bool dual, const gm_args &a,
                              int col_tiles_64, int col_tiles_32) {
-    cudaStream_t s = qg_cu_stream(l);
+    cudaError_t e = cudaSuccess;
     if (gm_f32(l, t)) {
         const dim3 grid((a.m + 15) / 16, col_tiles_32);
         if (dual) {
-            QG_CUDA_DISPATCH_DT(t, k_gemm_f32<DT, true><<<grid, 128, 0, s>>>(a));
+            QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f32<DT, true>, grid, dim3(128), 0, a));
         } else {
-            QG_CUDA_DISPATCH_DT(t, k_gemm_f32<DT, false><<<grid, 128, 0, s>>>(a));
+            QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f32<DT, false>, grid, dim3(128), 0, a));
         }
     } else if (dual) {
         const dim3 grid((a.m + 63) / 64, col_tiles_32);
-        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, true, 32><<<grid, 128, 0, s>>>(a)));
+        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, true, 32>, grid, dim3(128), 0, a));
     } else if (col_tiles_64 > 0) {
         const dim3 grid((a.m + 63) / 64, col_tiles_64);
-        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, false, 64><<<grid, 128, 0, s>>>(a)));
+        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, false, 64>, grid, dim3(128), 0, a));
     } else {
         const dim3 grid((a.m + 63) / 64, col_tiles_32);
-        QG_CUDA_DISPATCH_DT(t, (k_gemm_f16<DT, false, 32><<<grid, 128, 0, s>>>(a)));
+        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, false, 32>, grid, dim3(128), 0, a));
     }
-    return cudaGetLastError();
+    return e;
 }
 
 cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
@@ -309,6 +313,8 @@ __global__ void __launch_bounds__(1024)
 k_moe_lists(const int32_t *__restrict__ ids, const int32_t *__restrict__ step, int K, int X,
             int32_t *__restrict__ off, int32_t *__restrict__ asg, int32_t *__restrict__ tiles) {
     __shared__ int cnt[LISTS_XMAX], base[LISTS_XMAX], tb[LISTS_XMAX], cur[LISTS_XMAX];
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int n = step[QG_STEP_N_TOK] * K;
     for (int e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
@@ -350,8 +356,7 @@ k_moe_lists(const int32_t *__restrict__ ids, const int32_t *__restrict__ step, i
 cudaError_t qg_cu_moe_lists(const qg_cuda_launch *l, const int32_t *ids, int K, int X,
                             int32_t *off, int32_t *asg, int32_t *tiles) {
     if (X > LISTS_XMAX) return cudaErrorInvalidValue;
-    k_moe_lists<<<1, 1024, 0, qg_cu_stream(l)>>>(ids, l->step, K, X, off, asg, tiles);
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_moe_lists, dim3(1), dim3(1024), 0, ids, l->step, K, X, off, asg, tiles);
 }
 
 /* ---- combine ----------------------------------------------------------- */
@@ -362,6 +367,8 @@ __global__ void __launch_bounds__(256)
 k_moe_combine(const float *__restrict__ yb, const int32_t *__restrict__ ids,
               const float *__restrict__ wts, int K, int X, int E, const float *__restrict__ add,
               const int32_t *__restrict__ step, float *__restrict__ y) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int t = blockIdx.y;
     if (t >= step[QG_STEP_N_TOK]) return;
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
@@ -379,6 +386,5 @@ k_moe_combine(const float *__restrict__ yb, const int32_t *__restrict__ ids,
 cudaError_t qg_cu_moe_combine(const qg_cuda_launch *l, const float *yb, const int32_t *ids,
                               const float *wts, int K, int X, int E, const float *add, float *y) {
     const dim3 grid((E + 255) / 256, l->g->n_tok_max);
-    k_moe_combine<<<grid, 256, 0, qg_cu_stream(l)>>>(yb, ids, wts, K, X, E, add, l->step, y);
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_moe_combine, grid, dim3(256), 0, yb, ids, wts, K, X, E, add, l->step, y);
 }

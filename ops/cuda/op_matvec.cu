@@ -62,6 +62,28 @@ template <int DT, bool XS>
 __global__ void __launch_bounds__(MV_THREADS) k_matvec(mv_args a) {
     extern __shared__ float xs[];
     __shared__ float red[32];
+    {
+        /* the weights are constant: ask for this warp's first row while the
+         * previous kernel finishes */
+        int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+        if ((threadIdx.x & 31) == 0 && r < a.m0 + a.m1 + a.m2) {
+            const uint8_t *w = a.w0;
+            size_t rb = a.rb0;
+            if (r >= a.m0) {
+                r -= a.m0;
+                w = a.w1;
+                rb = a.rb1;
+                if (r >= a.m1) {
+                    r -= a.m1;
+                    w = a.w2;
+                    rb = a.rb2;
+                }
+            }
+            qg_prefetch_l2(w + (size_t)r * rb, rb);
+        }
+    }
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const float *x = a.x;
     if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
     if (XS) {
@@ -124,13 +146,15 @@ static cudaError_t matvec_launch(const qg_cuda_launch *l, const qg_cu_mat *const
     if (!xs && l->pre_norm) return cudaErrorInvalidValue; /* the executor never asks */
     const int blocks = qg_cu_blocks(M, MV_WARPS, l->o.n_sm, 4);
     const size_t smem = xs ? sizeof(float) * (size_t)n : 0;
-    cudaStream_t s = qg_cu_stream(l);
+    cudaError_t e = cudaSuccess;
     if (xs) {
-        QG_CUDA_DISPATCH_DT(m[0]->type, k_matvec<DT, true><<<blocks, MV_THREADS, smem, s>>>(a));
+        QG_CUDA_DISPATCH_DT(m[0]->type, e = qg_cu_launch(l, k_matvec<DT, true>, dim3(blocks),
+                                                         dim3(MV_THREADS), smem, a));
     } else {
-        QG_CUDA_DISPATCH_DT(m[0]->type, k_matvec<DT, false><<<blocks, MV_THREADS, 0, s>>>(a));
+        QG_CUDA_DISPATCH_DT(m[0]->type, e = qg_cu_launch(l, k_matvec<DT, false>, dim3(blocks),
+                                                         dim3(MV_THREADS), 0, a));
     }
-    return cudaGetLastError();
+    return e;
 }
 
 /* Decode products: group the matrices by dtype, one launch per group. */
@@ -180,6 +204,8 @@ template <int DT, bool XS>
 __global__ void __launch_bounds__(MV_THREADS) k_gate_up(gu_args a) {
     extern __shared__ float xs[];
     __shared__ float red[32];
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const float *x = a.x;
     if (XS) {
         stage_x(x, a.n, a.norm_w, a.eps, xs, red);
@@ -220,6 +246,8 @@ __global__ void __launch_bounds__(MV_THREADS) k_gate_up(gu_args a) {
 __global__ void k_silu_mul(const float *__restrict__ g, const float *__restrict__ u,
                            int64_t per_col, const int32_t *__restrict__ step,
                            float *__restrict__ h) {
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const int64_t n = per_col * (step ? step[QG_STEP_N_TOK] : 1);
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -229,9 +257,8 @@ __global__ void k_silu_mul(const float *__restrict__ g, const float *__restrict_
 static cudaError_t silu_mul(const qg_cuda_launch *l, const float *g, const float *u,
                             int64_t per_col, bool per_token, float *h) {
     const int64_t cnt = per_col * (per_token ? l->g->n_tok_max : 1);
-    k_silu_mul<<<qg_cu_blocks(cnt, 256, l->o.n_sm, 4), 256, 0, qg_cu_stream(l)>>>(
-        g, u, per_col, per_token ? l->step : nullptr, h);
-    return cudaGetLastError();
+    return qg_cu_launch(l, k_silu_mul, dim3(qg_cu_blocks(cnt, 256, l->o.n_sm, 4)), dim3(256), 0,
+                        g, u, per_col, per_token ? l->step : nullptr, h);
 }
 
 static cudaError_t gate_up_launch(const qg_cuda_launch *l, qg_dtype t, const gu_args &a) {
@@ -239,13 +266,15 @@ static cudaError_t gate_up_launch(const qg_cuda_launch *l, qg_dtype t, const gu_
     if (!xs && a.norm_w) return cudaErrorInvalidValue;
     const int blocks = qg_cu_blocks((int64_t)a.K * a.F, MV_WARPS, l->o.n_sm, 4);
     const size_t smem = xs ? sizeof(float) * (size_t)a.n : 0;
-    cudaStream_t s = qg_cu_stream(l);
+    cudaError_t e = cudaSuccess;
     if (xs) {
-        QG_CUDA_DISPATCH_DT(t, k_gate_up<DT, true><<<blocks, MV_THREADS, smem, s>>>(a));
+        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gate_up<DT, true>, dim3(blocks),
+                                                dim3(MV_THREADS), smem, a));
     } else {
-        QG_CUDA_DISPATCH_DT(t, k_gate_up<DT, false><<<blocks, MV_THREADS, 0, s>>>(a));
+        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gate_up<DT, false>, dim3(blocks),
+                                                dim3(MV_THREADS), 0, a));
     }
-    return cudaGetLastError();
+    return e;
 }
 
 /* Decode gate/up of K experts (ids on the device; NULL: the dense FFN with
@@ -305,6 +334,8 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
     extern __shared__ float hs[];
     __shared__ int sid[DN_KMAX];
     __shared__ float sw[DN_KMAX];
+    qg_pdl_wait();
+    qg_pdl_trigger();
     const float *h = a.h;
     if (HS) {
         for (int i = threadIdx.x; i < a.K * a.F; i += blockDim.x) hs[i] = h[i];
@@ -343,14 +374,16 @@ static cudaError_t down_decode(const qg_cuda_launch *l, const qg_cu_mat *down, i
     dn_args a = {down->w, down->rb, down->es, F, down->m, K, X, h, ids, wts, add, y};
     const bool hs = K * F <= DN_HS_MAX;
     const int blocks = qg_cu_blocks(down->m, MV_WARPS, l->o.n_sm, 4);
-    cudaStream_t s = qg_cu_stream(l);
+    cudaError_t e = cudaSuccess;
     if (hs) {
         const size_t smem = sizeof(float) * (size_t)K * F;
-        QG_CUDA_DISPATCH_DT(down->type, k_down<DT, true><<<blocks, MV_THREADS, smem, s>>>(a));
+        QG_CUDA_DISPATCH_DT(down->type, e = qg_cu_launch(l, k_down<DT, true>, dim3(blocks),
+                                                         dim3(MV_THREADS), smem, a));
     } else {
-        QG_CUDA_DISPATCH_DT(down->type, k_down<DT, false><<<blocks, MV_THREADS, 0, s>>>(a));
+        QG_CUDA_DISPATCH_DT(down->type, e = qg_cu_launch(l, k_down<DT, false>, dim3(blocks),
+                                                         dim3(MV_THREADS), 0, a));
     }
-    return cudaGetLastError();
+    return e;
 }
 
 /* ---- router + top-k (decode) ----------------------------------------- */
@@ -374,6 +407,12 @@ __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
     __shared__ float red[32];
     __shared__ int s_last;
     float *xs = sm, *p = sm + a.n;
+    {
+        const int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+        if ((threadIdx.x & 31) == 0 && r < a.X) qg_prefetch_l2(a.w + (size_t)r * a.rb, a.rb);
+    }
+    qg_pdl_wait();
+    qg_pdl_trigger();
     stage_x(a.x, a.n, a.norm_w, a.eps, xs, red);
     const int lane = threadIdx.x & 31, U = a.n / 32, nw = gridDim.x * MV_WARPS;
     for (int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5); r < a.X; r += nw) {
@@ -400,9 +439,10 @@ static cudaError_t router_topk_decode(const qg_cuda_launch *l, const qg_cu_mat *
                  logits, ids, wts, counter};
     const int blocks = qg_cu_blocks(router->m, MV_WARPS, l->o.n_sm, 1);
     const size_t smem = sizeof(float) * ((size_t)n + (size_t)router->m);
-    QG_CUDA_DISPATCH_DT(router->type,
-                        k_router_topk<DT><<<blocks, MV_THREADS, smem, qg_cu_stream(l)>>>(a));
-    return cudaGetLastError();
+    cudaError_t e = cudaSuccess;
+    QG_CUDA_DISPATCH_DT(router->type, e = qg_cu_launch(l, k_router_topk<DT>, dim3(blocks),
+                                                       dim3(MV_THREADS), smem, a));
+    return e;
 }
 
 /* ---- the ops ---------------------------------------------------------- */

@@ -63,6 +63,38 @@ __device__ __forceinline__ float qg_byte_f(uint32_t v, int i) {
     return __int_as_float((int)__byte_perm(v, 0x4B000000u, 0x7440u | (unsigned)i)) - 8388608.0f;
 }
 
+/* ---- programmatic dependent launch (sm_90) ----------------------------
+ * Kernels are launched with the programmatic-serialization attribute (see
+ * qg_cu_launch), so a kernel may start while its predecessor on the stream
+ * is still running.  Every kernel calls qg_pdl_wait() before it reads
+ * anything a predecessor wrote, and before any early exit (so its own
+ * completion still implies its predecessors'); only constant data (weights)
+ * may be touched before.  qg_pdl_trigger() lets the successor launch.  Both
+ * are no-ops without the attribute. */
+__device__ __forceinline__ void qg_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void qg_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+/* Ask for [p, p + bytes) in L2 (one bulk prefetch; sm_90), the range
+ * widened to 16-byte bounds.  For constant data only. */
+__device__ __forceinline__ void qg_prefetch_l2(const void *p, size_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const uintptr_t a = (uintptr_t)p & ~(uintptr_t)15;
+    const uintptr_t e = ((uintptr_t)p + bytes + 15) & ~(uintptr_t)15;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((unsigned)(e - a))
+                 : "memory");
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* ---- reductions ------------------------------------------------------- */
 
 __device__ __forceinline__ float qg_warp_sum(float v) {

@@ -44,6 +44,24 @@ static inline cudaStream_t qg_cu_stream(const qg_cuda_launch *l) {
 }
 static inline bool qg_cu_decode(const qg_graph *g) { return g->n_tok_max == 1; }
 
+/* Launch kernel k on l's stream, with programmatic dependent launch when
+ * the executor enables it (see qg_pdl_wait in qg_cuda_common.cuh). */
+template <typename... P, typename... A>
+static inline cudaError_t qg_cu_launch(const qg_cuda_launch *l, void (*k)(P...), dim3 grid,
+                                       dim3 block, size_t smem, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = qg_cu_stream(l);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = l->o.pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, ((P)args)...);
+}
+
 /* Bump allocator over a scratch base (NULL: sizing only). */
 struct qg_cu_bump {
     char *base;

@@ -143,6 +143,16 @@ extern "C" bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n) {
     return n->op == QG_OP_MATMUL || n->op == QG_OP_MOE_FUSED || n->op == QG_OP_AGGREGATE;
 }
 
+extern "C" bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r,
+                                           const qg_node *a) {
+    if (r->op != QG_OP_ROPE || a->op != QG_OP_ATTENTION || r->n_out != 2 || a->n_in != 6) return false;
+    const qg_tensor *kc = &g->tensors[a->in[3]];
+    return a->in[1] == r->out[1] && a->in[5] == r->in[4] && r->p.head_dim == a->p.head_dim &&
+           r->p.n_head_kv == a->p.n_head_kv && (kc->type == QG_F16 || kc->type == QG_F32) &&
+           kc->ne[0] == (int64_t)a->p.head_dim * a->p.n_head_kv &&
+           g->tensors[a->in[2]].producer < (int)(r - g->nodes);
+}
+
 extern "C" int qg_cuda_op_launch(const qg_cuda_launch *l) {
     cudaError_t e;
     switch (l->n->op) {

@@ -35,6 +35,7 @@ extern "C" {
 /* Options of the executor that change which kernels run. */
 typedef struct qg_cuda_opts {
     bool f32_prefill; /* prefill products in f32 (exact path) for every dtype */
+    bool pdl;         /* programmatic dependent launch (sm_90) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
 } qg_cuda_opts;
 
@@ -59,6 +60,13 @@ typedef struct qg_cuda_launch {
     const float *pre_norm;
     float pre_eps;
     const float *post_add;
+    /* rope -> attention: the rope kernel also writes this step's k' and v
+     * rows into the caches (the attention node then skips its append). */
+    void *kv_k, *kv_v;     /* rope: caches (Dkv, kv_ctx) of kv_type */
+    const float *kv_vsrc;  /* rope: v (Dkv, T) */
+    qg_dtype kv_type;
+    int kv_ctx;
+    bool skip_append;      /* attention: the rope node appended */
 } qg_cuda_launch;
 
 /* Does the CUDA executor implement node n (op, dtypes, shapes)? */
@@ -74,6 +82,8 @@ void qg_cuda_op_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o
  * form say yes; the executor checks the graph side (single consumer). */
 bool qg_cuda_op_can_pre_norm(const qg_graph *g, const qg_node *n);
 bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
+/* Can rope node r append the KV rows of attention node a? */
+bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r, const qg_node *a);
 
 /* Enqueue node l->n on l->stream.  Returns the cudaError_t of the launch
  * (0 on success); nothing is synchronized. */
