@@ -17,8 +17,10 @@
  *     are at f32 precision, as on F32 files);
  *   - F32 files: per-position cosine(vulkan, ref) >= 0.9999;
  *   - the decode-graph path agrees with the prefill path (rel_rms < 1e-4);
- *   - vulkan agrees with the CPU executor (rel_rms < 1e-4: the same f32
- *     numerics, different summation orders).
+ *   - vulkan agrees with the CPU executor: rel_rms < 3e-4 (the same f32
+ *     numerics in other summation orders; the F16 KV cache turns last-bit
+ *     differences of k, v into occasional f16 rounding flips of 2^-11
+ *     relative, which dominate).
  * Further cases: mixed placement (experts of layer 0 on the CPU, so
  * tensors cross executors every layer), the unfused MoE chain, and one run
  * through the executor interface with the Khronos validation layer
@@ -237,7 +239,7 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
            e_cpu);
     if (!(e_step < 1e-4))
         fail_msg("%s %s: the decode graph differs from prefill: %.3e", preset, ftype, e_step);
-    if (!(e_cpu < 1e-4)) fail_msg("%s %s: vulkan differs from the CPU: %.3e", preset, ftype, e_cpu);
+    if (!(e_cpu < 3e-4)) fail_msg("%s %s: vulkan differs from the CPU: %.3e", preset, ftype, e_cpu);
     free(c);
     free(step);
     free(ours);

@@ -106,10 +106,14 @@ typedef enum qg_vk_shader {
     QG_VK_EMBED,
     QG_VK_KV_APPEND,
     QG_VK_MATMUL,
+    QG_VK_MATMUL_MOE,
+    QG_VK_MOE_COMBINE,
+    QG_VK_MOE_SORT,
     QG_VK_RMSNORM,
     QG_VK_ROPE,
     QG_VK_ROPE_KV,
     QG_VK_SWIGLU,
+    QG_VK_SWIGLU_MOE,
     QG_VK_TOPK,
     QG_VK_SHADER_COUNT
 } qg_vk_shader;
@@ -164,6 +168,9 @@ typedef struct qg_vk_dispatch {
     uint32_t groups[3];  /* worst case (n_tok_max tokens) */
     uint32_t z_mul, z_div; /* z_div > 0: groups[2] of a step with n_tok
                               live tokens is ceil(n_tok * z_mul / z_div) */
+    qg_vk_loc dev_ind;   /* buf set: the workgroup counts are a
+                            VkDispatchIndirectCommand that an earlier
+                            dispatch wrote there */
     VkPipeline pipe;     /* filled by the executor */
     VkDescriptorSet set; /* filled by the executor */
 } qg_vk_dispatch;
@@ -185,8 +192,10 @@ typedef struct qg_vk_rec_ctx {
 /* Can the Vulkan executor run node n on device d? */
 bool qg_vk_supports(const qg_vk_dev *d, const qg_graph *g, const qg_node *n);
 
-/* Bytes of moe_fused's scratch for node n: logits (X,T) then h (F,K,T),
- * each 256-aligned; 0 for other nodes. */
+/* Bytes of moe_fused's scratch for node n, 0 for other nodes: logits
+ * (X,T) and h (F,K,T); in multi-token graphs also the expert grouping
+ * (offsets, assignments, tiles, two indirect commands) and the per
+ * assignment down outputs (E,K,T).  Sections 256-aligned. */
 size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n);
 
 /* Append node `ni`'s dispatches to *out (grown with realloc; *n, *cap)

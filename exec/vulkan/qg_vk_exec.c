@@ -311,7 +311,12 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
         /* the node's dispatches (none when fused into the one before) */
         for (; di < vp->d0 + vp->nd && vg->disp[di].node == node; di++) {
             const qg_vk_dispatch *d = &vg->disp[di];
-            if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
+            if (d->dev_ind.buf) { /* its counts were written by a shader */
+                barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT,
+                        SHADER_RW | VK_ACCESS_INDIRECT_COMMAND_READ_BIT);
+                n_acc = 0;
+            } else if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
                 barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
                 n_acc = 0;
@@ -322,7 +327,9 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
             if (d->push_bytes)
                 vkCmdPushConstants(cb, x->pipes.layout[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
                                    d->push_bytes, d->push);
-            if (d->z_div && vg->g->n_tok_max > 1)
+            if (d->dev_ind.buf)
+                vkCmdDispatchIndirect(cb, d->dev_ind.buf, d->dev_ind.off);
+            else if (d->z_div && vg->g->n_tok_max > 1)
                 vkCmdDispatchIndirect(cb, vg->ind.buf,
                                       sizeof(VkDispatchIndirectCommand) * (size_t)di);
             else

@@ -118,12 +118,37 @@ bool qg_vk_supports(const qg_vk_dev *d, const qg_graph *g, const qg_node *n) {
 #undef OUT
 }
 
-size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n) {
-    if (n->op != QG_OP_MOE_FUSED) return 0;
+/* moe_fused's scratch sections (byte offsets, 256-aligned). */
+typedef struct moe_scratch {
+    size_t logits, h, off, asg, tiles, ind, yk, total;
+    uint32_t max_tiles;
+} moe_scratch;
+
+#define MOE_NT 8 /* assignments per tile of the grouped prefill path */
+
+static moe_scratch moe_scratch_of(const qg_graph *g, const qg_node *n) {
     const qg_tensor *T = g->tensors;
-    const size_t X = (size_t)T[n->in[1]].ne[1], F = (size_t)T[n->in[2]].ne[1];
-    const size_t K = (size_t)T[n->out[1]].ne[0], Tm = (size_t)g->n_tok_max;
-    return qg_align_up(4 * X * Tm, 256) + qg_align_up(4 * F * K * Tm, 256);
+    const size_t E = (size_t)T[n->in[0]].ne[0], X = (size_t)T[n->in[1]].ne[1];
+    const size_t F = (size_t)T[n->in[2]].ne[1], K = (size_t)T[n->out[1]].ne[0];
+    const size_t Tm = (size_t)g->n_tok_max, A = K * Tm;
+    moe_scratch m = {0};
+    m.logits = 0;
+    m.h = qg_align_up(4 * X * Tm, 256);
+    m.total = m.h + qg_align_up(4 * F * A, 256);
+    if (Tm > 1) {
+        m.max_tiles = (uint32_t)((A + MOE_NT - 1) / MOE_NT + X);
+        m.off = m.total;
+        m.asg = m.off + qg_align_up(4 * (X + 1), 256);
+        m.tiles = m.asg + qg_align_up(4 * A, 256);
+        m.ind = m.tiles + qg_align_up(8 * (size_t)m.max_tiles, 256);
+        m.yk = m.ind + 256;
+        m.total = m.yk + qg_align_up(4 * E * A, 256);
+    }
+    return m;
+}
+
+size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n) {
+    return n->op == QG_OP_MOE_FUSED ? moe_scratch_of(g, n).total : 0;
 }
 
 /* ---- building dispatches ---------------------------------------------- */
@@ -351,6 +376,133 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
     tok_groups(d, Tm, 1, 1);
 }
 
+/* moe_fused.  Decode: router (matmul), topk, expert swiglu (one workgroup
+ * column per chosen expert), aggregate.  Multi-token graphs: router, topk,
+ * moe_sort (assignments grouped by expert, tiles of MOE_NT), swiglu_moe
+ * and matmul_moe over the tiles (indirect dispatches sized by moe_sort),
+ * moe_combine (weighted sum per token). */
+static void rec_moe_fused(rec *r, const qg_node *nd) {
+    const qg_graph *g = r->c->g;
+    const qg_tensor *T = g->tensors;
+    const qg_tensor *rt = &T[nd->in[1]], *gt = &T[nd->in[2]], *ut = &T[nd->in[3]];
+    const qg_tensor *dt = &T[nd->in[4]];
+    const int X = (int)rt->ne[1], K = (int)T[nd->out[1]].ne[0], Tm = g->n_tok_max;
+    const int64_t E = T[nd->in[0]].ne[0], F = gt->ne[1];
+    const moe_scratch ms = moe_scratch_of(g, nd);
+    const qg_vk_loc s = r->c->moe_scratch;
+    QG_ASSERT(s.range >= ms.total);
+    const qg_vk_loc logits = {s.buf, s.off + ms.logits, 4 * (VkDeviceSize)X * Tm};
+    const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
+    const qg_vk_loc x = tloc(r, nd->in[0]), y = tloc(r, nd->out[0]);
+    const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
+    rec_matmul(r, rt, tloc(r, nd->in[1]), x, logits, false);
+    rec_topk(r, logits, X, K, ids, wts);
+    if (Tm == 1) {
+        rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X);
+        rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K);
+        return;
+    }
+    const VkDeviceSize A = (VkDeviceSize)K * Tm;
+    const qg_vk_loc off = {s.buf, s.off + ms.off, 4 * (VkDeviceSize)(X + 1)};
+    const qg_vk_loc asg = {s.buf, s.off + ms.asg, 4 * A};
+    const qg_vk_loc tiles = {s.buf, s.off + ms.tiles, 8 * (VkDeviceSize)ms.max_tiles};
+    const qg_vk_loc ind = {s.buf, s.off + ms.ind, 2 * sizeof(VkDispatchIndirectCommand)};
+    const qg_vk_loc yk = {s.buf, s.off + ms.yk, 4 * (VkDeviceSize)E * A};
+    const rows Ls = rows_for(r->c->d, gt->ne[0], 2 * MOE_NT, 1);
+    const rows Ld = rows_for(r->c->d, dt->ne[0], MOE_NT, 1);
+    qg_vk_dispatch *d;
+    /* swiglu_moe and matmul_moe first (their grids go into moe_sort's
+     * push constants), then moe_sort is moved before them */
+    qg_vk_dispatch ds = {0}, dm = {0};
+    {
+        d = &ds;
+        d->node = r->node;
+        d->shader = QG_VK_SWIGLU_MOE;
+        d->b[0] = r->c->step;
+        d->n_bind = 1;
+        d->spec[0] = Ls.wg;
+        d->spec[1] = (uint32_t)gt->type;
+        d->spec[2] = (uint32_t)ut->type;
+        d->spec[3] = Ls.tpr;
+        d->spec[4] = MOE_NT;
+        d->spec[5] = Ls.rpt;
+        d->spec[6] = 1;
+        d->spec[QG_VK_SPEC_SGROWS] = Ls.sgrows;
+        bind(d, tloc(r, nd->in[2]), false);
+        bind(d, tloc(r, nd->in[3]), false);
+        bind(d, x, false);
+        bind(d, h, true);
+        bind(d, asg, false);
+        bind(d, off, false);
+        bind(d, tiles, false);
+        row_groups(d, div_up((uint64_t)F, Ls.nr));
+        push(d, (uint32_t)E);
+        push(d, (uint32_t)F);
+        push(d, row_bytes(gt));
+        push(d, row_bytes(ut));
+        push(d, (uint32_t)K);
+        push(d, (uint32_t)X);
+        push(d, d->groups[0]);
+        d->groups[2] = ms.max_tiles;
+        d->dev_ind = (qg_vk_loc){ind.buf, ind.off, sizeof(VkDispatchIndirectCommand)};
+    }
+    {
+        d = &dm;
+        d->node = r->node;
+        d->shader = QG_VK_MATMUL_MOE;
+        d->b[0] = r->c->step;
+        d->n_bind = 1;
+        d->spec[0] = Ld.wg;
+        d->spec[1] = (uint32_t)dt->type;
+        d->spec[2] = Ld.tpr;
+        d->spec[3] = MOE_NT;
+        d->spec[4] = Ld.rpt;
+        d->spec[QG_VK_SPEC_SGROWS] = Ld.sgrows;
+        bind(d, tloc(r, nd->in[4]), false);
+        bind(d, h, false);
+        bind(d, yk, true);
+        bind(d, asg, false);
+        bind(d, off, false);
+        bind(d, tiles, false);
+        row_groups(d, div_up((uint64_t)E, Ld.nr));
+        push(d, (uint32_t)F);
+        push(d, (uint32_t)E);
+        push(d, row_bytes(dt));
+        push(d, 0);
+        push(d, d->groups[0]);
+        d->groups[2] = ms.max_tiles;
+        d->dev_ind = (qg_vk_loc){ind.buf, ind.off + sizeof(VkDispatchIndirectCommand),
+                                 sizeof(VkDispatchIndirectCommand)};
+    }
+    d = new_dispatch(r, QG_VK_MOE_SORT);
+    bind(d, ids, false);
+    bind(d, off, true);
+    bind(d, asg, true);
+    bind(d, tiles, true);
+    bind(d, ind, true);
+    push(d, (uint32_t)K);
+    push(d, (uint32_t)X);
+    push(d, MOE_NT);
+    push(d, ds.groups[0]);
+    push(d, ds.groups[1]);
+    push(d, dm.groups[0]);
+    push(d, dm.groups[1]);
+    d->groups[0] = d->groups[1] = d->groups[2] = 1;
+    *new_dispatch(r, QG_VK_SWIGLU_MOE) = ds;
+    *new_dispatch(r, QG_VK_MATMUL_MOE) = dm;
+    d = new_dispatch(r, QG_VK_MOE_COMBINE);
+    bind(d, yk, false);
+    bind(d, ids, false);
+    bind(d, wts, false);
+    bind(d, y, true);
+    push(d, (uint32_t)E);
+    push(d, (uint32_t)K);
+    push(d, (uint32_t)X);
+    d->groups[0] = div_up((uint64_t)E, 256);
+    d->groups[1] = 1;
+    tok_groups(d, Tm, 1, 1);
+}
+
 /* Does node b fuse into node a (see qg_vk_record_node)? */
 static bool fuses(const qg_graph *g, const qg_node *a, const qg_node *b) {
     if (a->op == QG_OP_ADD && b->op == QG_OP_RMSNORM)
@@ -478,20 +630,9 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
     case QG_OP_AGGREGATE:
         rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0]);
         return 1;
-    case QG_OP_MOE_FUSED: {
-        const qg_tensor *rt = TIN(1), *gt = TIN(2);
-        const int X = (int)rt->ne[1], K = (int)TOUT(1)->ne[0];
-        const VkDeviceSize lb = qg_align_up(4 * (size_t)X * Tm, 256);
-        const qg_vk_loc s = c->moe_scratch;
-        QG_ASSERT(s.range >= qg_vk_moe_scratch_bytes(g, nd));
-        const qg_vk_loc logits = {s.buf, s.off, 4 * (VkDeviceSize)X * Tm};
-        const qg_vk_loc h = {s.buf, s.off + lb, 4 * (VkDeviceSize)gt->ne[1] * (VkDeviceSize)K * Tm};
-        rec_matmul(&r, rt, IN(1), IN(0), logits, false);
-        rec_topk(&r, logits, X, K, OUT(1), OUT(2));
-        rec_swiglu(&r, gt, IN(2), TIN(3), IN(3), IN(0), h, true, OUT(1), K, (int)gt->ne[2]);
-        rec_aggregate(&r, TIN(4), IN(4), h, OUT(1), OUT(2), OUT(0), K);
+    case QG_OP_MOE_FUSED:
+        rec_moe_fused(&r, nd);
         return 1;
-    }
     case QG_OP_COPY:
     case QG_OP_COUNT:
         break;

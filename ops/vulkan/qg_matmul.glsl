@@ -1,0 +1,116 @@
+/*
+ * qg_matmul.glsl - y = W x for a weight W (n, m) in any format and f32
+ * columns x: the body of matmul.comp (GROUPED 0) and matmul_moe.comp
+ * (GROUPED 1).
+ *
+ * GROUPED 0 (the matmul, router, lm_head and qkv nodes): x (n, T) ->
+ *   y (m, T).  Workgroup: NR rows (qg_rows.glsl) x NT token columns,
+ *   gl_WorkGroupID.z = column block.  last_only: just the last live column
+ *   of x, into column 0 of y (lm_head without all logits).
+ * GROUPED 1 (moe_fused's down projections in prefill graphs): W (n, m, X)
+ *   experts; x = h (n, A) and y (m, A) indexed by assignment a = t*K + k;
+ *   gl_WorkGroupID.z = a tile of moe_sort.comp: expert e and up to NT of
+ *   its assignments asg[i0 ..], so each expert's rows are read once per
+ *   NT assignments.
+ * Each lane dequantizes a unit of each of its rows once and multiplies it
+ * with the NT columns; the RPT*NT partial sums per lane are reduced over
+ * the row's lanes.  Row groups are numbered gl_WorkGroupID.y * gx +
+ * gl_WorkGroupID.x (a 2-D grid when m / NR exceeds one dimension's limit).
+ */
+#include "qg_common.glsl"
+
+layout(constant_id = 0) const uint WG = 128u;
+layout(constant_id = 1) const int WTYPE = 0;
+layout(constant_id = 2) const uint TPR = 32u; /* lanes per row */
+layout(constant_id = 3) const uint NT = 1u;   /* columns per workgroup, <= 8 */
+layout(constant_id = 4) const uint RPT = 1u;  /* rows per row group; RPT*NT <= min(16, TPR) */
+layout(constant_id = 7) const uint SGROWS = 0u;
+layout(local_size_x_id = 0) in;
+
+layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m[, X]) */
+layout(std430, binding = 1) readonly buffer WBuf4 { uvec4 wbuf4[]; };
+layout(std430, binding = 2) readonly buffer XBuf { vec4 x4[]; };       /* (n, T or A) */
+layout(std430, binding = 3) writeonly buffer YBuf { float y[]; };      /* (m, T or A) */
+#if GROUPED
+layout(std430, binding = 4) readonly buffer AsgBuf { uint asg[]; };    /* (A) by expert */
+layout(std430, binding = 5) readonly buffer OffBuf { uint off[]; };    /* (X+1) */
+layout(std430, binding = 6) readonly buffer TileBuf { uvec2 tiles[]; };
+#endif
+
+layout(push_constant) uniform PC {
+    uint n;         /* elements per row, a multiple of 32 */
+    uint m;         /* rows (per expert) */
+    uint rb;        /* bytes per row */
+    uint last_only; /* GROUPED 0 */
+    uint gx;        /* workgroups along x */
+} pc;
+
+#define DQ_FN dq_w
+#define DQ_BUF wbuf
+#define DQ_BUF4 wbuf4
+#define DQ_TYPE WTYPE
+#include "qg_dequant.glsl"
+#include "qg_rows.glsl"
+
+/* sum of w[0..16) x[e0..] + w[16..32) x[e1..] for x from element xo */
+float dot32(float w[32], uint xo, uint e0, uint e1) {
+    float s = 0.0;
+    const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), x4[a + i]);
+        s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), x4[b + i]);
+    }
+    return s;
+}
+
+void main() {
+    const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
+    const uint lanes = qg_rows_lanes();
+    const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
+    if (r0 >= pc.m) return;
+    uint cols[8]; /* x and y column of each of the nc columns */
+    uint nc, row0 = 0u;
+#if GROUPED
+    const uvec2 tile = tiles[gl_WorkGroupID.z];
+    nc = min(NT, off[tile.x + 1u] - tile.y);
+    row0 = tile.x * pc.m;
+    [[unroll]] for (uint t = 0u; t < 8u; t++) cols[t] = t < nc ? asg[tile.y + t] : 0u;
+#else
+    const uint n_tok = uint(N_TOK);
+    const uint ncol = pc.last_only != 0u ? 1u : n_tok;
+    const uint c0 = gl_WorkGroupID.z * NT;
+    if (c0 >= ncol) return;
+    const uint xc0 = pc.last_only != 0u ? n_tok - 1u : c0;
+    nc = min(NT, ncol - c0);
+    [[unroll]] for (uint t = 0u; t < 8u; t++) cols[t] = xc0 + t;
+#endif
+    const uint nu = pc.n / 32u;
+
+    float acc[QG_ROWS_ACC];
+    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    for (uint u = lane; u < nu; u += lanes) {
+        [[unroll]] for (uint k = 0u; k < RPT; k++) {
+            const uint r = r0 + g + k * G;
+            if (r >= pc.m) break;
+            float w[32];
+            uint e0, e1;
+            dq_w((row0 + r) * pc.rb, u, w, e0, e1);
+            [[unroll]] for (uint t = 0u; t < NT; t++) {
+                if (t >= nc) break;
+                acc[k * NT + t] += dot32(w, cols[t] * pc.n, e0, e1);
+            }
+        }
+    }
+    qg_rows_reduce(acc, RPT * NT);
+    /* slot j: row k = j / NT, column t = j % NT of group gg */
+    uint j, gg;
+    if (qg_rows_slot(RPT * NT, j, gg)) {
+        const uint t = j % NT, r = r0 + gg + (j / NT) * G;
+#if GROUPED
+        const uint yc = cols[t];
+#else
+        const uint yc = c0 + t;
+#endif
+        if (r < pc.m && t < nc) y[yc * pc.m + r] = qg_rows_sum(acc, j, gg);
+    }
+}
