@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Vulkan on an NVIDIA GPU host (issue 5's benchmark and agreement check).
+# The GPU host has no glslc or Vulkan headers, so the binary is built on a
+# development machine of the same architecture and carried:
+#   here:   cmake -S . -B build-vk -DCMAKE_BUILD_TYPE=Release -DQG_CUDA=OFF -DQG_VULKAN=ON \
+#             -DQG_REQUIRE_TESTS=OFF && cmake --build build-vk --target qmoe-graph
+#   there:  tools/bench-device-vulkan.sh OUTDIR   (carry build-vk and .gl)
+# .gl holds the Vulkan loader .debs (see /work/.library/device/README.md).
+set -uo pipefail
+out=${1:?OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+q=build-vk/qmoe-graph
+model=/tmp/30b-a3b-q4_k_m.gguf
+[ -f $model ] || $q synth $model --preset 30b-a3b --ftype q4_k_m -q
+$q info $model 2>&1 | sed -n '/devices/,/memory plan/p' | tee "$out/devices.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/devices.txt"
+# speed
+timeout 300 $q bench $model --backend vulkan -p 512 -n 128 -r 3 2>&1 | grep -v '^loading' | tee "$out/bench.md"
+# agreement: greedy 64-token continuations, Vulkan vs CPU, 10 prompts
+prompts=("The capital of France is" "def fibonacci(n):" "Once upon a time" "1, 2, 3, 4," "The quick brown fox"
+         "In 1492, Columbus" "import numpy as np" "Dear Sir or Madam," "The meaning of life is" "SELECT * FROM")
+same=0
+for i in "${!prompts[@]}"; do
+  p=${prompts[$i]}
+  a=$(timeout 60 $q run $model -p "$p" -n 64 --temp 0 -c 256 --backend vulkan 2>/dev/null)
+  b=$(timeout 60 $q run $model -p "$p" -n 64 --temp 0 -c 256 -t 16 2>/dev/null)
+  if [ "$a" == "$b" ]; then same=$((same+1)); r=same; else r=DIFFERENT; fi
+  echo "prompt $i: $r" | tee -a "$out/agree.txt"
+done
+echo "vulkan vs cpu greedy 64-token continuations: $same / ${#prompts[@]} identical" | tee -a "$out/agree.txt"
