@@ -57,6 +57,8 @@ typedef struct vk_graph {
     qg_graph *g;
     int exec_index;
     qg_vk_buf act, io, scratch;
+    qg_vk_buf in;         /* device mirror of io's host-written region */
+    VkDeviceSize in_bytes;
     qg_vk_buf ind;        /* (n_disp) VkDispatchIndirectCommand, host-visible */
     VkDeviceSize *io_off; /* (n_tensors) offset in io, or NO_IO */
     qg_vk_dispatch *disp;
@@ -141,8 +143,8 @@ static qg_vk_loc tensor_loc(void *self, int t) {
         QG_ASSERT(w && w->nbytes >= ts->nbytes);
         l.buf = w->b.buf;
         l.range = w->b.size; /* whole 32-bit words: shaders read words */
-    } else if (vg->io_off[t] != NO_IO) {
-        l.buf = vg->io.buf;
+    } else if (vg->io_off[t] != NO_IO) { /* host-written: the device mirror */
+        l.buf = vg->io_off[t] < vg->in_bytes ? vg->in.buf : vg->io.buf;
         l.off = vg->io_off[t];
     } else if (ts->role == QG_ROLE_KV) {
         QG_ASSERT(ts->offset + ts->nbytes <= x->kv.size);
@@ -298,6 +300,11 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
         vkCmdResetQueryPool(cb, vp->qp, 0, (uint32_t)part->n + 1);
         vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, vp->qp, 0);
     }
+    /* the host-written tensors into their device mirror (after earlier
+     * submissions' shaders are done with it) */
+    barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, VK_PIPELINE_STAGE_TRANSFER_BIT, 0);
+    const VkBufferCopy cp = {0, 0, vg->in_bytes};
+    vkCmdCopyBuffer(cb, vg->io.buf, vg->in.buf, 1, &cp);
     /* earlier submissions' shader and transfer writes, and the host's */
     barrier(cb,
             VK_PIPELINE_STAGE_HOST_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT |
@@ -359,28 +366,35 @@ fail:
 
 static void vk_release(void *self, qg_graph *g);
 
-/* Decide which tensors live in the io buffer and lay it out: the step
- * values at 0, then each io tensor 256-aligned. */
-static VkDeviceSize plan_io(vk_graph *vg) {
+/* Decide which tensors live in the io buffer and lay it out, 256-aligned:
+ * the host-written region [0, in_bytes) first (the step values at 0, then
+ * inputs and copy destinations), then the host-read tensors (outputs, copy
+ * sources).  Shaders read the host-written region from a device-local
+ * mirror that each partition's command buffer refreshes first (so no
+ * workgroup waits on a read across the bus); they write the host-read
+ * tensors in place (posted writes).  Returns the io size. */
+static VkDeviceSize plan_io(vk_graph *vg, VkDeviceSize *in_bytes) {
     const qg_graph *g = vg->g;
     VkDeviceSize top = 256; /* step */
     for (int t = 0; t < g->n_tensors; t++) vg->io_off[t] = NO_IO;
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 2; pass++) {
         for (int t = 0; t < g->n_tensors; t++) {
             const qg_tensor *ts = &g->tensors[t];
-            bool io = false;
-            if (pass == 0) /* inputs and outputs */
-                io = ts->role == QG_ROLE_INPUT || ts->role == QG_ROLE_OUTPUT;
-            else /* both ends of copies */
-                for (int i = 0; i < g->n_nodes && !io; i++)
-                    io = g->nodes[i].op == QG_OP_COPY &&
-                         (g->nodes[i].in[0] == t || g->nodes[i].out[0] == t);
-            if (!io || ts->exec != vg->exec_index || vg->io_off[t] != NO_IO ||
+            if (ts->exec != vg->exec_index || vg->io_off[t] != NO_IO ||
                 ts->role == QG_ROLE_WEIGHT || ts->role == QG_ROLE_KV)
                 continue;
+            bool in = ts->role == QG_ROLE_INPUT, out = ts->role == QG_ROLE_OUTPUT;
+            for (int i = 0; i < g->n_nodes; i++)
+                if (g->nodes[i].op == QG_OP_COPY) {
+                    in |= g->nodes[i].out[0] == t;
+                    out |= g->nodes[i].in[0] == t;
+                }
+            if (pass == 0 ? !in : !out) continue;
             vg->io_off[t] = top;
             top += qg_align_up(ts->nbytes ? ts->nbytes : 4, 256);
         }
+        if (pass == 0) *in_bytes = top;
+    }
     return top;
 }
 
@@ -421,7 +435,9 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         }
         if (n->op == QG_OP_ROPE && (st = make_rope(x, n, g->n_ctx, err))) goto out;
     }
-    if ((st = qg_vk_buf_new(&x->d, plan_io(vg), true, &vg->io, err)) ||
+    const VkDeviceSize io_bytes = plan_io(vg, &vg->in_bytes);
+    if ((st = qg_vk_buf_new(&x->d, io_bytes, true, &vg->io, err)) ||
+        (st = qg_vk_buf_new(&x->d, vg->in_bytes, false, &vg->in, err)) ||
         (st = qg_vk_buf_new(&x->d, g->act_bytes[e], false, &vg->act, err)) ||
         (st = qg_vk_buf_new(&x->d, scratch, false, &vg->scratch, err))) {
         qg_error_prefix(err, "vulkan activations of the %s graph",
@@ -431,7 +447,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     memset(vg->io.map, 0, vg->io.size);
 
     /* nodes -> dispatches */
-    qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->io.buf, 0, sizeof(int32_t) * QG_STEP_N},
+    qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
                         .fuse = !x->no_fuse};
@@ -535,6 +551,7 @@ static void vk_release(void *self, qg_graph *g) {
     if (vg->dpool) vkDestroyDescriptorPool(x->d.dev, vg->dpool, NULL);
     qg_vk_buf_free(&x->d, &vg->act);
     qg_vk_buf_free(&x->d, &vg->io);
+    qg_vk_buf_free(&x->d, &vg->in);
     qg_vk_buf_free(&x->d, &vg->scratch);
     qg_vk_buf_free(&x->d, &vg->ind);
     for (int i = 0; i < vg->n_wids; i++) {
