@@ -223,11 +223,11 @@ static void row_groups(qg_vk_dispatch *d, uint64_t groups) {
 #define ROWS_WG 128u
 typedef struct rows { uint32_t wg, tpr, rpt, nr, sgrows; } rows;
 
-static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t rpt) {
+static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t nslot, uint32_t rpt) {
     rows r = {.wg = ROWS_WG, .tpr = 8, .rpt = rpt};
-    QG_ASSERT(na <= 16);
-    if (dv->full_subgroups && na / 2 <= dv->sg_size && na <= 2 * dv->sg_size) {
-        /* slots (na, or na / 2 for swiglu's pairs) are written by lanes */
+    QG_ASSERT(na <= 16 && nslot <= na);
+    if (dv->full_subgroups && nslot <= dv->sg_size) {
+        /* the nslot results of a group are written by its first lanes */
         r.sgrows = 1;
         r.tpr = dv->sg_size;
         r.nr = r.wg / dv->sg_size * rpt;
@@ -249,7 +249,9 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
                        bool last_only) {
     const int Tm = r->c->g->n_tok_max;
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
-    const rows L = rows_for(r->c->d, wt->ne[0], NT, 1);
+    /* prefill: two rows per group, so each x load serves two rows */
+    const uint32_t RPT = NT > 1 ? 2 : 1;
+    const rows L = rows_for(r->c->d, wt->ne[0], NT * RPT, NT * RPT, RPT);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)wt->type;
@@ -275,7 +277,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
     const uint32_t NT = moe || Tm == 1 ? 1 : 8;
-    const rows L = rows_for(r->c->d, gt->ne[0], 2 * NT, 1);
+    const rows L = rows_for(r->c->d, gt->ne[0], 2 * NT, NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)gt->type;
@@ -316,7 +318,7 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
 /* y = sum_k wts * D_ids h_k; D (F, E, X). */
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
                           qg_vk_loc wts, qg_vk_loc y, int K) {
-    const rows L = rows_for(r->c->d, dt->ne[0], 1, 1);
+    const rows L = rows_for(r->c->d, dt->ne[0], 1, 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
@@ -408,8 +410,8 @@ static void rec_moe_fused(rec *r, const qg_node *nd) {
     const qg_vk_loc tiles = {s.buf, s.off + ms.tiles, 8 * (VkDeviceSize)ms.max_tiles};
     const qg_vk_loc ind = {s.buf, s.off + ms.ind, 2 * sizeof(VkDispatchIndirectCommand)};
     const qg_vk_loc yk = {s.buf, s.off + ms.yk, 4 * (VkDeviceSize)E * A};
-    const rows Ls = rows_for(r->c->d, gt->ne[0], 2 * MOE_NT, 1);
-    const rows Ld = rows_for(r->c->d, dt->ne[0], MOE_NT, 1);
+    const rows Ls = rows_for(r->c->d, gt->ne[0], 2 * MOE_NT, MOE_NT, 1);
+    const rows Ld = rows_for(r->c->d, dt->ne[0], 2 * MOE_NT, 2 * MOE_NT, 2);
     qg_vk_dispatch *d;
     /* swiglu_moe and matmul_moe first (their grids go into moe_sort's
      * push constants), then moe_sort is moved before them */

@@ -12,9 +12,9 @@
  *   gl_WorkGroupID.z = a tile of moe_sort.comp: expert e and up to NT of
  *   its assignments asg[i0 ..], so each expert's rows are read once per
  *   NT assignments.
- * Each lane dequantizes a unit of each of its rows once and multiplies it
- * with the NT columns; the RPT*NT partial sums per lane are reduced over
- * the row's lanes.  Row groups are numbered gl_WorkGroupID.y * gx +
+ * Each lane dequantizes a unit of each of its RPT rows, then loads each
+ * column's matching x once and multiplies it with all of them; the RPT*NT
+ * partial sums per lane are reduced over the row's lanes.  Row groups are numbered gl_WorkGroupID.y * gx +
  * gl_WorkGroupID.x (a 2-D grid when m / NR exceeds one dimension's limit).
  */
 #include "qg_common.glsl"
@@ -23,7 +23,8 @@ layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0;
 layout(constant_id = 2) const uint TPR = 32u; /* lanes per row */
 layout(constant_id = 3) const uint NT = 1u;   /* columns per workgroup, <= 8 */
-layout(constant_id = 4) const uint RPT = 1u;  /* rows per row group; RPT*NT <= min(16, TPR) */
+layout(constant_id = 4) const uint RPT = 1u;  /* rows per row group (<= RPT_MAX); RPT*NT <= 16 */
+#define RPT_MAX 2
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
@@ -52,17 +53,6 @@ layout(push_constant) uniform PC {
 #include "qg_dequant.glsl"
 #include "qg_rows.glsl"
 
-/* sum of w[0..16) x[e0..] + w[16..32) x[e1..] for x from element xo */
-float dot32(float w[32], uint xo, uint e0, uint e1) {
-    float s = 0.0;
-    const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
-    [[unroll]] for (uint i = 0u; i < 4u; i++) {
-        s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), x4[a + i]);
-        s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), x4[b + i]);
-    }
-    return s;
-}
-
 void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
@@ -89,15 +79,27 @@ void main() {
     float acc[QG_ROWS_ACC];
     [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint u = lane; u < nu; u += lanes) {
-        [[unroll]] for (uint k = 0u; k < RPT; k++) {
-            const uint r = r0 + g + k * G;
-            if (r >= pc.m) break;
-            float w[32];
-            uint e0, e1;
-            dq_w((row0 + r) * pc.rb, u, w, e0, e1);
-            [[unroll]] for (uint t = 0u; t < NT; t++) {
-                if (t >= nc) break;
-                acc[k * NT + t] += dot32(w, cols[t] * pc.n, e0, e1);
+        /* the unit of each of this group's rows (rows past m repeat the
+         * last one; their sums are not written), then each column's x
+         * once for all of them */
+        float w[RPT_MAX][32];
+        uint e0, e1;
+        [[unroll]] for (uint k = 0u; k < RPT; k++)
+            dq_w((row0 + min(r0 + g + k * G, pc.m - 1u)) * pc.rb, u, w[k], e0, e1);
+        [[unroll]] for (uint t = 0u; t < NT; t++) {
+            if (t >= nc) break;
+            const uint a = (cols[t] * pc.n + e0) >> 2, b = (cols[t] * pc.n + e1) >> 2;
+            vec4 xv[8];
+            [[unroll]] for (uint i = 0u; i < 4u; i++) {
+                xv[i] = x4[a + i];
+                xv[4u + i] = x4[b + i];
+            }
+            [[unroll]] for (uint k = 0u; k < RPT; k++) {
+                float s = 0.0;
+                [[unroll]] for (uint i = 0u; i < 8u; i++)
+                    s += dot(vec4(w[k][4u * i], w[k][4u * i + 1u], w[k][4u * i + 2u], w[k][4u * i + 3u]),
+                             xv[i]);
+                acc[k * NT + t] += s;
             }
         }
     }
