@@ -4,7 +4,8 @@
  * experts (f32, max subtracted, then multiplied by 1/sum), the K largest
  * p (ties: lower id first, as the CPU), weights divided by their sum
  * (summed in k order).  One workgroup of 64 per token (gl_WorkGroupID.z);
- * X <= 512 (8 experts per invocation), K <= 64.
+ * X <= 512 (8 experts per invocation), K <= 64.  Each round's argmax: a
+ * subgroup max/min and one barrier (QG_SUBGROUP), or a shared-memory tree.
  */
 #include "qg_common.glsl"
 
@@ -58,6 +59,28 @@ void main() {
                 bv = p[u];
                 be = l + u * WG;
             }
+#if QG_SUBGROUP
+        /* the subgroup's best (largest p, then lowest id), then the best
+         * of the subgroups' */
+        const float sv = subgroupMax(bv);
+        const uint se = subgroupMin(bv == sv ? be : 0xffffffffu);
+        const uint buf = (kk & 1u) * WG; /* alternate halves: one barrier a round */
+        if (subgroupElect()) {
+            sh_v[buf / 2u + gl_SubgroupID] = sv;
+            sh_e[buf / 2u + gl_SubgroupID] = se;
+        }
+        barrier();
+        float v = sh_v[buf / 2u];
+        uint e = sh_e[buf / 2u];
+        for (uint i = 1u; i < gl_NumSubgroups; i++) {
+            const float v2 = sh_v[buf / 2u + i];
+            const uint e2 = sh_e[buf / 2u + i];
+            if (v2 > v || (v2 == v && e2 < e)) {
+                v = v2;
+                e = e2;
+            }
+        }
+#else
         sh_v[l] = bv;
         sh_e[l] = be;
         barrier();
@@ -75,6 +98,7 @@ void main() {
         const float v = sh_v[0];
         const uint e = sh_e[0];
         barrier();
+#endif
         if (e % WG == l) {
             [[unroll]] for (uint u = 0u; u < PER; u++)
                 if (u == e / WG) p[u] = -1.0;
