@@ -1171,6 +1171,122 @@ static void test_moe_fused(void **state) {
         }
 }
 
+/* ---- wide batches ---------------------------------------------------- */
+
+/*
+ * The column-count boundaries of the products (see ops/cpu/qg_cpu_internal.h):
+ * QG_CPU_THIN columns (the last gemm_cols size), one more (the first tiled
+ * gemm), and more than QG_CPU_COLS (two column blocks) for matmul, swiglu
+ * and qkv; checks and tolerances as in their own tests.
+ */
+static void test_wide_batches(void **state) {
+    (void)state;
+    int case_id = 0;
+    enum { T = 70 };
+    const int ntoks[] = {12, 13, T};
+    for (size_t d = 0; d < QG_ARRAY_LEN(ALL_W); d++)
+        for (int k = 0; k < 3; k++) {
+            rng r = rng_for(16, case_id++);
+            fx f = fx_make(QG_PHASE_PREFILL, T, 64);
+            mm_ctx c = {.N = 256, .M = 37};
+            c.w = fx_weight(&f, "w", ALL_W[d], 2, c.N, c.M, 1, &r, 1.0f);
+            c.x = fx_tensor(&f, "x", QG_F32, QG_ROLE_ACT, 2, c.N, T, 1);
+            c.y = fx_tensor(&f, "y", QG_F32, QG_ROLE_ACT, 2, c.M, T, 1);
+            fill_act(&f, c.x, ntoks[k], &r, -1, 1);
+            qg_op_params p = {0};
+            const int node = add_node(&f, QG_OP_MATMUL, "matmul", (int[]){c.w, c.x}, 2,
+                                      (int[]){c.y}, 1, &p);
+            spec s = {.f = &f, .node = node, .n_tok = ntoks[k], .n_res = 1, .res = {c.y},
+                      .check = check_mm, .ctx = &c};
+            run_spec(&s);
+            fx_free(&f);
+        }
+    for (int k = 0; k < 3; k++) {
+        rng r = rng_for(16, case_id++);
+        fx f = fx_make(QG_PHASE_PREFILL, T, 64);
+        swiglu_ctx c = {.E = 256, .F = 40};
+        c.x = fx_tensor(&f, "x", QG_F32, QG_ROLE_ACT, 2, c.E, T, 1);
+        c.gate = fx_weight(&f, "gate", QG_Q4_K, 2, c.E, c.F, 1, &r, 1.0f);
+        c.up = fx_weight(&f, "up", QG_Q6_K, 2, c.E, c.F, 1, &r, 1.0f);
+        c.h = fx_tensor(&f, "h", QG_F32, QG_ROLE_ACT, 2, c.F, T, 1);
+        fill_act(&f, c.x, ntoks[k], &r, -0.3f, 0.3f);
+        qg_op_params p = {0};
+        const int node = add_node(&f, QG_OP_SWIGLU, "swiglu", (int[]){c.x, c.gate, c.up}, 3,
+                                  (int[]){c.h}, 1, &p);
+        spec s = {.f = &f, .node = node, .n_tok = ntoks[k], .n_res = 1, .res = {c.h},
+                  .check = check_swiglu, .ctx = &c};
+        run_spec(&s);
+        fx_free(&f);
+    }
+    for (int k = 0; k < 3; k++) {
+        rng r = rng_for(16, case_id++);
+        fx f = fx_make(QG_PHASE_PREFILL, T, 64);
+        qkv_ctx c = {.E = 256, .m = {64, 16, 16}};
+        const qg_dtype types[3] = {QG_Q4_K, QG_Q8_0, QG_Q6_K};
+        c.x = fx_tensor(&f, "x", QG_F32, QG_ROLE_ACT, 2, c.E, T, 1);
+        for (int i = 0; i < 3; i++) {
+            c.w[i] = fx_weight(&f, "w", types[i], 2, c.E, c.m[i], 1, &r, 1.0f);
+            c.y[i] = fx_tensor(&f, "y", QG_F32, QG_ROLE_ACT, 2, c.m[i], T, 1);
+        }
+        fill_act(&f, c.x, ntoks[k], &r, -1, 1);
+        qg_op_params p = {.head_dim = 16, .n_head = 4, .n_head_kv = 1};
+        const int node = add_node(&f, QG_OP_QKV, "qkv", (int[]){c.x, c.w[0], c.w[1], c.w[2]}, 4,
+                                  c.y, 3, &p);
+        spec s = {.f = &f, .node = node, .n_tok = ntoks[k], .n_res = 3,
+                  .res = {c.y[0], c.y[1], c.y[2]}, .check = check_qkv, .ctx = &c};
+        run_spec(&s);
+        fx_free(&f);
+    }
+}
+
+/*
+ * The expert kernels past their boundaries: expert 0 takes every token, so
+ * with 13 tokens it is just past QG_CPU_THIN (a tiled gemm over gathered
+ * columns) and with 70 it spans two column blocks (64 gathered + 6 thin);
+ * shapes whose rows do not fill the last work item (E = 288 rows of down,
+ * 64 per item; F = 272 rows of gate/up, 32 per item; plain types).  Then
+ * moe_fused on the same shapes, routed by its own router (about T*K/X
+ * tokens per expert).  Checks and tolerances as in the tests above.
+ */
+static void test_moe_wide(void **state) {
+    (void)state;
+    int case_id = 0;
+    enum { T = 70 };
+    const struct { int64_t E, F; qg_dtype g, u, d; } cfg[] = {
+        {256, 256, QG_Q4_K, QG_Q4_K, QG_Q6_K},
+        {288, 272, QG_F16, QG_BF16, QG_F32},
+        {256, 256, QG_Q5_K, QG_Q8_0, QG_Q4_0},
+    };
+    const int ntoks[] = {13, T};
+    for (size_t ci = 0; ci < QG_ARRAY_LEN(cfg); ci++)
+        for (int k = 0; k < 2; k++) {
+            const int n_tok = ntoks[k];
+            rng r = rng_for(17, case_id++);
+            fx f = fx_make(QG_PHASE_PREFILL, T, 64);
+            moe_ctx c = moe_build(&f, T, cfg[ci].E, cfg[ci].F, 5, 2, QG_F32, cfg[ci].g, cfg[ci].u,
+                                  cfg[ci].d, &r);
+            fill_act(&f, c.x, n_tok, &r, -0.3f, 0.3f);
+            make_ids(I32(&f, c.ids), c.X, c.K, n_tok, &r);
+            for (int t = 0; t < n_tok; t++) {
+                float sum = 0;
+                for (int j = 0; j < c.K; j++) sum += F32(&f, c.wts)[t * c.K + j] = rng_unif(&r, 0.1f, 1);
+                for (int j = 0; j < c.K; j++) F32(&f, c.wts)[t * c.K + j] /= sum;
+            }
+            spec s = {.f = &f, .node = c.n_swiglu, .n_tok = n_tok, .n_res = 1, .res = {c.h},
+                      .check = check_expert_swiglu, .ctx = &c};
+            run_spec(&s);
+            spec s2 = {.f = &f, .node = c.n_agg, .n_tok = n_tok, .n_res = 1, .res = {c.y},
+                       .check = check_aggregate, .ctx = &c};
+            run_spec(&s2);
+            spec s3 = {.f = &f, .node = c.n_fused, .n_pre = 4,
+                       .pre = {c.n_router, c.n_topk, c.n_swiglu, c.n_agg},
+                       .n_tok = n_tok, .n_res = 3, .res = {c.y2, c.ids2, c.wts2},
+                       .check = check_fused, .ctx = &c};
+            run_spec(&s3);
+            fx_free(&f);
+        }
+}
+
 /* ---- supports --------------------------------------------------------- */
 
 static void test_supports(void **state) {
@@ -1218,6 +1334,8 @@ int main(void) {
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_expert_swiglu_aggregate),
         cmocka_unit_test(test_moe_fused),
+        cmocka_unit_test(test_wide_batches),
+        cmocka_unit_test(test_moe_wide),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

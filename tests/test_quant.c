@@ -572,6 +572,152 @@ static void test_gemm(void **state) {
     }
 }
 
+/* ---- (d2) gemm_cols --------------------------------------------------------- */
+
+/*
+ * gemm_cols against the float64 reference (|y - ref| <= DOT_RTOL * sum|w x|,
+ * as the dot), every n_rows x n_cols tile up to 5 x 19 (passes of 8
+ * columns and a partial one), columns at scattered unaligned addresses;
+ * y poisoned with NaN, nothing outside the tile may be written.  And the
+ * contract that a column's result does not depend on its neighbours: every
+ * element equals gemm_cols of that row and that column alone, bitwise.
+ */
+static void check_gemm_cols_type(qg_quant_kernels k, qg_dtype t, int64_t n, rng *r) {
+    enum { MAX_R = 5, MAX_C = 19, Y_PAD = 2 };
+    const size_t rb = qg_dtype_row_bytes(t, n);
+    const size_t y_stride = MAX_R + Y_PAD;
+    uint8_t *w = xmalloc(rb * MAX_R);             /* (rb, MAX_R) */
+    float *wf = xmalloc((size_t)n * 4);
+    double *wd = xmalloc((size_t)n * MAX_R * 8);  /* (n, MAX_R) */
+    /* columns in one buffer, each starting 1..3 floats after a 64-byte
+     * boundary, in reverse order of their index */
+    const size_t cs = qg_align_up((size_t)n + 3, 16) + 16;
+    float *xbuf = xmalloc(cs * MAX_C * 4);
+    const float *xc[MAX_C];
+    for (int c = 0; c < MAX_C; c++) {
+        float *col = xbuf + (size_t)(MAX_C - 1 - c) * cs + 1 + (size_t)(c % 3);
+        for (int64_t i = 0; i < n; i++) col[i] = rng_gauss(r);
+        xc[c] = col;
+    }
+    float *y = xmalloc(y_stride * MAX_C * 4);  /* (y_stride, MAX_C) */
+    float one[1];
+    double *ref = xmalloc((size_t)MAX_R * MAX_C * 8), *mag = xmalloc((size_t)MAX_R * MAX_C * 8);
+    for (int rr = 0; rr < MAX_R; rr++) {
+        random_row(r, t, n, wf, w + rr * rb);
+        qg_dequant_row_f64(t, w + rr * rb, wd + (size_t)rr * (size_t)n, n);
+    }
+    for (int c = 0; c < MAX_C; c++)
+        for (int rr = 0; rr < MAX_R; rr++) {
+            double sum = 0, m = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const double p = wd[(size_t)rr * (size_t)n + (size_t)i] * xc[c][i];
+                sum += p;
+                m += fabs(p);
+            }
+            ref[c * MAX_R + rr] = sum, mag[c * MAX_R + rr] = m;
+        }
+    for (int n_rows = 1; n_rows <= MAX_R; n_rows++)
+        for (int n_cols = 1; n_cols <= MAX_C; n_cols++) {
+            fill_nan(y, y_stride * MAX_C);
+            k.gemm_cols(t, w, rb, n_rows, xc, n_cols, y, y_stride, n);
+            for (int c = 0; c < MAX_C; c++)
+                for (size_t rr = 0; rr < y_stride; rr++) {
+                    const float got = y[(size_t)c * y_stride + rr];
+                    if (c < n_cols && rr < (size_t)n_rows) {
+                        const double err = fabs((double)got - ref[c * MAX_R + (int)rr]);
+                        if (!(err <= DOT_RTOL * mag[c * MAX_R + (int)rr] + 1e-30)) {
+                            fprintf(stderr, "gemm_cols %s %s n=%lld %dx%d at r=%zu c=%d: got %.9g ref %.9g\n",
+                                    qg_simd_level_name(k.level), qg_dtype_name(t), (long long)n,
+                                    n_rows, n_cols, rr, c, got, ref[c * MAX_R + (int)rr]);
+                            fail();
+                        }
+                        one[0] = NAN;
+                        k.gemm_cols(t, w + rr * rb, rb, 1, xc + c, 1, one, 1, n);
+                        if (memcmp(&one[0], &got, sizeof got) != 0) {
+                            fprintf(stderr, "gemm_cols %s %s n=%lld %dx%d at r=%zu c=%d: %.9g alone, %.9g in the tile\n",
+                                    qg_simd_level_name(k.level), qg_dtype_name(t), (long long)n,
+                                    n_rows, n_cols, rr, c, one[0], got);
+                            fail();
+                        }
+                    } else if (!isnan(got)) {
+                        fprintf(stderr, "gemm_cols %s %s %dx%d wrote outside the tile at r=%zu c=%d\n",
+                                qg_simd_level_name(k.level), qg_dtype_name(t), n_rows, n_cols, rr, c);
+                        fail();
+                    }
+                }
+        }
+    free(w), free(wf), free(wd), free(xbuf), free(y), free(ref), free(mag);
+}
+
+static void test_gemm_cols(void **state) {
+    (void)state;
+    qg_simd_level lv[3];
+    const int nl = cpu_levels(lv);
+    for (int li = 0; li < nl; li++) {
+        const qg_quant_kernels k = qg_quant_kernels_at(lv[li]);
+        for (size_t ti = 0; ti < QG_ARRAY_LEN(ALL_TYPES); ti++) {
+            const qg_dtype t = ALL_TYPES[ti];
+            const int bs = qg_dtype_block_size(t);
+            rng r = {6000 + 16 * (uint64_t)li + ti};
+            /* one block row; an odd block count (q8_0 / q4_0: a half
+             * 64-element step); past the AVX-512 kernel's 1024-element k
+             * chunk, ending in a partial chunk */
+            check_gemm_cols_type(k, t, bs == 1 ? 64 : bs == 32 ? 64 : 256, &r);
+            check_gemm_cols_type(k, t, bs == 1 ? 37 : 3 * bs, &r);
+            check_gemm_cols_type(k, t, bs == 1 ? 1100 : (bs == 32 ? 1056 : 1280), &r);
+        }
+    }
+}
+
+/*
+ * gemm_cols decodes weights exactly: with one-hot columns (column c =
+ * e_{37c}) every y element is the dequantized weight, bit for bit, for
+ * random block bytes (every code and scale pattern).
+ */
+static void test_gemm_cols_onehot_exact(void **state) {
+    (void)state;
+    qg_simd_level lv[3];
+    const int nl = cpu_levels(lv);
+    const int64_t n = 1536; /* past one 1024-element k chunk */
+    enum { NC = 13, NR = 3 };
+    float *ref = xmalloc((size_t)n * 4 * NR);      /* (n, NR) */
+    uint8_t *w = xmalloc((size_t)n * 4 * NR);
+    float *xs = xmalloc((size_t)n * NC * 4);       /* (n, NC) */
+    float *y = xmalloc((size_t)NR * NC * 4);       /* (NR, NC) */
+    const float *xc[NC];
+    for (int c = 0; c < NC; c++) xc[c] = xs + (size_t)c * (size_t)n;
+    for (int li = 0; li < nl; li++) {
+        const qg_quant_kernels k = qg_quant_kernels_at(lv[li]);
+        for (size_t ti = 0; ti < QG_ARRAY_LEN(ALL_TYPES); ti++) {
+            const qg_dtype t = ALL_TYPES[ti];
+            const size_t rb = qg_dtype_row_bytes(t, n);
+            rng r = {7000 + 16 * (uint64_t)li + ti};
+            for (int rr = 0; rr < NR; rr++) {
+                random_blocks(&r, t, w + rr * rb, n);
+                qg_dequant_row(t, w + rr * rb, ref + (size_t)rr * (size_t)n, n);
+            }
+            for (int shift = 0; shift < 3; shift++) {
+                memset(xs, 0, (size_t)n * NC * 4);
+                for (int c = 0; c < NC; c++)
+                    xs[(size_t)c * (size_t)n + (size_t)((37 * c + 500 * shift) % n)] = 1.0f;
+                fill_nan(y, (size_t)NR * NC);
+                k.gemm_cols(t, w, rb, NR, xc, NC, y, NR, n);
+                for (int c = 0; c < NC; c++)
+                    for (int rr = 0; rr < NR; rr++) {
+                        const float want = ref[(size_t)rr * (size_t)n + (size_t)((37 * c + 500 * shift) % n)];
+                        const float got = y[c * NR + rr];
+                        if (got != want && !(want == 0 && got == 0)) {
+                            fprintf(stderr, "onehot gemm_cols %s %s r=%d c=%d: got %.9g want %.9g\n",
+                                    qg_simd_level_name(k.level), qg_dtype_name(t), rr, c, got, want);
+                            fail();
+                        }
+                    }
+            }
+        }
+    }
+    free(ref), free(w), free(xs), free(y);
+}
+
 /* ---- (e) f64 dequant ----------------------------------------------------- */
 
 static void test_dequant_f64(void **state) {
@@ -715,6 +861,8 @@ int main(void) {
         cmocka_unit_test(test_dot),
         cmocka_unit_test(test_dot_onehot_exact),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_cols),
+        cmocka_unit_test(test_gemm_cols_onehot_exact),
         cmocka_unit_test(test_dequant_f64),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_ggml_bit_identical),

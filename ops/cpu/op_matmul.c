@@ -4,8 +4,9 @@
  *
  * All of them are y = W x with W (n, m) quantized rows and x (n, n_tok)
  * f32 columns.  One token: qk->dot per output row, rows split evenly.
- * Several: qk->gemm per (QG_CPU_UNIT rows, QG_CPU_COLS tokens) tile, row
- * units split evenly over the workers (see qg_cpu_internal.h).
+ * Up to QG_CPU_THIN tokens: qk->gemm_cols over each worker's rows.  More:
+ * qk->gemm per (QG_CPU_UNIT rows, QG_CPU_COLS tokens) tile, row units split
+ * evenly over the workers (see qg_cpu_internal.h).
  */
 #include "qg_cpu_internal.h"
 
@@ -23,6 +24,14 @@ void qg_cpu_mm_rows(const qg_quant_kernels *qk, qg_dtype t, const void *w,
             y[r] = qk->dot(t, wb + (size_t)r * w_row_bytes, x, n);
         return;
     }
+    if (n_cols <= QG_CPU_THIN) {
+        const float *xc[QG_CPU_THIN]; /* column pointers */
+        for (int c = 0; c < n_cols; c++) xc[c] = x + (size_t)c * x_stride;
+        if (r1 > r0)
+            qk->gemm_cols(t, wb + (size_t)r0 * w_row_bytes, w_row_bytes, (int)(r1 - r0), xc,
+                          n_cols, y + r0, y_stride, n);
+        return;
+    }
     for (int c0 = 0; c0 < n_cols; c0 += QG_CPU_COLS) {
         const int nc = QG_MIN(QG_CPU_COLS, n_cols - c0);
         for (int64_t u = r0; u < r1;) {
@@ -34,6 +43,31 @@ void qg_cpu_mm_rows(const qg_quant_kernels *qk, qg_dtype t, const void *w,
                      y + (size_t)c0 * y_stride + (size_t)u, y_stride, n, scratch);
             u = ue;
         }
+    }
+}
+
+size_t qg_cpu_mm_cols_scratch(int64_t n, int n_rows, int n_cols_max) {
+    if (n_cols_max <= QG_CPU_THIN) return 0;
+    /* gathered block (n, COLS), then the gemm's scratch */
+    return (size_t)n * QG_CPU_COLS + qg_quant_gemm_scratch_floats(n, n_rows);
+}
+
+void qg_cpu_mm_cols(const qg_quant_kernels *qk, qg_dtype t, const void *w,
+                    size_t w_row_bytes, int64_t n, int n_rows,
+                    const float *const *x, int n_cols, float *y,
+                    size_t y_stride, float *scratch) {
+    for (int c0 = 0; c0 < n_cols; c0 += QG_CPU_COLS) {
+        const int nc = QG_MIN(QG_CPU_COLS, n_cols - c0);
+        float *yc = y + (size_t)c0 * y_stride;
+        if (nc <= QG_CPU_THIN) {
+            qk->gemm_cols(t, w, w_row_bytes, n_rows, x + c0, nc, yc, y_stride, n);
+            continue;
+        }
+        float *xg = scratch;                                  /* (n, nc) */
+        float *gs = scratch + (size_t)n * QG_CPU_COLS;        /* gemm scratch */
+        for (int c = 0; c < nc; c++)
+            memcpy(xg + (size_t)c * (size_t)n, x[c0 + c], sizeof(float) * (size_t)n);
+        qk->gemm(t, w, w_row_bytes, n_rows, xg, (size_t)n, nc, yc, y_stride, n, gs);
     }
 }
 
@@ -150,12 +184,21 @@ void qg_cpu_swiglu(const qg_cpu_op_args *a, int ith, int nth) {
     for (int c0 = 0; c0 < a->n_tok; c0 += QG_CPU_COLS) {
         const int nc = QG_MIN(QG_CPU_COLS, a->n_tok - c0);
         const float *xc = x + (size_t)c0 * (size_t)E;
+        const float *xp[QG_CPU_THIN]; /* column pointers for gemm_cols */
+        for (int c = 0; c < nc && nc <= QG_CPU_THIN; c++) xp[c] = xc + (size_t)c * (size_t)E;
         for (int64_t u = r0; u < r1; u += QG_CPU_UNIT) {
             const int nr = (int)QG_MIN((int64_t)QG_CPU_UNIT, r1 - u);
-            qk->gemm(gt->type, gw + (size_t)u * grb, grb, nr, xc, (size_t)E, nc,
-                     gtile, QG_CPU_UNIT, E, gs);
-            qk->gemm(ut->type, uw + (size_t)u * urb, urb, nr, xc, (size_t)E, nc,
-                     utile, QG_CPU_UNIT, E, gs);
+            if (nc <= QG_CPU_THIN) {
+                qk->gemm_cols(gt->type, gw + (size_t)u * grb, grb, nr, xp, nc, gtile,
+                              QG_CPU_UNIT, E);
+                qk->gemm_cols(ut->type, uw + (size_t)u * urb, urb, nr, xp, nc, utile,
+                              QG_CPU_UNIT, E);
+            } else {
+                qk->gemm(gt->type, gw + (size_t)u * grb, grb, nr, xc, (size_t)E, nc,
+                         gtile, QG_CPU_UNIT, E, gs);
+                qk->gemm(ut->type, uw + (size_t)u * urb, urb, nr, xc, (size_t)E, nc,
+                         utile, QG_CPU_UNIT, E, gs);
+            }
             for (int c = 0; c < nc; c++) {
                 float *hc = h + (size_t)(c0 + c) * (size_t)F + (size_t)u;
                 for (int r = 0; r < nr; r++)

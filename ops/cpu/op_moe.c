@@ -4,13 +4,23 @@
  *
  * Each op is a "part" function of explicit arrays run by every worker;
  * the unfused kernels and moe_fused call the same parts with the same
- * splits, so the fused node is bit-identical to the unfused chain.
+ * work items, so the fused node is bit-identical to the unfused chain.
  *
  * Prefill (n_tok > 1) groups the (token, k) assignments by expert: worker
  * 0 builds the lists in the node's shared scratch (a counting sort, tokens
- * ascending within an expert), then a barrier.  An expert's assignments
- * are gathered in blocks of QG_CPU_COLS columns into per-thread scratch and
- * multiplied with qk->gemm, unit-aligned output rows split over workers.
+ * ascending within an expert; the experts that have assignments; two work
+ * counters), then a barrier.  The expert products are work items of (one
+ * expert, MOE_FB rows of F) for gate/up and (one expert, MOE_EB rows of E)
+ * for down, taken in ascending order from an atomic counter, so every
+ * worker stays busy however unevenly the tokens are routed, and the
+ * workers together stream each expert's rows front to back.  An item
+ * multiplies its rows by all the expert's tokens at once
+ * (qg_cpu_mm_cols: the columns are pointers, nothing is gathered for the
+ * usual few tokens per expert).  Down writes each assignment's output
+ * (E, K*T) to shared scratch; after a barrier every worker sums the K
+ * outputs of its rows of every token.  What an item computes does not
+ * depend on which worker takes it, so results are the same for any
+ * thread count.
  * Decode (n_tok == 1) splits the K*F expert rows (expert_swiglu) or the E
  * output rows (aggregate) evenly and uses qk->dot.
  *
@@ -19,26 +29,39 @@
  */
 #include "qg_cpu_internal.h"
 
+#include <stdatomic.h>
+
+#define MOE_FB 32 /* rows of F per gate/up work item */
+#define MOE_EB 64 /* rows of E per down work item */
+
 /* The expert lists in shared scratch. */
 typedef struct moe_lists {
-    int32_t *off; /* (X+1) assignments of expert e: asg[off[e] .. off[e+1]) */
-    int32_t *cur; /* (X) fill cursors */
-    int32_t *asg; /* (K*T) assignment ids t*K + k, grouped by expert */
+    atomic_int *next; /* work item counters: next[0] gate/up, next[16] down
+                         (one cache line each) */
+    int32_t *off;     /* (X+1) assignments of expert e: asg[off[e] .. off[e+1]) */
+    int32_t *cur;     /* (X) fill cursors */
+    int32_t *used;    /* (X+1) used[0] experts have assignments: used[1..] */
+    int32_t *asg;     /* (K*T) assignment ids t*K + k, grouped by expert */
 } moe_lists;
 
+#define LISTS_HEAD 128 /* bytes of the two counters' cache lines */
+
 static size_t lists_bytes(int X, int K, int T) {
-    return qg_align_up(sizeof(int32_t) * (size_t)(2 * X + 1 + K * T), 64);
+    return LISTS_HEAD + qg_align_up(sizeof(int32_t) * (size_t)(3 * X + 2 + K * T), 64);
 }
 
 static moe_lists lists_at(void *p, int X) {
     moe_lists L;
-    L.off = p;
+    L.next = p;
+    L.off = (int32_t *)(void *)((char *)p + LISTS_HEAD);
     L.cur = L.off + X + 1;
-    L.asg = L.cur + X;
+    L.used = L.cur + X;
+    L.asg = L.used + X + 1;
     return L;
 }
 
-/* Counting sort of the n_tok*K assignments by expert id.  One worker. */
+/* Counting sort of the n_tok*K assignments by expert id, the list of used
+ * experts, the work counters reset.  One worker, before a barrier. */
 static void lists_build(const int32_t *ids, int X, int K, int n_tok,
                         const moe_lists *L) {
     const int n = n_tok * K;
@@ -50,6 +73,18 @@ static void lists_build(const int32_t *ids, int X, int K, int n_tok,
     for (int e = 0; e < X; e++) L->off[e + 1] += L->off[e];
     memcpy(L->cur, L->off, sizeof(int32_t) * (size_t)X);
     for (int i = 0; i < n; i++) L->asg[L->cur[ids[i]]++] = i;
+    int nu = 0;
+    for (int e = 0; e < X; e++)
+        if (L->off[e + 1] > L->off[e]) L->used[1 + nu++] = e;
+    L->used[0] = nu;
+    atomic_store_explicit(&L->next[0], 0, memory_order_relaxed);
+    atomic_store_explicit(&L->next[16], 0, memory_order_relaxed);
+}
+
+/* The next work item of counter `which` (0 or 16), or -1 past n_items. */
+static int lists_take(const moe_lists *L, int which, int n_items) {
+    const int it = atomic_fetch_add_explicit(&L->next[which], 1, memory_order_relaxed);
+    return it < n_items ? it : -1;
 }
 
 /* ---- topk ----------------------------------------------------------- */
@@ -117,15 +152,14 @@ static inline const char *moe_row(const moe_w *w, int e, int64_t r) {
 
 static size_t swiglu_scratch(int64_t E, int T) {
     if (T == 1) return 0;
-    return (size_t)QG_CPU_COLS * (size_t)E + 2 * (size_t)QG_CPU_UNIT * QG_CPU_COLS +
-           qg_cpu_mm_scratch(E, T);
+    return 2 * (size_t)MOE_FB * QG_CPU_COLS + qg_cpu_mm_cols_scratch(E, MOE_FB, T);
 }
 
 /*
  * x (E,T), gate/up experts (E,F,X), ids (K,T) -> h (F,K,T):
  * h[:,k,t] = silu(gate_e x_t) * (up_e x_t), e = ids[k,t].
- * Scratch (prefill): xg (E, COLS) | gate tile (UNIT, COLS) |
- * up tile (UNIT, COLS) | gemm scratch.
+ * Scratch (prefill): gate tile (FB, COLS) | up tile (FB, COLS) |
+ * qg_cpu_mm_cols scratch.
  */
 static void expert_swiglu_part(const qg_quant_kernels *qk, const float *x,
                                int64_t E, const moe_w *gw, const moe_w *uw,
@@ -147,32 +181,29 @@ static void expert_swiglu_part(const qg_quant_kernels *qk, const float *x,
         }
         return;
     }
-    float *xg = scratch;                                   /* (E, COLS) */
-    float *gt = xg + (size_t)QG_CPU_COLS * (size_t)E;      /* (UNIT, COLS) */
-    float *ut = gt + QG_CPU_UNIT * QG_CPU_COLS;            /* (UNIT, COLS) */
-    float *gs = ut + QG_CPU_UNIT * QG_CPU_COLS;            /* gemm scratch */
-    int64_t r0, r1;
-    qg_cpu_split_units(F, QG_CPU_UNIT, ith, nth, &r0, &r1);
-    if (r0 >= r1) return;
-    for (int e = 0; e < X; e++) {
+    float *gt = scratch;                     /* (FB, COLS) */
+    float *ut = gt + MOE_FB * QG_CPU_COLS;   /* (FB, COLS) */
+    float *ms = ut + MOE_FB * QG_CPU_COLS;   /* qg_cpu_mm_cols scratch */
+    const float *xp[QG_CPU_COLS];            /* the block's token columns */
+    const int nch = (int)((F + MOE_FB - 1) / MOE_FB);
+    const int n_items = L->used[0] * nch;
+    for (int it; (it = lists_take(L, 0, n_items)) >= 0;) {
+        const int e = L->used[1 + it / nch];
+        const int64_t f0 = (int64_t)(it % nch) * MOE_FB;
+        const int nr = (int)QG_MIN((int64_t)MOE_FB, F - f0);
         const int32_t *as = L->asg + L->off[e];
         const int cnt = L->off[e + 1] - L->off[e];
         for (int c0 = 0; c0 < cnt; c0 += QG_CPU_COLS) {
             const int nc = QG_MIN(QG_CPU_COLS, cnt - c0);
-            for (int c = 0; c < nc; c++)
-                memcpy(xg + (size_t)c * (size_t)E, x + (size_t)(as[c0 + c] / K) * (size_t)E,
-                       sizeof(float) * (size_t)E);
-            for (int64_t u = r0; u < r1; u += QG_CPU_UNIT) {
-                const int nr = (int)QG_MIN((int64_t)QG_CPU_UNIT, r1 - u);
-                qk->gemm(gw->type, moe_row(gw, e, u), gw->row_bytes, nr, xg, (size_t)E,
-                         nc, gt, QG_CPU_UNIT, E, gs);
-                qk->gemm(uw->type, moe_row(uw, e, u), uw->row_bytes, nr, xg, (size_t)E,
-                         nc, ut, QG_CPU_UNIT, E, gs);
-                for (int c = 0; c < nc; c++) {
-                    float *hc = h + (size_t)as[c0 + c] * (size_t)F + (size_t)u;
-                    for (int r = 0; r < nr; r++)
-                        hc[r] = qg_cpu_silu(gt[c * QG_CPU_UNIT + r]) * ut[c * QG_CPU_UNIT + r];
-                }
+            for (int c = 0; c < nc; c++) xp[c] = x + (size_t)(as[c0 + c] / K) * (size_t)E;
+            qg_cpu_mm_cols(qk, gw->type, moe_row(gw, e, f0), gw->row_bytes, E, nr, xp, nc, gt,
+                           MOE_FB, ms);
+            qg_cpu_mm_cols(qk, uw->type, moe_row(uw, e, f0), uw->row_bytes, E, nr, xp, nc, ut,
+                           MOE_FB, ms);
+            for (int c = 0; c < nc; c++) {
+                float *hc = h + (size_t)as[c0 + c] * (size_t)F + (size_t)f0;
+                for (int r = 0; r < nr; r++)
+                    hc[r] = qg_cpu_silu(gt[c * MOE_FB + r]) * ut[c * MOE_FB + r];
             }
         }
     }
@@ -203,27 +234,32 @@ void qg_cpu_expert_swiglu(const qg_cpu_op_args *a, int ith, int nth) {
 
 /* ---- aggregate ------------------------------------------------------ */
 
-static size_t aggregate_scratch(int64_t F, int K, int T) {
+static size_t aggregate_scratch(int64_t F, int T) {
     if (T == 1) return 0;
-    return (size_t)QG_CPU_COLS * (size_t)F + (size_t)QG_CPU_UNIT * QG_CPU_COLS +
-           (size_t)QG_CPU_UNIT * (size_t)K * (size_t)T + qg_cpu_mm_scratch(F, T);
+    return (size_t)MOE_EB * QG_CPU_COLS + qg_cpu_mm_cols_scratch(F, MOE_EB, T);
+}
+
+/* Shared bytes of the per-assignment down outputs dn (E, K*T). */
+static size_t dn_bytes(int64_t E, int K, int T) {
+    return T > 1 ? qg_align_up(sizeof(float) * (size_t)E * (size_t)K * (size_t)T, 64) : 0;
 }
 
 /*
  * h (F,K,T), down experts (F,E,X), ids (K,T), wts (K,T) -> y (E,T):
  * y[:,t] = sum_{k ascending} wts[k,t] * (down_e h[:,k,t]).
- * Scratch (prefill): hg (F, COLS) | out tile (UNIT, COLS) |
- * per-assignment outputs (UNIT, K*T) | gemm scratch.
+ * Prefill: dn (E, K*T) shared, the outputs of every assignment, then a
+ * barrier and the weighted sums.  Scratch (prefill): out tile (EB, COLS) |
+ * qg_cpu_mm_cols scratch.
  */
-static void aggregate_part(const qg_quant_kernels *qk, const float *h,
-                           int64_t F, const moe_w *dw, const int32_t *ids,
-                           const float *wts, int K, int n_tok,
-                           const moe_lists *L, int X, float *y,
+static void aggregate_part(const qg_quant_kernels *qk, qg_threadpool *tp,
+                           const float *h, int64_t F, const moe_w *dw,
+                           const int32_t *ids, const float *wts, int K, int n_tok,
+                           const moe_lists *L, int X, float *dn, float *y,
                            float *scratch, int ith, int nth) {
     const int64_t E = dw->rows;
     int64_t r0, r1;
+    qg_cpu_split(E, ith, nth, &r0, &r1);
     if (n_tok == 1) {
-        qg_cpu_split(E, ith, nth, &r0, &r1);
         for (int k = 0; k < K; k++) QG_ASSERT(ids[k] >= 0 && ids[k] < X);
         for (int64_t r = r0; r < r1; r++) {
             float acc = 0;
@@ -234,37 +270,36 @@ static void aggregate_part(const qg_quant_kernels *qk, const float *h,
         }
         return;
     }
-    float *hg = scratch;                                 /* (F, COLS) */
-    float *ot = hg + (size_t)QG_CPU_COLS * (size_t)F;    /* (UNIT, COLS) */
-    float *db = ot + QG_CPU_UNIT * QG_CPU_COLS;          /* (UNIT, K*T) */
-    float *gs = db + (size_t)QG_CPU_UNIT * (size_t)K * (size_t)n_tok; /* gemm */
-    qg_cpu_split_units(E, QG_CPU_UNIT, ith, nth, &r0, &r1);
-    for (int64_t u = r0; u < r1; u += QG_CPU_UNIT) {
-        const int nr = (int)QG_MIN((int64_t)QG_CPU_UNIT, r1 - u);
-        for (int e = 0; e < X; e++) {
-            const int32_t *as = L->asg + L->off[e];
-            const int cnt = L->off[e + 1] - L->off[e];
-            for (int c0 = 0; c0 < cnt; c0 += QG_CPU_COLS) {
-                const int nc = QG_MIN(QG_CPU_COLS, cnt - c0);
-                for (int c = 0; c < nc; c++)
-                    memcpy(hg + (size_t)c * (size_t)F, h + (size_t)as[c0 + c] * (size_t)F,
-                           sizeof(float) * (size_t)F);
-                qk->gemm(dw->type, moe_row(dw, e, u), dw->row_bytes, nr, hg, (size_t)F,
-                         nc, ot, QG_CPU_UNIT, F, gs);
-                for (int c = 0; c < nc; c++)
-                    memcpy(db + (size_t)as[c0 + c] * QG_CPU_UNIT, ot + c * QG_CPU_UNIT,
-                           sizeof(float) * (size_t)nr);
-            }
+    float *ot = scratch;                   /* (EB, COLS) */
+    float *ms = ot + MOE_EB * QG_CPU_COLS; /* qg_cpu_mm_cols scratch */
+    const float *hp[QG_CPU_COLS];          /* the block's assignment columns */
+    const int nch = (int)((E + MOE_EB - 1) / MOE_EB);
+    const int n_items = L->used[0] * nch;
+    for (int it; (it = lists_take(L, 16, n_items)) >= 0;) {
+        const int e = L->used[1 + it / nch];
+        const int64_t e0 = (int64_t)(it % nch) * MOE_EB;
+        const int nr = (int)QG_MIN((int64_t)MOE_EB, E - e0);
+        const int32_t *as = L->asg + L->off[e];
+        const int cnt = L->off[e + 1] - L->off[e];
+        for (int c0 = 0; c0 < cnt; c0 += QG_CPU_COLS) {
+            const int nc = QG_MIN(QG_CPU_COLS, cnt - c0);
+            for (int c = 0; c < nc; c++) hp[c] = h + (size_t)as[c0 + c] * (size_t)F;
+            qg_cpu_mm_cols(qk, dw->type, moe_row(dw, e, e0), dw->row_bytes, F, nr, hp, nc, ot,
+                           MOE_EB, ms);
+            for (int c = 0; c < nc; c++)
+                memcpy(dn + (size_t)as[c0 + c] * (size_t)E + (size_t)e0, ot + c * MOE_EB,
+                       sizeof(float) * (size_t)nr);
         }
-        for (int t = 0; t < n_tok; t++) {
-            const float *w = wts + (size_t)t * (size_t)K;
-            const float *dt = db + (size_t)t * (size_t)K * QG_CPU_UNIT;
-            float *yt = y + (size_t)t * (size_t)E + (size_t)u;
-            for (int r = 0; r < nr; r++) {
-                float acc = 0;
-                for (int k = 0; k < K; k++) acc += w[k] * dt[k * QG_CPU_UNIT + r];
-                yt[r] = acc;
-            }
+    }
+    qg_threadpool_barrier(tp);
+    /* y[r,t] = sum_k wts[k,t] * dn[r, t*K+k], k ascending, rows [r0, r1) */
+    for (int t = 0; t < n_tok; t++) {
+        const float *w = wts + (size_t)t * (size_t)K;
+        float *yt = y + (size_t)t * (size_t)E;
+        for (int64_t r = r0; r < r1; r++) yt[r] = 0;
+        for (int k = 0; k < K; k++) {
+            const float *dk = dn + ((size_t)t * (size_t)K + (size_t)k) * (size_t)E;
+            for (int64_t r = r0; r < r1; r++) yt[r] += w[k] * dk[r];
         }
     }
 }
@@ -275,29 +310,32 @@ void qg_cpu_aggregate(const qg_cpu_op_args *a, int ith, int nth) {
     const int X = (int)dt->ne[2], K = (int)it->ne[0];
     const int32_t *ids = qg_cpu_in_ptr(a, 2);
     moe_lists L = {0};
+    float *dn = NULL; /* (E, K*T) */
     if (a->n_tok > 1) {
-        L = lists_at(a->shared, X);
+        dn = a->shared;
+        L = lists_at((char *)a->shared + dn_bytes(dw.rows, K, a->g->n_tok_max), X);
         if (ith == 0) lists_build(ids, X, K, a->n_tok, &L);
         qg_threadpool_barrier(a->tp);
     }
-    aggregate_part(a->qk, qg_cpu_in_ptr(a, 0), dt->ne[0], &dw, ids, qg_cpu_in_ptr(a, 3), K,
-                   a->n_tok, &L, X, qg_cpu_out_ptr(a, 0), qg_cpu_scratch(a, ith),
+    aggregate_part(a->qk, a->tp, qg_cpu_in_ptr(a, 0), dt->ne[0], &dw, ids, qg_cpu_in_ptr(a, 3),
+                   K, a->n_tok, &L, X, dn, qg_cpu_out_ptr(a, 0), qg_cpu_scratch(a, ith),
                    ith, nth);
 }
 
 /* ---- moe_fused ------------------------------------------------------ */
 
-/* Shared scratch of moe_fused: logits (X,T) | h (F,K,T) | lists. */
+/* Shared scratch of moe_fused: logits (X,T) | h (F,K,T) | dn (E,K*T) |
+ * lists (dn and lists for prefill only). */
 typedef struct fused_layout {
-    size_t logits, h, lists, total; /* byte offsets, total size */
+    size_t logits, h, dn, lists, total; /* byte offsets, total size */
 } fused_layout;
 
 static fused_layout fused_layout_of(int64_t E, int64_t F, int X, int K, int T) {
-    (void)E;
     fused_layout l;
     l.logits = 0;
     l.h = qg_align_up(sizeof(float) * (size_t)X * (size_t)T, 64);
-    l.lists = l.h + qg_align_up(sizeof(float) * (size_t)F * (size_t)K * (size_t)T, 64);
+    l.dn = l.h + qg_align_up(sizeof(float) * (size_t)F * (size_t)K * (size_t)T, 64);
+    l.lists = l.dn + dn_bytes(E, K, T);
     l.total = l.lists + (T > 1 ? lists_bytes(X, K, T) : 0);
     return l;
 }
@@ -336,7 +374,8 @@ void qg_cpu_moe_fused(const qg_cpu_op_args *a, int ith, int nth) {
     expert_swiglu_part(a->qk, x, E, &gw, &uw, ids, K, a->n_tok, &L, X, h, scratch,
                        ith, nth);
     qg_threadpool_barrier(a->tp);
-    aggregate_part(a->qk, h, F, &dw, ids, wts, K, a->n_tok, &L, X,
+    float *dn = (float *)(void *)((char *)a->shared + lay.dn); /* (E,K*T) */
+    aggregate_part(a->qk, a->tp, h, F, &dw, ids, wts, K, a->n_tok, &L, X, dn,
                    qg_cpu_out_ptr(a, 0), scratch, ith, nth);
 }
 
@@ -361,8 +400,8 @@ void qg_cpu_moe_scratch(const qg_graph *g, const qg_node *n, size_t *pt,
     case QG_OP_AGGREGATE: {
         const qg_tensor *dt = &T[n->in[1]];
         const int K = (int)T[n->in[2]].ne[0];
-        *pt = aggregate_scratch(dt->ne[0], K, Tm);
-        if (Tm > 1) *sh = lists_bytes((int)dt->ne[2], K, Tm);
+        *pt = aggregate_scratch(dt->ne[0], Tm);
+        if (Tm > 1) *sh = dn_bytes(dt->ne[1], K, Tm) + lists_bytes((int)dt->ne[2], K, Tm);
         break;
     }
     case QG_OP_MOE_FUSED: {
@@ -372,7 +411,7 @@ void qg_cpu_moe_scratch(const qg_graph *g, const qg_node *n, size_t *pt,
         const int X = (int)gt->ne[2], K = (int)T[n->out[1]].ne[0];
         *pt = QG_MAX(qg_cpu_mm_scratch(E, Tm), (size_t)X);
         *pt = QG_MAX(*pt, swiglu_scratch(E, Tm));
-        *pt = QG_MAX(*pt, aggregate_scratch(F, K, Tm));
+        *pt = QG_MAX(*pt, aggregate_scratch(F, Tm));
         *sh = fused_layout_of(E, F, X, K, Tm).total;
         break;
     }

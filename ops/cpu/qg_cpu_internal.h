@@ -21,7 +21,11 @@
 #include <string.h>
 
 #define QG_CPU_UNIT 16 /* output rows per gemm call (one cache line of y) */
-#define QG_CPU_COLS 32 /* tokens per gemm call */
+#define QG_CPU_COLS 64 /* tokens per gemm call */
+/* Products with up to this many columns use qk->gemm_cols (weights decoded
+ * into registers, nothing gathered); wider ones the tiled qk->gemm.  The
+ * choice depends only on the column count, never on the thread count. */
+#define QG_CPU_THIN 12
 
 /* The part [*a, *b) of [0, n) that worker ith of nth owns (even split). */
 static inline void qg_cpu_split(int64_t n, int ith, int nth, int64_t *a,
@@ -67,13 +71,30 @@ size_t qg_cpu_mm_scratch(int64_t n, int n_tok_max);
 /*
  * y[c * y_stride + r] = dot(row r of w, x + c * x_stride) for r in
  * [r0, r1), c in [0, n_cols).  Rows are w_row_bytes apart, of n elements of
- * type t.  n_cols == 1: one qk->dot per row.  Otherwise one gemm call per
- * (unit of QG_CPU_UNIT rows aligned to multiples of the unit in w's row
- * index, block of QG_CPU_COLS columns), scratch: qg_cpu_mm_scratch floats.
+ * type t.  n_cols == 1: one qk->dot per row; 2..QG_CPU_THIN: one
+ * qk->gemm_cols over the rows.  Otherwise one gemm call per (unit of
+ * QG_CPU_UNIT rows aligned to multiples of the unit in w's row index, block
+ * of QG_CPU_COLS columns), scratch: qg_cpu_mm_scratch floats.
  */
 void qg_cpu_mm_rows(const qg_quant_kernels *qk, qg_dtype t, const void *w,
                     size_t w_row_bytes, int64_t n, int64_t r0, int64_t r1,
                     const float *x, size_t x_stride, int n_cols, float *y,
+                    size_t y_stride, float *scratch);
+
+/* Floats of scratch qg_cpu_mm_cols needs for rows of n elements, up to
+ * n_rows rows per call and n_cols_max columns. */
+size_t qg_cpu_mm_cols_scratch(int64_t n, int n_rows, int n_cols_max);
+
+/*
+ * y[c * y_stride + r] = dot(row r of w, x[c]) for r in [0, n_rows), c in
+ * [0, n_cols): columns given as pointers (e.g. the tokens routed to one
+ * expert).  Blocks of QG_CPU_COLS columns; a block of up to QG_CPU_THIN
+ * columns is one qk->gemm_cols, a wider one is gathered into scratch and
+ * multiplied with qk->gemm.  Scratch: qg_cpu_mm_cols_scratch floats.
+ */
+void qg_cpu_mm_cols(const qg_quant_kernels *qk, qg_dtype t, const void *w,
+                    size_t w_row_bytes, int64_t n, int n_rows,
+                    const float *const *x, int n_cols, float *y,
                     size_t y_stride, float *scratch);
 
 /*

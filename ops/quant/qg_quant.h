@@ -46,6 +46,19 @@ typedef struct qg_quant_kernels {
     void (*gemm)(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
                  const float *x, size_t x_stride, int n_cols, float *y,
                  size_t y_stride, int64_t n, float *scratch);
+    /*
+     * Thin product (few columns, e.g. the tokens routed to one expert):
+     *   y[c * y_stride + r] = dot(row r of w, x[c])
+     * for r in [0, n_rows), c in [0, n_cols); columns are separate
+     * pointers (nothing is gathered) and no scratch is used.  Each block of
+     * weights is decoded once into registers and multiplied into up to 8
+     * columns, so it beats gemm's dequantize-to-scratch for small n_cols.
+     * Every y element is computed by the same operations whatever n_rows
+     * and n_cols are (a column's result does not depend on its neighbours).
+     */
+    void (*gemm_cols)(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
+                      const float *const *x, int n_cols, float *y, size_t y_stride,
+                      int64_t n);
 } qg_quant_kernels;
 
 /* Kernels for the best level this CPU has (or QG_SIMD's choice). */

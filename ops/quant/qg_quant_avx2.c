@@ -417,3 +417,17 @@ void qg_quant_gemm_avx2(qg_dtype t, const void *w, size_t w_row_bytes, int n_row
         }
     }
 }
+
+/* The AVX2 thin product: one dot per (row, column) (AVX2 has too few
+ * registers to keep several columns' accumulators next to the decoded
+ * weights). */
+void qg_quant_gemm_cols_avx2(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
+                             const float *const *x, int n_cols, float *y, size_t y_stride,
+                             int64_t n) {
+    QG_ASSERT(n_rows >= 0 && n_cols >= 0);
+    const char *wb = w;
+    for (int r = 0; r < n_rows; r++)
+        for (int c = 0; c < n_cols; c++)
+            y[(size_t)c * y_stride + (size_t)r] =
+                qg_quant_dot_avx2(t, wb + (size_t)r * w_row_bytes, x[c], n);
+}

@@ -148,24 +148,37 @@ static inline void q6_scales(const qg_block_q6_K *b, float ds[16]) {
 }
 
 /*
- * q6_K: half h (elements 128h..128h+127), part p (l = 16p..16p+15) ->
- * w[k] = elements 128h + 32k + 16p + (0..15), k = 0..3, value
- * (d*sc)*(q-32) as GGML; ds from q6_scales.
+ * q6_K half h (elements 128h..128h+127) -> q[0..128), the signed codes
+ * q-32 as int8 in element order.  Built 64 codes at a time in the byte
+ * domain: the low nibble from ql, bits 4-5 from qh moved into place by a
+ * 16-bit shift (the bits a shift carries across the byte boundary are
+ * masked off).  q[0..64): ql[64h+p] & 15 | (qh[32h+p%32] >> 2(p/32) & 3) << 4;
+ * q[64..128): ql[64h+p] >> 4 | (qh[32h+p%32] >> (4 + 2(p/32)) & 3) << 4.
+ * Nine vector operations per 128 codes, versus three per 16 in registers.
  */
-static inline void decode_q6_K(const qg_block_q6_K *b, const float *ds, int h, int p, __m512 w[4]) {
-    const uint8_t *ql = b->ql + 64 * h + 16 * p;
-    const uint8_t *qh = b->qh + 32 * h + 16 * p;
-    const __m512i a = load_u8x16(ql), c = load_u8x16(ql + 32), hh = load_u8x16(qh);
-    const __m512i k15 = _mm512_set1_epi32(15), k48 = _mm512_set1_epi32(48), k32 = _mm512_set1_epi32(32);
-    __m512i q[4];
-    q[0] = _mm512_or_si512(_mm512_and_si512(a, k15), _mm512_and_si512(_mm512_slli_epi32(hh, 4), k48));
-    q[1] = _mm512_or_si512(_mm512_and_si512(c, k15), _mm512_and_si512(_mm512_slli_epi32(hh, 2), k48));
-    q[2] = _mm512_or_si512(_mm512_srli_epi32(a, 4), _mm512_and_si512(hh, k48));
-    q[3] = _mm512_or_si512(_mm512_srli_epi32(c, 4), _mm512_and_si512(_mm512_srli_epi32(hh, 2), k48));
-    UNROLL for (int k = 0; k < 4; k++) {
-        const __m512 s = _mm512_set1_ps(ds[8 * h + p + 2 * k]);
-        w[k] = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_sub_epi32(q[k], k32)));
-    }
+static inline void q6_codes(const qg_block_q6_K *b, int h, int8_t q[128]) {
+    const __m512i l = _mm512_loadu_si512(b->ql + 64 * h);
+    const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+    const __m512i k0f = _mm512_set1_epi8(0x0F), k30 = _mm512_set1_epi8(0x30), k32 = _mm512_set1_epi8(32);
+    /* bytes 0..31 take qh bits 0-1 (4-5 for the high codes), 32..63 bits
+     * 2-3 (6-7): left by 4 / 2, right by 0 / 2 */
+    const __m512i sl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i hl = _mm512_and_si512(_mm512_sllv_epi16(hb, sl), k30);
+    const __m512i hh = _mm512_and_si512(_mm512_srlv_epi16(hb, sr), k30);
+    /* 0xEA: (A & B) | C */
+    const __m512i lo = _mm512_ternarylogic_epi32(l, k0f, hl, 0xEA);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), k0f, hh, 0xEA);
+    _mm512_storeu_si512(q, _mm512_sub_epi8(lo, k32));
+    _mm512_storeu_si512(q + 64, _mm512_sub_epi8(hi, k32));
+}
+
+/* q6_K elements 128h + 64j .. +63 -> w[0..3] (16 each, in order), value
+ * (d*sc)*(q-32) as GGML; q from q6_codes(h), ds from q6_scales. */
+static inline void decode_q6_K(const int8_t *q, const float *ds, int h, int j, __m512 w[4]) {
+    UNROLL for (int k = 0; k < 4; k++)
+        w[k] = _mm512_mul_ps(_mm512_set1_ps(ds[8 * h + 4 * j + k]),
+                             _mm512_cvtepi32_ps(load_i8x16(q + 64 * j + 16 * k)));
 }
 
 /* 16 plain-type elements (f32/f16/bf16) at p, masked to the first `m`. */
@@ -282,15 +295,17 @@ static float dot_q6_K(const qg_block_q6_K *b, const float *x, int64_t nb) {
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
         float ds[16];
+        int8_t q[128];
         q6_scales(b + i, ds);
         UNROLL for (int h = 0; h < 2; h++) {
-            UNROLL for (int p = 0; p < 2; p++) {
-                const float *xp = x + 128 * h + 16 * p;
-                decode_q6_K(b + i, ds, h, p, w);
+            q6_codes(b + i, h, q);
+            UNROLL for (int j = 0; j < 2; j++) {
+                const float *xp = x + 128 * h + 64 * j;
+                decode_q6_K(q, ds, h, j, w);
                 a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), a0);
-                a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp + 32), a1);
-                a2 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp + 64), a2);
-                a3 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xp + 96), a3);
+                a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp + 16), a1);
+                a2 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp + 32), a2);
+                a3 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xp + 48), a3);
             }
         }
     }
@@ -364,12 +379,15 @@ static void dequant_row(qg_dtype t, const void *src, float *dst, int64_t n) {
         for (int64_t i = 0; i < nb; i++, dst += QG_QK_K) {
             const qg_block_q6_K *b = (const qg_block_q6_K *)src + i;
             float ds[16];
+            int8_t q[128];
             q6_scales(b, ds);
-            UNROLL for (int h = 0; h < 2; h++)
-                UNROLL for (int p = 0; p < 2; p++) {
-                    decode_q6_K(b, ds, h, p, w);
-                    UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 128 * h + 32 * k + 16 * p, w[k]);
+            UNROLL for (int h = 0; h < 2; h++) {
+                q6_codes(b, h, q);
+                UNROLL for (int j = 0; j < 2; j++) {
+                    decode_q6_K(q, ds, h, j, w);
+                    UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_ps(dst + 128 * h + 64 * j + 16 * k, w[k]);
                 }
+            }
         }
         return;
     default: QG_ABORT("qg_quant_gemm: unsupported type %s", qg_dtype_name(t));
@@ -467,6 +485,187 @@ void qg_quant_gemm_avx512(qg_dtype t, const void *w, size_t w_row_bytes, int n_r
                         for (int r = 0; r < 4 && 4 * rt + r < nr; r++)
                             y[(size_t)(cb + 4 * ct + c) * y_stride + (size_t)(r0 + 4 * rt + r)] =
                                 _mm512_reduce_add_ps(acc[rt][ct][4 * r + c]);
+        }
+    }
+}
+
+/* ---- gemm_cols: thin products, weights decoded once into registers ------- */
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Columns per register pass: 2 accumulators per column, 16 in all, leave
+ * room for the 4 decoded weight vectors and the decoder's temporaries. */
+#define COLS_PASS 8
+
+/*
+ * acc[c][0..1] += w[0..3] * x[c][off .. off+64), for c < nc.  Column c's
+ * accumulators see the same FMAs in the same order whatever nc is, so a
+ * column's result does not depend on which columns share its pass.
+ */
+ALWAYS_INLINE void fma_cols(const __m512 w[4], const float *const *x, int64_t off, int nc,
+                            __m512 acc[][2]) {
+    UNROLL for (int c = 0; c < nc; c++) {
+        const float *xc = x[c] + off;
+        acc[c][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), acc[c][0]);
+        acc[c][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), acc[c][1]);
+        acc[c][0] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), acc[c][0]);
+        acc[c][1] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), acc[c][1]);
+    }
+}
+
+/* The half-chunk step of the 32-element block types (an odd block count). */
+ALWAYS_INLINE void fma_cols_half(const __m512 w[2], const float *const *x, int64_t off, int nc,
+                                 __m512 acc[][2]) {
+    UNROLL for (int c = 0; c < nc; c++) {
+        acc[c][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x[c] + off), acc[c][0]);
+        acc[c][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x[c] + off + 16), acc[c][1]);
+    }
+}
+
+/*
+ * acc[c][0..1] += the products of elements [k0, k1) of a row of block type
+ * t with x[c], for c < nc (a compile-time constant after inlining): every
+ * 64 elements are decoded once into 4 registers and FMA'd into all nc
+ * columns.  k0 and k1 are multiples of 256 (of 32 for q8_0 / q4_0) or n.
+ * The accumulators come from and go back to memory, which does not change
+ * their values: a row may be walked in several k ranges.
+ */
+ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
+                            const float *const *x, int nc, __m512 (*accm)[2]) {
+    __m512 acc[COLS_PASS][2];
+    UNROLL for (int c = 0; c < nc; c++) acc[c][0] = accm[c][0], acc[c][1] = accm[c][1];
+    __m512 w[4];
+    switch (t) {
+    case QG_Q4_K: {
+        const qg_block_q4_K *b = row;
+        for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
+            float dm[16];
+            k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q4_K(b + i, dm, c, w);
+                fma_cols(w, x, i * QG_QK_K + 64 * c, nc, acc);
+            }
+        }
+        break;
+    }
+    case QG_Q5_K: {
+        const qg_block_q5_K *b = row;
+        for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
+            float dm[16];
+            k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
+            UNROLL for (int c = 0; c < 4; c++) {
+                decode_q5_K(b + i, dm, c, w);
+                fma_cols(w, x, i * QG_QK_K + 64 * c, nc, acc);
+            }
+        }
+        break;
+    }
+    case QG_Q6_K: {
+        const qg_block_q6_K *b = row;
+        for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
+            float ds[16];
+            int8_t q[128];
+            q6_scales(b + i, ds);
+            UNROLL for (int h = 0; h < 2; h++) {
+                q6_codes(b + i, h, q);
+                UNROLL for (int j = 0; j < 2; j++) {
+                    decode_q6_K(q, ds, h, j, w);
+                    fma_cols(w, x, i * QG_QK_K + 128 * h + 64 * j, nc, acc);
+                }
+            }
+        }
+        break;
+    }
+    case QG_Q8_0: {
+        const qg_block_q8_0 *b = row;
+        int64_t i = k0 / 32;
+        for (; i + 2 <= k1 / 32; i += 2) {
+            decode_q8_0(b + i, w);
+            decode_q8_0(b + i + 1, w + 2);
+            fma_cols(w, x, 32 * i, nc, acc);
+        }
+        if (i < k1 / 32) {
+            decode_q8_0(b + i, w);
+            fma_cols_half(w, x, 32 * i, nc, acc);
+        }
+        break;
+    }
+    case QG_Q4_0: {
+        const qg_block_q4_0 *b = row;
+        int64_t i = k0 / 32;
+        for (; i + 2 <= k1 / 32; i += 2) {
+            decode_q4_0(b + i, w);
+            decode_q4_0(b + i + 1, w + 2);
+            fma_cols(w, x, 32 * i, nc, acc);
+        }
+        if (i < k1 / 32) {
+            decode_q4_0(b + i, w);
+            fma_cols_half(w, x, 32 * i, nc, acc);
+        }
+        break;
+    }
+    default: QG_ABORT("qg_quant_gemm_cols: not a block type: %s", qg_dtype_name(t));
+    }
+    UNROLL for (int c = 0; c < nc; c++) accm[c][0] = acc[c][0], accm[c][1] = acc[c][1];
+}
+
+/* One instance per pass width, so that the accumulators live in
+ * registers. */
+#define COLS_INSTANCE(NC)                                                                 \
+    static void cols_row_##NC(qg_dtype t, const void *row, int64_t k0, int64_t k1,       \
+                              const float *const *x, __m512 (*accm)[2]) {                 \
+        cols_row(t, row, k0, k1, x, NC, accm);                                            \
+    }
+COLS_INSTANCE(1)
+COLS_INSTANCE(2)
+COLS_INSTANCE(3)
+COLS_INSTANCE(4)
+COLS_INSTANCE(5)
+COLS_INSTANCE(6)
+COLS_INSTANCE(7)
+COLS_INSTANCE(8)
+
+typedef void (*cols_row_fn)(qg_dtype t, const void *row, int64_t k0, int64_t k1,
+                            const float *const *x, __m512 (*accm)[2]);
+
+/* Cache blocking of gemm_cols: COLS_ROWS rows walk k in chunks of COLS_KC
+ * elements, so the chunk of up to 8 columns (32 KB) stays in L1 while the
+ * rows pass over it; each weight is still decoded once per pass. */
+#define COLS_KC 1024
+#define COLS_ROWS 4
+
+void qg_quant_gemm_cols_avx512(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
+                               const float *const *x, int n_cols, float *y, size_t y_stride,
+                               int64_t n) {
+    QG_ASSERT(n_rows >= 0 && n_cols >= 0 && n >= 0);
+    const char *wb = w;
+    if (qg_dtype_block_size(t) == 1) {
+        /* plain types: nothing to decode, the dot is the kernel */
+        for (int r = 0; r < n_rows; r++)
+            for (int c = 0; c < n_cols; c++)
+                y[(size_t)c * y_stride + (size_t)r] = dot_plain(t, wb + (size_t)r * w_row_bytes, x[c], n);
+        return;
+    }
+    QG_ASSERT(n % qg_dtype_block_size(t) == 0);
+    static const cols_row_fn pass[COLS_PASS + 1] = {NULL,         cols_row_1, cols_row_2,
+                                                    cols_row_3,   cols_row_4, cols_row_5,
+                                                    cols_row_6,   cols_row_7, cols_row_8};
+    __m512 acc[COLS_ROWS][COLS_PASS][2]; /* per (row, column) vector partial sums */
+    for (int r0 = 0; r0 < n_rows; r0 += COLS_ROWS) {
+        const int nr = QG_MIN(COLS_ROWS, n_rows - r0);
+        for (int c0 = 0; c0 < n_cols; c0 += COLS_PASS) {
+            const int nc = QG_MIN(COLS_PASS, n_cols - c0);
+            for (int r = 0; r < nr; r++)
+                for (int c = 0; c < nc; c++) acc[r][c][0] = acc[r][c][1] = _mm512_setzero_ps();
+            for (int64_t k0 = 0; k0 < n; k0 += COLS_KC) {
+                const int64_t k1 = QG_MIN(n, k0 + COLS_KC);
+                for (int r = 0; r < nr; r++)
+                    pass[nc](t, wb + (size_t)(r0 + r) * w_row_bytes, k0, k1, x + c0, acc[r]);
+            }
+            for (int r = 0; r < nr; r++)
+                for (int c = 0; c < nc; c++)
+                    y[(size_t)(c0 + c) * y_stride + (size_t)(r0 + r)] =
+                        _mm512_reduce_add_ps(_mm512_add_ps(acc[r][c][0], acc[r][c][1]));
         }
     }
 }

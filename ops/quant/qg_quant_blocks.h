@@ -127,5 +127,14 @@ void qg_quant_gemm_avx512(qg_dtype t, const void *w, size_t w_row_bytes,
                           int n_rows, const float *x, size_t x_stride,
                           int n_cols, float *y, size_t y_stride, int64_t n,
                           float *scratch);
+void qg_quant_gemm_cols_scalar(qg_dtype t, const void *w, size_t w_row_bytes,
+                               int n_rows, const float *const *x, int n_cols,
+                               float *y, size_t y_stride, int64_t n);
+void qg_quant_gemm_cols_avx2(qg_dtype t, const void *w, size_t w_row_bytes,
+                             int n_rows, const float *const *x, int n_cols,
+                             float *y, size_t y_stride, int64_t n);
+void qg_quant_gemm_cols_avx512(qg_dtype t, const void *w, size_t w_row_bytes,
+                               int n_rows, const float *const *x, int n_cols,
+                               float *y, size_t y_stride, int64_t n);
 
 #endif

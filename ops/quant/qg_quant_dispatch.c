@@ -43,13 +43,16 @@ qg_quant_kernels qg_quant_kernels_at(qg_simd_level level) {
     qg_quant_kernels k;
     switch (level) {
     case QG_SIMD_AVX512:
-        k = (qg_quant_kernels){QG_SIMD_AVX512, qg_quant_dot_avx512, qg_quant_gemm_avx512};
+        k = (qg_quant_kernels){QG_SIMD_AVX512, qg_quant_dot_avx512, qg_quant_gemm_avx512,
+                                qg_quant_gemm_cols_avx512};
         break;
     case QG_SIMD_AVX2:
-        k = (qg_quant_kernels){QG_SIMD_AVX2, qg_quant_dot_avx2, qg_quant_gemm_avx2};
+        k = (qg_quant_kernels){QG_SIMD_AVX2, qg_quant_dot_avx2, qg_quant_gemm_avx2,
+                                qg_quant_gemm_cols_avx2};
         break;
     default:
-        k = (qg_quant_kernels){QG_SIMD_SCALAR, qg_quant_dot_scalar, qg_quant_gemm_scalar};
+        k = (qg_quant_kernels){QG_SIMD_SCALAR, qg_quant_dot_scalar, qg_quant_gemm_scalar,
+                                qg_quant_gemm_cols_scalar};
         break;
     }
     return k;

@@ -221,3 +221,15 @@ void qg_quant_gemm_scalar(qg_dtype t, const void *w, size_t w_row_bytes, int n_r
                     dot_f32(scratch + (size_t)r * (size_t)n, x + (size_t)c * x_stride, n);
     }
 }
+
+/* The scalar thin product: one dot per (row, column). */
+void qg_quant_gemm_cols_scalar(qg_dtype t, const void *w, size_t w_row_bytes, int n_rows,
+                               const float *const *x, int n_cols, float *y, size_t y_stride,
+                               int64_t n) {
+    QG_ASSERT(n_rows >= 0 && n_cols >= 0);
+    const char *wb = w;
+    for (int r = 0; r < n_rows; r++)
+        for (int c = 0; c < n_cols; c++)
+            y[(size_t)c * y_stride + (size_t)r] =
+                qg_quant_dot_scalar(t, wb + (size_t)r * w_row_bytes, x[c], n);
+}
