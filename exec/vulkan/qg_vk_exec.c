@@ -5,7 +5,8 @@
  *     offsets), an "io" buffer in host-visible coherent memory for the
  *     step values and every tensor the host reads or writes (inputs,
  *     outputs, both ends of copies: tensor_set/get and tensor_host are
- *     plain memcpy there), and moe_fused's scratch;
+ *     plain memcpy there; see plan_io), a device mirror of its
+ *     host-written part, and moe_fused's scratch;
  *   - weights: uploaded once per executor through staging (deduplicated
  *     by host pointer, so the decode and prefill graphs share them), kept
  *     in their GGUF block formats;
@@ -17,7 +18,8 @@
  *     pipeline barrier wherever a dispatch touches memory that an earlier
  *     dispatch since the last barrier wrote (or writes what one read).
  * run() writes the step values into the io buffer and resubmits the
- * partition's command buffer: nothing is recorded or allocated per step.
+ * partition's command buffer, which first copies the host-written part of
+ * io into its device mirror: nothing is recorded or allocated per step.
  * In multi-token (prefill) graphs the token dimension of each dispatch is
  * an indirect dispatch whose workgroup counts run() writes for the live
  * tokens, so a short prefill does not launch n_batch tokens' workgroups.

@@ -3,14 +3,16 @@
  * shaders.
  *
  * A node becomes one or more dispatches (qkv: three matmuls; attention:
- * kv_append then attention; moe_fused: matmul (router), topk, swiglu
- * (experts), aggregate).  Dispatches are sized for the worst case
- * (g->n_tok_max tokens); the shaders read the live token count from the
- * step buffer (binding 0), so the recorded command buffer never changes.
+ * kv_append then attention; moe_fused: see rec_moe_fused), and two node
+ * pairs fuse (see qg_vk_record_node).  Dispatches are recorded for the
+ * worst case (g->n_tok_max tokens); the shaders read the live token count
+ * from the step buffer (binding 0), and in prefill graphs the token
+ * dimension's workgroup count is rewritten per step (indirect dispatch),
+ * so the recorded command buffer never changes.
  *
  * Work shapes (see the shaders' comments):
- *   weight x activation shaders: 128 invocations, TPR lanes per row (see
- *     rows_for), NT token columns (1 in decode graphs, 8 in prefill);
+ *   weight x activation shaders: 128 invocations in row groups of lanes
+ *     (rows_for), NT token columns (1 in decode graphs, 8 in prefill);
  *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx).
  */
 #include "qg_vk.h"
