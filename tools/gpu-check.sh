@@ -124,8 +124,8 @@ if [ -f "$MODEL" ] && [ "${QG_GPU_PROFILE:-0}" = 1 ]; then
 fi
 if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
     # an A/B run of decode with the given environment (e.g. QG_CUDA_PDL=0)
-    step "bench tg128 with $QG_GPU_AB" 300 env $QG_GPU_AB "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 3
-    grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | sed 's/^/   /'
+    step "bench with $QG_GPU_AB" 300 env $QG_GPU_AB "$QG" bench "$MODEL" --backend cuda -p 512 -n 128 -r 3
+    grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | tail -2 | sed 's/^/   /'
 fi
 
 # ---- 5. memcheck ---------------------------------------------------------

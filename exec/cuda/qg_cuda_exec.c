@@ -20,7 +20,7 @@
  * pair of events around each.  Nothing in a step synchronizes with the
  * host; tensor_get (the logits) waits for the stream.
  *
- * Kernels are launched with programmatic dependent launch on sm_90: a
+ * On sm_90 kernels are launched with programmatic dependent launch: a
  * kernel's launch and its weight prefetch overlap the previous kernel's
  * tail, and it waits for that kernel's writes before reading activations.
  *
@@ -521,6 +521,7 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
     cuda_graph *cg = find_graph(c, NULL);
     if (!cg) return qg_error_set(err, QG_ERR_BACKEND, "cuda: too many graphs");
     QG_CUDA_TRY(cudaSetDevice(c->device));
+    QG_CUDA_TRY((cudaError_t)qg_cuda_ops_prepare());
     if ((st = upload_weights(c, g, exec_index, err))) return st;
     cg->g = g;
     cg->exec_index = exec_index;

@@ -167,8 +167,10 @@ __device__ __forceinline__ float4 ld4(const float *p) { return *(const float4 *)
 template <typename CT, int DPL>
 __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     constexpr int HD = 32 * DPL, R = AD_ROWS, NQ = 2 * DPL; /* 4-element loads per thread per tile */
-    __shared__ float Ks[R][HD + 1], Vs[R][HD + 1];
-    __shared__ float Qs[8][HD];
+    /* rows padded by 4 floats: lane j reading row j with 16-byte loads
+     * touches each bank once per quarter warp */
+    __shared__ __align__(16) float Ks[R][HD + 4], Vs[R][HD + 4];
+    __shared__ __align__(16) float Qs[8][HD];
     __shared__ float Fs[8][64];
     __shared__ int s_last;
     qg_pdl_wait();
@@ -184,8 +186,13 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
     const bool active = warp < a.gw;
     const int h = blockIdx.x * a.gw + warp, kvh = blockIdx.x * a.gw / (a.nh / a.nkv);
-    if (active)
-        for (int d = lane; d < HD; d += 32) Qs[warp][d] = a.q[(size_t)h * HD + d];
+    if (active) {
+        float qv[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) qv[i] = a.q[(size_t)h * HD + lane + 32 * i];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) Qs[warp][lane + 32 * i] = qv[i];
+    }
     const CT *kb = (const CT *)a.kc + (size_t)kvh * HD, *vb = (const CT *)a.vc + (size_t)kvh * HD;
     float4 buf[NQ];
     auto load_tile = [&](int base) {
@@ -198,20 +205,15 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
         }
     };
     load_tile(j0);
-    float m = -INFINITY, l = 0.0f, acc[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
+    /* lane owns dims 4 lane .. 4 lane + 3 (lanes past hd/4 own none) */
+    float m = -INFINITY, l = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int t0 = j0; t0 < j1; t0 += R) {
         __syncthreads();
 #pragma unroll
         for (int k = 0; k < NQ; k++) {
             const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
             const int r = rem / (HD / 4), q4 = rem - r * (HD / 4);
-            float *row = mat ? &Vs[r][4 * q4] : &Ks[r][4 * q4];
-            row[0] = buf[k].x;
-            row[1] = buf[k].y;
-            row[2] = buf[k].z;
-            row[3] = buf[k].w;
+            *(float4 *)(mat ? &Vs[r][4 * q4] : &Ks[r][4 * q4]) = buf[k];
         }
         __syncthreads();
         if (t0 + R < j1) load_tile(t0 + R);
@@ -220,30 +222,48 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
         const bool ok = j < j1;
         float sc = -INFINITY;
         if (ok) {
-            float d0 = 0.0f;
+            float d0 = 0.0f, d1 = 0.0f;
+            const float4 *q4p = (const float4 *)Qs[warp], *k4p = (const float4 *)Ks[lane];
 #pragma unroll 8
-            for (int d = 0; d < HD; d++) d0 = fmaf(Qs[warp][d], Ks[lane][d], d0);
-            sc = d0 * a.scale;
+            for (int d4 = 0; d4 < HD / 4; d4++) {
+                const float4 qv = q4p[d4], kv = k4p[d4];
+                d0 = fmaf(qv.x, kv.x, d0);
+                d1 = fmaf(qv.y, kv.y, d1);
+                d0 = fmaf(qv.z, kv.z, d0);
+                d1 = fmaf(qv.w, kv.w, d1);
+            }
+            sc = (d0 + d1) * a.scale;
         }
         const float mn = fmaxf(m, qg_warp_max(sc));
         const float c = expf(m - mn);
         const float p = ok ? expf(sc - mn) : 0.0f;
         l = l * c + qg_warp_sum(p);
-#pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] *= c;
+        acc[0] *= c;
+        acc[1] *= c;
+        acc[2] *= c;
+        acc[3] *= c;
+        if (4 * lane < HD) {
 #pragma unroll 4
-        for (int r = 0; r < R; r++) {
-            const float pr = __shfl_sync(0xffffffffu, p, r);
-#pragma unroll
-            for (int i = 0; i < DPL; i++) acc[i] = fmaf(pr, Vs[r][lane + 32 * i], acc[i]);
+            for (int r = 0; r < R; r++) {
+                const float pr = __shfl_sync(0xffffffffu, p, r);
+                const float4 v = *(const float4 *)&Vs[r][4 * lane];
+                acc[0] = fmaf(pr, v.x, acc[0]);
+                acc[1] = fmaf(pr, v.y, acc[1]);
+                acc[2] = fmaf(pr, v.z, acc[2]);
+                acc[3] = fmaf(pr, v.w, acc[3]);
+            }
+        } else {
+#pragma unroll 4
+            for (int r = 0; r < R; r++) (void)__shfl_sync(0xffffffffu, p, r);
         }
         m = mn;
     }
+    const bool owns = 4 * lane < HD;
     if (ns == 1) {
-        if (active) {
+        if (active && owns) {
             const float inv = 1.0f / l;
 #pragma unroll
-            for (int i = 0; i < DPL; i++) a.o[(size_t)h * HD + lane + 32 * i] = acc[i] * inv;
+            for (int c = 0; c < 4; c++) a.o[(size_t)h * HD + 4 * lane + c] = acc[c] * inv;
         }
         return;
     }
@@ -254,8 +274,9 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
             pm[(size_t)h * NS + s] = m;
             pl[(size_t)h * NS + s] = l;
         }
+        if (owns)
 #pragma unroll
-        for (int i = 0; i < DPL; i++) pa[((size_t)h * HD + lane + 32 * i) * NS + s] = acc[i];
+            for (int c = 0; c < 4; c++) pa[((size_t)h * HD + 4 * lane + c) * NS + s] = acc[c];
     }
     __threadfence();
     __syncthreads();
@@ -276,8 +297,9 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
         __syncwarp();
         const float inv = 1.0f / L;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) {
-            const float *src = pa + ((size_t)h * HD + lane + 32 * i) * NS;
+        for (int c = 0; c < 4; c++) {
+            if (!owns) break;
+            const float *src = pa + ((size_t)h * HD + 4 * lane + c) * NS;
             float A = 0.0f;
             int s2 = 0;
             for (; s2 + 4 <= ns; s2 += 4) {
@@ -286,7 +308,7 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
                      v.w * Fs[warp][s2 + 3];
             }
             for (; s2 < ns; s2++) A += __ldcg(src + s2) * Fs[warp][s2];
-            a.o[(size_t)h * HD + lane + 32 * i] = A * inv;
+            a.o[(size_t)h * HD + 4 * lane + c] = A * inv;
         }
     }
     if (tid == 0) a.counters[blockIdx.x] = 0;
@@ -300,8 +322,8 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
 template <typename CT, int DPL>
 __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
     constexpr int HD = 32 * DPL;
-    __shared__ float Ks[AP_ROWS][HD + 1], Vs[AP_ROWS][HD + 1];
-    __shared__ float Qs[AP_WARPS][HD];
+    __shared__ __align__(16) float Ks[AP_ROWS][HD + 4], Vs[AP_ROWS][HD + 4];
+    __shared__ __align__(16) float Qs[AP_WARPS][HD];
     __shared__ int s_pmax;
     qg_pdl_wait();
     qg_pdl_trigger();
@@ -313,34 +335,62 @@ __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
     const int t = t0 + warp;
     const bool valid = t < n_tok;
     const int my_pos = valid ? a.pos[t] : -1;
-    for (int d = lane; d < HD; d += 32) Qs[warp][d] = valid ? a.q[(size_t)t * Dq + h * HD + d] : 0.0f;
+    {
+        float qv[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) qv[i] = valid ? a.q[(size_t)t * Dq + h * HD + lane + 32 * i] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) Qs[warp][lane + 32 * i] = qv[i];
+    }
     if (tid == 0) s_pmax = -1;
     __syncthreads();
     if (lane == 0) atomicMax(&s_pmax, my_pos);
     __syncthreads();
     const int nrows = s_pmax + 1;
     const CT *kc = (const CT *)a.kc + (size_t)kvh * HD, *vc = (const CT *)a.vc + (size_t)kvh * HD;
-    float m = -INFINITY, l = 0.0f, acc[DPL];
+    /* tiles of AP_ROWS rows of k and v: NQ 4-element loads per thread, the
+     * next tile's in flight while the current one is used */
+    constexpr int NQ = 2 * DPL;
+    float4 buf[NQ];
+    auto load_tile = [&](int base) {
 #pragma unroll
-    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + 256 * k, mat = idx / (AP_ROWS * HD / 4);
+            const int rem = idx - mat * (AP_ROWS * HD / 4), r = rem / (HD / 4), q4 = rem - r * (HD / 4);
+            const int j = base + r;
+            buf[k] = j < nrows ? ld4((mat ? vc : kc) + (size_t)j * a.Dkv + 4 * q4)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    };
+    load_tile(0);
+    /* lane owns dims 4 lane .. 4 lane + 3 (lanes past hd/4 own none) */
+    float m = -INFINITY, l = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int j0 = 0; j0 < nrows; j0 += AP_ROWS) {
         __syncthreads();
-        for (int idx = tid; idx < AP_ROWS * HD; idx += AP_WARPS * 32) {
-            const int r = idx / HD, d = idx - r * HD, j = j0 + r;
-            const bool in = j < nrows;
-            Ks[r][d] = in ? cache_get(kc + (size_t)j * a.Dkv + d) : 0.0f;
-            Vs[r][d] = in ? cache_get(vc + (size_t)j * a.Dkv + d) : 0.0f;
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + 256 * k, mat = idx / (AP_ROWS * HD / 4);
+            const int rem = idx - mat * (AP_ROWS * HD / 4), r = rem / (HD / 4), q4 = rem - r * (HD / 4);
+            *(float4 *)(mat ? &Vs[r][4 * q4] : &Ks[r][4 * q4]) = buf[k];
         }
         __syncthreads();
+        if (j0 + AP_ROWS < nrows) load_tile(j0 + AP_ROWS);
         if (!valid) continue;
         const int j = j0 + lane;
         const bool ok = j <= my_pos;
         float sc = -INFINITY;
         if (ok) {
-            float d0 = 0.0f;
+            float d0 = 0.0f, d1 = 0.0f;
+            const float4 *q4p = (const float4 *)Qs[warp], *k4p = (const float4 *)Ks[lane];
 #pragma unroll 8
-            for (int d = 0; d < HD; d++) d0 = fmaf(Qs[warp][d], Ks[lane][d], d0);
-            sc = d0 * a.scale;
+            for (int d4 = 0; d4 < HD / 4; d4++) {
+                const float4 qv = q4p[d4], kv = k4p[d4];
+                d0 = fmaf(qv.x, kv.x, d0);
+                d1 = fmaf(qv.y, kv.y, d1);
+                d0 = fmaf(qv.z, kv.z, d0);
+                d1 = fmaf(qv.w, kv.w, d1);
+            }
+            sc = (d0 + d1) * a.scale;
         }
         const float mt = qg_warp_max(sc);
         if (mt == -INFINITY) continue;
@@ -348,20 +398,27 @@ __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
         const float c = expf(m - mn);
         const float p = ok ? expf(sc - mn) : 0.0f;
         l = l * c + qg_warp_sum(p);
-#pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] *= c;
+        acc[0] *= c;
+        acc[1] *= c;
+        acc[2] *= c;
+        acc[3] *= c;
 #pragma unroll 4
         for (int r = 0; r < AP_ROWS; r++) {
             const float pr = __shfl_sync(0xffffffffu, p, r);
-#pragma unroll
-            for (int i = 0; i < DPL; i++) acc[i] = fmaf(pr, Vs[r][lane + 32 * i], acc[i]);
+            if (4 * lane < HD) {
+                const float4 v = *(const float4 *)&Vs[r][4 * lane];
+                acc[0] = fmaf(pr, v.x, acc[0]);
+                acc[1] = fmaf(pr, v.y, acc[1]);
+                acc[2] = fmaf(pr, v.z, acc[2]);
+                acc[3] = fmaf(pr, v.w, acc[3]);
+            }
         }
         m = mn;
     }
-    if (!valid) return;
+    if (!valid || 4 * lane >= HD) return;
     const float inv = 1.0f / l;
 #pragma unroll
-    for (int i = 0; i < DPL; i++) a.o[(size_t)t * Dq + h * HD + lane + 32 * i] = acc[i] * inv;
+    for (int c = 0; c < 4; c++) a.o[(size_t)t * Dq + h * HD + 4 * lane + c] = acc[c] * inv;
 }
 
 /* ---- launch ----------------------------------------------------------- */

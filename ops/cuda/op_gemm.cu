@@ -6,9 +6,11 @@
  * steps of 128 (a whole number of units in every format: see
  * qg_cuda_common.cuh).  Per step it dequantizes the weight tile exactly in
  * f32 (qg_unit<DT>::decode) into shared memory and stages the X columns:
- *   k_gemm_f16  tiles rounded once to f16, WMMA 16x16x16 with f32
- *               accumulators; 64 rows x 64 (dense) or 32 (dual, grouped)
- *               columns, 4 warps;
+ *   k_gemm_f16  weight and x tiles each split into two f16 parts, hi =
+ *               f16(v) and lo = f16(v - hi), and WMMA 16x16x16 products
+ *               hi*hi + hi*lo + lo*hi into f32 accumulators (about 22 bits
+ *               of each operand: f32-class results at tensor-core speed);
+ *               64 rows x 64 (dense) or 32 (dual, grouped) columns, 4 warps;
  *   k_gemm_f32  f32 tiles, f32 FMAs (the exact path: F32 weights, or the
  *               executor's f32_prefill); 16 rows x 32 columns.
  * Columns: dense products take columns blockIdx.y*BN.. of the live tokens
@@ -72,23 +74,40 @@ __device__ __forceinline__ bool gm_columns(const gm_args &a, int *colx, int *col
     return true;
 }
 
-/* ---- f16 tensor cores -------------------------------------------------- */
+/* ---- f16 tensor cores, split in two parts ------------------------------ */
+
+/* Bytes of dynamic shared memory of k_gemm_f16<., DUAL, BN>: hi and lo
+ * tiles of the weights (NM x 64 rows) and of the columns (BN), rows of
+ * GM_BK + 8 halves. */
+static constexpr size_t gm_f16_smem(bool dual, int bn) {
+    return (size_t)(2 * (dual ? 2 : 1) * 64 + 2 * bn) * (GM_BK + 8) * 2;
+}
+
+/* Split v into hi = f16(v) and lo = f16(v - hi): hi + lo carries about 22
+ * bits of v (the lo part is subnormal, with 2^-25 absolute resolution, when
+ * |v - hi| < 2^-14). */
+__device__ __forceinline__ void split2(float a, float b, half2 *hi, half2 *lo) {
+    const half2 h = __floats2half2_rn(a, b);
+    const float2 hf = __half22float2(h);
+    *hi = h;
+    *lo = __floats2half2_rn(a - hf.x, b - hf.y);
+}
 
 template <int DT, bool DUAL, int BN>
 __global__ void __launch_bounds__(128) k_gemm_f16(gm_args a) {
     constexpr int BM = 64, BK = GM_BK, LDS = BK + 8, NM = DUAL ? 2 : 1, UPR = BK / 32;
-    constexpr int TILE = (NM * BM + BN) * LDS * 2, CB = NM * BM * BN * 4;
-    constexpr int SMB = TILE > CB ? TILE : CB;
     constexpr int WN = BN / 2, FN = WN / 16;
-    __shared__ __align__(128) unsigned char smem[SMB];
+    extern __shared__ __align__(128) unsigned char smem[];
     __shared__ int colx[BN], coly[BN];
     const uint8_t *w, *w2;
     qg_pdl_wait();
     qg_pdl_trigger();
     if (!gm_columns<BN>(a, colx, coly, &w, &w2)) return;
     __syncthreads();
-    half *Ws = (half *)smem;          /* (NM, BM, LDS) */
-    half *Xs = Ws + NM * BM * LDS;    /* (BN, LDS) */
+    half *Wh = (half *)smem;           /* (NM, BM, LDS) hi */
+    half *Wl = Wh + NM * BM * LDS;     /* (NM, BM, LDS) lo */
+    half *Xh = Wl + NM * BM * LDS;     /* (BN, LDS) hi */
+    half *Xl = Xh + BN * LDS;          /* (BN, LDS) lo */
     const int tid = threadIdx.x, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
     const int row0 = blockIdx.x * BM, U = a.n / 32;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NM][2][FN];
@@ -99,49 +118,71 @@ __global__ void __launch_bounds__(128) k_gemm_f16(gm_args a) {
 #pragma unroll
             for (int j = 0; j < FN; j++) wmma::fill_fragment(acc[q][i][j], 0.0f);
 
+    constexpr int NU = NM * BM * UPR / 128; /* weight units per thread per step */
+    constexpr int NX = BN * BK / 4 / 128;   /* float4 of x per thread per step */
     for (int k0 = 0; k0 < a.n; k0 += BK) {
-        for (int idx = tid; idx < NM * BM * UPR; idx += 128) {
-            const int mat = idx / (BM * UPR), rem = idx - mat * BM * UPR;
+        /* weights: read-only loads (hoistable past the shared stores) */
+#pragma unroll
+        for (int q = 0; q < NU; q++) {
+            const int idx = tid + 128 * q, mat = idx / (BM * UPR), rem = idx - mat * BM * UPR;
             const int r = rem / UPR, uu = rem - r * UPR;
-            half *dst = Ws + (mat * BM + r) * LDS;
             const int gr = row0 + r, gu = k0 / 32 + uu;
+            float v[32];
+            int st[4];
             if (gr < a.m && gu < U) {
-                const uint8_t *rowp = mat ? w2 + (size_t)gr * a.rb2 : w + (size_t)gr * a.rb;
-                float v[32];
-                int st[4];
-                qg_unit<DT>::decode(rowp, gu, v, st);
-#pragma unroll
-                for (int i = 0; i < 32; i++) dst[qg_unit_elem<DT>(st, i) - k0] = __float2half_rn(v[i]);
+                qg_unit<DT>::decode(mat ? w2 + (size_t)gr * a.rb2 : w + (size_t)gr * a.rb, gu, v, st);
             } else {
+                constexpr int RL = 32 / qg_unit<DT>::NR;
 #pragma unroll
-                for (int i = 0; i < 32; i++) dst[32 * uu + i] = __float2half_rn(0.0f);
+                for (int i = 0; i < 4; i++) st[i] = k0 + 32 * uu + i * RL;
+#pragma unroll
+                for (int i = 0; i < 32; i++) v[i] = 0.0f;
+            }
+            half *dh = Wh + (mat * BM + r) * LDS - k0, *dl = Wl + (mat * BM + r) * LDS - k0;
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const int e = qg_unit_elem<DT>(st, 2 * i);
+                split2(v[2 * i], v[2 * i + 1], (half2 *)(dh + e), (half2 *)(dl + e));
             }
         }
-        for (int idx = tid; idx < BN * BK / 4; idx += 128) {
-            const int j = idx / (BK / 4), q = idx - j * (BK / 4);
+        float4 xv[NX];
+#pragma unroll
+        for (int q = 0; q < NX; q++) {
+            const int idx = tid + 128 * q, j = idx / (BK / 4), q4 = idx - j * (BK / 4);
             const int c = colx[j];
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (c >= 0 && k0 + 4 * q < a.n) v = *(const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * q);
-            half2 *d = (half2 *)(Xs + j * LDS + 4 * q);
-            d[0] = __floats2half2_rn(v.x, v.y);
-            d[1] = __floats2half2_rn(v.z, v.w);
+            xv[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (c >= 0 && k0 + 4 * q4 < a.n) xv[q] = __ldg((const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * q4));
+        }
+#pragma unroll
+        for (int q = 0; q < NX; q++) {
+            const int idx = tid + 128 * q, j = idx / (BK / 4), q4 = idx - j * (BK / 4);
+            half2 *h = (half2 *)(Xh + j * LDS + 4 * q4), *lo = (half2 *)(Xl + j * LDS + 4 * q4);
+            split2(xv[q].x, xv[q].y, h, lo);
+            split2(xv[q].z, xv[q].w, h + 1, lo + 1);
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bf[FN];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> bh[FN], bl[FN];
 #pragma unroll
-            for (int ni = 0; ni < FN; ni++)
-                wmma::load_matrix_sync(bf[ni], Xs + (wn * WN + 16 * ni) * LDS + kk, LDS);
+            for (int ni = 0; ni < FN; ni++) {
+                wmma::load_matrix_sync(bh[ni], Xh + (wn * WN + 16 * ni) * LDS + kk, LDS);
+                wmma::load_matrix_sync(bl[ni], Xl + (wn * WN + 16 * ni) * LDS + kk, LDS);
+            }
 #pragma unroll
             for (int mat = 0; mat < NM; mat++)
 #pragma unroll
                 for (int mi = 0; mi < 2; mi++) {
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> af;
-                    wmma::load_matrix_sync(af, Ws + (mat * BM + 32 * wm + 16 * mi) * LDS + kk, LDS);
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> ah, al;
+                    const int ro = (mat * BM + 32 * wm + 16 * mi) * LDS + kk;
+                    wmma::load_matrix_sync(ah, Wh + ro, LDS);
+                    wmma::load_matrix_sync(al, Wl + ro, LDS);
 #pragma unroll
-                    for (int ni = 0; ni < FN; ni++)
-                        wmma::mma_sync(acc[mat][mi][ni], af, bf[ni], acc[mat][mi][ni]);
+                    for (int ni = 0; ni < FN; ni++) {
+                        wmma::mma_sync(acc[mat][mi][ni], al, bh[ni], acc[mat][mi][ni]);
+                        wmma::mma_sync(acc[mat][mi][ni], ah, bl[ni], acc[mat][mi][ni]);
+                        wmma::mma_sync(acc[mat][mi][ni], ah, bh[ni], acc[mat][mi][ni]);
+                    }
                 }
         }
         __syncthreads();
@@ -204,9 +245,24 @@ __global__ void __launch_bounds__(128) k_gemm_f32(gm_args a) {
                 for (int i = 0; i < 32; i++) Ws[mat][32 * uu + i][r] = 0.0f;
             }
         }
-        for (int idx = tid; idx < BN * BK; idx += 128) {
-            const int j = idx / BK, k = idx - j * BK, c = colx[j];
-            Xs[k][j] = (c >= 0 && k0 + k < a.n) ? a.x[(size_t)c * a.ldx + k0 + k] : 0.0f;
+        {
+            constexpr int NX = BN * BK / 4 / 128; /* float4 of x per thread */
+            float4 xv[NX];
+#pragma unroll
+            for (int q = 0; q < NX; q++) {
+                const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
+                const int c = colx[j];
+                xv[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (c >= 0 && k0 + 4 * k4 < a.n) xv[q] = *(const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * k4);
+            }
+#pragma unroll
+            for (int q = 0; q < NX; q++) {
+                const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
+                Xs[4 * k4][j] = xv[q].x;
+                Xs[4 * k4 + 1][j] = xv[q].y;
+                Xs[4 * k4 + 2][j] = xv[q].z;
+                Xs[4 * k4 + 3][j] = xv[q].w;
+            }
         }
         __syncthreads();
 #pragma unroll 8
@@ -258,6 +314,36 @@ static gm_args gm_make(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_
 
 static bool gm_f32(const qg_cuda_launch *l, qg_dtype t) { return t == QG_F32 || l->o.f32_prefill; }
 
+/* Launch a split-f16 gemm with `smem` bytes of dynamic shared memory
+ * (qg_cu_gemm_prepare raised the limit above the 48 KiB default). */
+static cudaError_t gm_f16_launch(const qg_cuda_launch *l, void (*k)(gm_args), dim3 grid,
+                                 size_t smem, const gm_args &a) {
+    return qg_cu_launch(l, k, grid, dim3(128), smem, a);
+}
+
+template <int DT> static cudaError_t gm_prepare_dt() {
+    cudaError_t e = cudaFuncSetAttribute((const void *)k_gemm_f16<DT, true, 32>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)gm_f16_smem(true, 32));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute((const void *)k_gemm_f16<DT, false, 64>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gm_f16_smem(false, 64));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute((const void *)k_gemm_f16<DT, false, 32>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gm_f16_smem(false, 32));
+    return e;
+}
+
+cudaError_t qg_cu_gemm_prepare(void) {
+    const qg_dtype all[] = {QG_F32, QG_F16, QG_BF16, QG_Q8_0, QG_Q4_0, QG_Q4_K, QG_Q5_K, QG_Q6_K};
+    for (qg_dtype t : all) {
+        cudaError_t e = cudaSuccess;
+        QG_CUDA_DISPATCH_DT(t, e = gm_prepare_dt<DT>());
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
 /* Launch over grid.y column tiles; bn_dense: the f16 kernel's BN when not
  * grouped and not dual. */
 static cudaError_t gm_launch(const qg_cuda_launch *l, qg_dtype t, bool dual, const gm_args &a,
@@ -272,13 +358,16 @@ static cudaError_t gm_launch(const qg_cuda_launch *l, qg_dtype t, bool dual, con
         }
     } else if (dual) {
         const dim3 grid((a.m + 63) / 64, col_tiles_32);
-        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, true, 32>, grid, dim3(128), 0, a));
+        constexpr size_t sm = gm_f16_smem(true, 32);
+        QG_CUDA_DISPATCH_DT(t, e = gm_f16_launch(l, k_gemm_f16<DT, true, 32>, grid, sm, a));
     } else if (col_tiles_64 > 0) {
         const dim3 grid((a.m + 63) / 64, col_tiles_64);
-        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, false, 64>, grid, dim3(128), 0, a));
+        constexpr size_t sm = gm_f16_smem(false, 64);
+        QG_CUDA_DISPATCH_DT(t, e = gm_f16_launch(l, k_gemm_f16<DT, false, 64>, grid, sm, a));
     } else {
         const dim3 grid((a.m + 63) / 64, col_tiles_32);
-        QG_CUDA_DISPATCH_DT(t, e = qg_cu_launch(l, k_gemm_f16<DT, false, 32>, grid, dim3(128), 0, a));
+        constexpr size_t sm = gm_f16_smem(false, 32);
+        QG_CUDA_DISPATCH_DT(t, e = gm_f16_launch(l, k_gemm_f16<DT, false, 32>, grid, sm, a));
     }
     return e;
 }

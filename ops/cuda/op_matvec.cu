@@ -25,19 +25,63 @@
 /* Largest x staged in shared memory (floats). */
 #define MV_XS_MAX 10240
 
-/* Stage x (n) into xs, normalized by norm_w when non-NULL (then also
- * `red` is used).  Ends with __syncthreads(). */
-__device__ __forceinline__ void stage_x(const float *x, int n, const float *norm_w, float eps,
-                                        float *xs, float *red) {
+/* Most float4 loads per thread when staging (MV_XS_MAX floats over
+ * MV_THREADS threads). */
+#define MV_STAGE_V4 ((MV_XS_MAX / 4 + MV_THREADS - 1) / MV_THREADS)
+
+/* Stage x (n floats, n % 4 == 0, 16-byte aligned, n <= MV_XS_MAX) into xs,
+ * normalized by norm_w when non-NULL: xs = (x * scale) * w with scale =
+ * 1 / sqrt(mean(x^2) + eps), the sum of squares per thread in the order
+ * of k_rmsnorm (elements tid, tid + 256, ...) so the values are exactly
+ * the rmsnorm kernel's.  All of a thread's loads are issued before any
+ * is used (one memory latency, not one per element).  Block of
+ * MV_THREADS threads; ends with __syncthreads(). */
+__device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
+                                        const float *__restrict__ norm_w, float eps, float *xs,
+                                        float *red) {
+    const int n4 = n / 4, tid = threadIdx.x;
+    float4 v[MV_STAGE_V4];
+#pragma unroll
+    for (int k = 0; k < MV_STAGE_V4; k++) {
+        const int i = tid + MV_THREADS * k;
+        v[k] = i < n4 ? ((const float4 *)x)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    float4 *xs4 = (float4 *)xs;
     if (norm_w) {
+        /* stage plainly, then sum the squares from shared memory over the
+         * elements k_rmsnorm's thread t sums (t, t + 256, ...) */
+#pragma unroll
+        for (int k = 0; k < MV_STAGE_V4; k++) {
+            const int i = tid + MV_THREADS * k;
+            if (i < n4) xs4[i] = v[k];
+        }
+        __syncthreads();
         float ss = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) ss = fmaf(x[i], x[i], ss);
+        for (int i = tid; i < n; i += MV_THREADS) ss = fmaf(xs[i], xs[i], ss);
         ss = qg_block_sum(ss, red);
         const float scale = 1.0f / sqrtf(ss / (float)n + eps);
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-            xs[i] = __fmul_rn(__fmul_rn(x[i], scale), norm_w[i]);
+        float4 w[MV_STAGE_V4];
+#pragma unroll
+        for (int k = 0; k < MV_STAGE_V4; k++) {
+            const int i = tid + MV_THREADS * k;
+            w[k] = i < n4 ? ((const float4 *)norm_w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < MV_STAGE_V4; k++) {
+            const int i = tid + MV_THREADS * k;
+            if (i < n4)
+                xs4[i] = make_float4(__fmul_rn(__fmul_rn(v[k].x, scale), w[k].x),
+                                     __fmul_rn(__fmul_rn(v[k].y, scale), w[k].y),
+                                     __fmul_rn(__fmul_rn(v[k].z, scale), w[k].z),
+                                     __fmul_rn(__fmul_rn(v[k].w, scale), w[k].w));
+        }
     } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = x[i];
+#pragma unroll
+        for (int k = 0; k < MV_STAGE_V4; k++) {
+            const int i = tid + MV_THREADS * k;
+            if (i < n4) xs4[i] = v[k];
+        }
     }
     __syncthreads();
 }
@@ -63,10 +107,12 @@ __global__ void __launch_bounds__(MV_THREADS) k_matvec(mv_args a) {
     extern __shared__ float xs[];
     __shared__ float red[32];
     {
-        /* the weights are constant: ask for this warp's first row while the
-         * previous kernel finishes */
-        int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-        if ((threadIdx.x & 31) == 0 && r < a.m0 + a.m1 + a.m2) {
+        /* the weights are constant: ask L2 for this warp's first rows (lane
+         * i its i-th row, up to 4) while x is staged (and, with programmatic
+         * launch, while the previous kernel finishes) */
+        const int lane = threadIdx.x & 31;
+        int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5) + lane * gridDim.x * MV_WARPS;
+        if (lane < 4 && r < a.m0 + a.m1 + a.m2) {
             const uint8_t *w = a.w0;
             size_t rb = a.rb0;
             if (r >= a.m0) {
@@ -206,6 +252,19 @@ __global__ void __launch_bounds__(MV_THREADS) k_gate_up(gu_args a) {
     __shared__ float red[32];
     qg_pdl_wait();
     qg_pdl_trigger();
+    {
+        /* ask L2 for this warp's first two rows of gate and up (the expert
+         * ids are known now) while x is staged */
+        const int lane = threadIdx.x & 31;
+        const int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5) + (lane >> 1) * gridDim.x * MV_WARPS;
+        if (lane < 4 && r < a.K * a.F) {
+            const int k = r / a.F, f = r - k * a.F, e = a.ids ? a.ids[k] : 0;
+            if (e >= 0 && e < a.X) {
+                if (!(lane & 1)) qg_prefetch_l2(a.wg + (size_t)e * a.esg + (size_t)f * a.rbg, a.rbg);
+                else if (a.wu) qg_prefetch_l2(a.wu + (size_t)e * a.esu + (size_t)f * a.rbu, a.rbu);
+            }
+        }
+    }
     const float *x = a.x;
     if (XS) {
         stage_x(x, a.n, a.norm_w, a.eps, xs, red);
@@ -336,9 +395,31 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
     __shared__ float sw[DN_KMAX];
     qg_pdl_wait();
     qg_pdl_trigger();
+    {
+        /* ask L2 for this warp's first row of each chosen expert (lane k:
+         * expert k) while h is staged */
+        const int lane = threadIdx.x & 31, r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+        if (lane < a.K && r < a.E) {
+            const int e = a.ids[lane];
+            if (e >= 0 && e < a.X) qg_prefetch_l2(a.w + (size_t)e * a.es + (size_t)r * a.rb, a.rb);
+        }
+    }
     const float *h = a.h;
     if (HS) {
-        for (int i = threadIdx.x; i < a.K * a.F; i += blockDim.x) hs[i] = h[i];
+        /* (K*F)/4 float4s, all loads of a thread in flight at once */
+        constexpr int NV = (DN_HS_MAX / 4 + MV_THREADS - 1) / MV_THREADS;
+        const int n4 = a.K * a.F / 4;
+        float4 v[NV];
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int i = threadIdx.x + MV_THREADS * k;
+            if (i < n4) v[k] = ((const float4 *)h)[i];
+        }
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int i = threadIdx.x + MV_THREADS * k;
+            if (i < n4) ((float4 *)hs)[i] = v[k];
+        }
         h = hs;
     }
     if (threadIdx.x < a.K) {

@@ -108,6 +108,10 @@ typedef struct qg_cu_mat {
 cudaError_t qg_cu_product(const qg_cuda_launch *l, const qg_cu_mat *mats, int n_mats, int n,
                           const float *x, int ldx, bool last_col, const float *add);
 
+/* Kernel attributes the tiled products need (dynamic shared memory above
+ * 48 KiB); idempotent, outside any stream capture. */
+cudaError_t qg_cu_gemm_prepare(void);
+
 /* Prefill (tiled) product over the live columns: y (m, cols) = W x, or
  * with w2 (same dtype) y = silu(W x) * (W2 x); add as for qg_cu_product. */
 cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,

@@ -153,6 +153,8 @@ extern "C" bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r,
            g->tensors[a->in[2]].producer < (int)(r - g->nodes);
 }
 
+extern "C" int qg_cuda_ops_prepare(void) { return (int)qg_cu_gemm_prepare(); }
+
 extern "C" int qg_cuda_op_launch(const qg_cuda_launch *l) {
     cudaError_t e;
     switch (l->n->op) {

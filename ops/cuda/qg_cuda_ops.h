@@ -85,6 +85,11 @@ bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
 /* Can rope node r append the KV rows of attention node a? */
 bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r, const qg_node *a);
 
+/* Set the kernels' launch attributes on the current device (shared memory
+ * above the default limit).  Call before launching, outside any stream
+ * capture; idempotent.  Returns a cudaError_t (0 on success). */
+int qg_cuda_ops_prepare(void);
+
 /* Enqueue node l->n on l->stream.  Returns the cudaError_t of the launch
  * (0 on success); nothing is synchronized. */
 int qg_cuda_op_launch(const qg_cuda_launch *l);

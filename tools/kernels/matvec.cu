@@ -11,8 +11,9 @@
  * defeat the 50 MB L2, each checked against a float64 reference (64 rows,
  * |y - ref| <= 1e-5 sum|w x| + 1e-6) before it is timed:
  *   v1  one warp per row, lanes over 32-weight units, exactly dequantized
- *       weights (qg_unit<DT>::decode), x staged in shared memory (the
- *       product kernel, ops/cuda/op_matvec.cu k_matvec)
+ *       weights (qg_unit<DT>::decode), x staged in shared memory with all
+ *       loads in flight (the product kernel, ops/cuda/op_matvec.cu
+ *       k_matvec, less its L2 prefetch of each warp's first rows)
  *   v2  v1 with two rows per warp interleaved (twice the loads in flight)
  *   v3  Q4_K only: factorized d*sum(q x) - m*sum(x) with the sub-block
  *       sums of x precomputed per block (3 instead of 5 operations per
@@ -84,13 +85,30 @@ static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
 
 /* ---- Part B: matvec versions ----------------------------------------- */
 
+/* Stage x (n floats, n % 4 == 0, n <= 16384) into shared memory with all
+ * of a thread's loads in flight at once (as the product's stage_x). */
+__device__ __forceinline__ void lab_stage(const float *__restrict__ x, int n, float *xs) {
+    float4 v[16];
+    const int n4 = n / 4;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        const int i = threadIdx.x + 256 * k;
+        if (i < n4) v[k] = ((const float4 *)x)[i];
+    }
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        const int i = threadIdx.x + 256 * k;
+        if (i < n4) ((float4 *)xs)[i] = v[k];
+    }
+    __syncthreads();
+}
+
 /* v1: the product kernel's loop (one warp per row). */
 template <int DT>
 __global__ void __launch_bounds__(256) mv_v1(const uint8_t *__restrict__ W, size_t rb, int n,
                                              int m, const float *__restrict__ x, float *y) {
     extern __shared__ float xs[];
-    for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = x[i];
-    __syncthreads();
+    lab_stage(x, n, xs);
     const int lane = threadIdx.x & 31, U = n / 32, nw = gridDim.x * 8;
     for (int r = blockIdx.x * 8 + (threadIdx.x >> 5); r < m; r += nw) {
         const uint8_t *row = W + (size_t)r * rb;
@@ -107,8 +125,7 @@ template <int DT>
 __global__ void __launch_bounds__(256) mv_v2(const uint8_t *__restrict__ W, size_t rb, int n,
                                              int m, const float *__restrict__ x, float *y) {
     extern __shared__ float xs[];
-    for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = x[i];
-    __syncthreads();
+    lab_stage(x, n, xs);
     const int lane = threadIdx.x & 31, U = n / 32, nw = gridDim.x * 8;
     for (int r = 2 * (blockIdx.x * 8 + (threadIdx.x >> 5)); r < m; r += 2 * nw) {
         const uint8_t *r0 = W + (size_t)r * rb, *r1 = r0 + rb;
@@ -133,8 +150,7 @@ __global__ void __launch_bounds__(256) mv_v3_q4k(const uint8_t *__restrict__ W, 
                                                  int m, const float *__restrict__ x, float *y) {
     extern __shared__ float xs[]; /* x (n) | sums (n / 32) */
     float *xsum = xs + n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = x[i];
-    __syncthreads();
+    lab_stage(x, n, xs);
     for (int j = threadIdx.x; j < n / 32; j += blockDim.x) {
         float s = 0.0f;
         for (int i = 0; i < 32; i++) s += xs[32 * j + i];
