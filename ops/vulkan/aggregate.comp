@@ -50,7 +50,7 @@ void main() {
     const uint nu = pc.n / 32u;
     bool bad = false;
     float acc[QG_ROWS_ACC];
-    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint kk = 0u; kk < pc.k; kk++) {
         const int e = ids[t * pc.k + kk];
         if (e < 0 || uint(e) >= pc.n_expert) {
@@ -60,7 +60,7 @@ void main() {
         const float wk = wts[t * pc.k + kk];
         const uint ho = (t * pc.k + kk) * pc.n;
         for (uint u = lane; u < nu; u += lanes) {
-            [[unroll]] for (uint k = 0u; k < RPT; k++) {
+            for (uint k = 0u; k < RPT; k++) {
                 const uint r = r0 + g + k * G;
                 if (r >= pc.m) break;
                 float w[32];
@@ -68,7 +68,7 @@ void main() {
                 dq_d((uint(e) * pc.m + r) * pc.rb, u, w, e0, e1);
                 const uint a = (ho + e0) >> 2, b = (ho + e1) >> 2;
                 float s = 0.0;
-                [[unroll]] for (uint i = 0u; i < 4u; i++) {
+                for (uint i = 0u; i < 4u; i++) {
                     s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), h4[a + i]);
                     s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]),
                              h4[b + i]);

@@ -83,7 +83,7 @@ void main() {
         const float pj = l < cnt ? exp(s - mn) : 0.0;
         if (l < BR) sh_p[l] = pj;
         lsum = lsum * alpha + wg_sum(pj); /* its barriers publish sh_p */
-        [[unroll]] for (uint u = 0u; u < 2u; u++) {
+        for (uint u = 0u; u < 2u; u++) {
             const uint i = l + u * WG;
             if (i >= hd) continue;
             float a = acc[u] * alpha;
@@ -99,7 +99,7 @@ void main() {
         barrier(); /* sh_p and sh_k are rewritten by the next block */
     }
     const float inv = 1.0 / lsum;
-    [[unroll]] for (uint u = 0u; u < 2u; u++) {
+    for (uint u = 0u; u < 2u; u++) {
         const uint i = l + u * WG;
         if (i < hd) o[t * dq + h * hd + i] = bad ? uintBitsToFloat(0x7fc00000u) : acc[u] * inv;
     }

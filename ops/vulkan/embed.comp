@@ -34,14 +34,14 @@ void main() {
     float w[32];
     uint e0, e1;
     if (id < 0 || uint(id) >= pc.n_vocab) {
-        [[unroll]] for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
+        for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
         e0 = 32u * u;
         e1 = e0 + 16u;
     } else {
         dq_w(uint(id) * pc.rb, u, w, e0, e1);
     }
     const uint o = t * pc.n;
-    [[unroll]] for (uint i = 0u; i < 16u; i++) {
+    for (uint i = 0u; i < 16u; i++) {
         x[o + e0 + i] = w[i];
         x[o + e1 + i] = w[16u + i];
     }

@@ -41,7 +41,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e0 = 32u * u;
         e1 = e0 + 16u;
         const uint o = (rb >> 4) + 8u * u;
-        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        for (uint i = 0u; i < 8u; i++) {
             const vec4 v = uintBitsToFloat(DQ_BUF4[o + i]);
             w[4u * i] = v.x;
             w[4u * i + 1u] = v.y;
@@ -52,9 +52,9 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e0 = 32u * u;
         e1 = e0 + 16u;
         const uint o = (rb >> 4) + 4u * u;
-        [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        for (uint i = 0u; i < 4u; i++) {
             const uvec4 q = DQ_BUF4[o + i];
-            [[unroll]] for (uint k = 0u; k < 4u; k++) {
+            for (uint k = 0u; k < 4u; k++) {
                 if (DQ_TYPE == QG_F16) {
                     const vec2 v = unpackHalf2x16(q[k]);
                     w[8u * i + 2u * k] = v.x;
@@ -70,9 +70,9 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e1 = e0 + 16u;
         const uint o = rb + 34u * u;
         const float d = unpackHalf2x16(DQ_U16(o)).x;
-        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        for (uint i = 0u; i < 8u; i++) {
             const int q = int(DQ_W32(o + 2u + 4u * i));
-            [[unroll]] for (uint b = 0u; b < 4u; b++)
+            for (uint b = 0u; b < 4u; b++)
                 w[4u * i + b] = float(bitfieldExtract(q, int(8u * b), 8)) * d;
         }
     } else if (DQ_TYPE == QG_Q4_0) {
@@ -80,9 +80,9 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e1 = e0 + 16u;
         const uint o = rb + 18u * u;
         const float d = unpackHalf2x16(DQ_U16(o)).x;
-        [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        for (uint i = 0u; i < 4u; i++) {
             const uint q = DQ_W32(o + 2u + 4u * i);
-            [[unroll]] for (uint b = 0u; b < 4u; b++) {
+            for (uint b = 0u; b < 4u; b++) {
                 const uint c = (q >> (8u * b)) & 0xffu;
                 w[4u * i + b] = float(int(c & 15u) - 8) * d;
                 w[16u + 4u * i + b] = float(int(c >> 4) - 8) * d;
@@ -96,7 +96,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         const vec2 dm = unpackHalf2x16(hd.x);
         /* 6-bit scale and min of sub-blocks j = 2c and 2c+1 */
         float d1[2], m1[2];
-        [[unroll]] for (uint s = 0u; s < 2u; s++) {
+        for (uint s = 0u; s < 2u; s++) {
             const uint j = 2u * c + s;
             uint sc, mn;
             if (j < 4u) {
@@ -115,8 +115,8 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         if (q5) qh = DQ_BUF4[(o + 16u + 16u * h) >> 4];
         e0 = 256u * sb + 64u * c + 16u * h;
         e1 = e0 + 32u;
-        [[unroll]] for (uint i = 0u; i < 4u; i++)
-            [[unroll]] for (uint k = 0u; k < 4u; k++) {
+        for (uint i = 0u; i < 4u; i++)
+            for (uint k = 0u; k < 4u; k++) {
                 const uint byte_ = (qs[i] >> (8u * k)) & 0xffu;
                 uint lo = byte_ & 15u, hi = byte_ >> 4;
                 if (q5) {
@@ -139,9 +139,9 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         const uint lo_ = o + 64u * hh + 16u * q, ho = o + 128u + 32u * hh + 16u * p;
         e0 = 256u * sb + 128u * hh + 32u * k0 + 16u * p;
         e1 = e0 + 64u;
-        [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        for (uint i = 0u; i < 4u; i++) {
             const uint ul = DQ_W32(lo_ + 4u * i), uh = DQ_W32(ho + 4u * i);
-            [[unroll]] for (uint k = 0u; k < 4u; k++) {
+            for (uint k = 0u; k < 4u; k++) {
                 const uint l8 = (ul >> (8u * k)) & 0xffu, h8 = (uh >> (8u * k)) & 0xffu;
                 const int ql = int((l8 & 15u) | (((h8 >> (2u * k0)) & 3u) << 4)) - 32;
                 const int qv = int((l8 >> 4) | (((h8 >> (2u * k0 + 4u)) & 3u) << 4)) - 32;
@@ -152,6 +152,6 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
     } else {
         e0 = 32u * u;
         e1 = e0 + 16u;
-        [[unroll]] for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
+        for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
     }
 }

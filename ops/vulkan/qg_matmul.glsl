@@ -64,7 +64,7 @@ void main() {
     const uvec2 tile = tiles[gl_WorkGroupID.z];
     nc = min(NT, off[tile.x + 1u] - tile.y);
     row0 = tile.x * pc.m;
-    [[unroll]] for (uint t = 0u; t < 8u; t++) cols[t] = t < nc ? asg[tile.y + t] : 0u;
+    for (uint t = 0u; t < 8u; t++) cols[t] = t < nc ? asg[tile.y + t] : 0u;
 #else
     const uint n_tok = uint(N_TOK);
     const uint ncol = pc.last_only != 0u ? 1u : n_tok;
@@ -72,31 +72,31 @@ void main() {
     if (c0 >= ncol) return;
     const uint xc0 = pc.last_only != 0u ? n_tok - 1u : c0;
     nc = min(NT, ncol - c0);
-    [[unroll]] for (uint t = 0u; t < 8u; t++) cols[t] = xc0 + t;
+    for (uint t = 0u; t < 8u; t++) cols[t] = xc0 + t;
 #endif
     const uint nu = pc.n / 32u;
 
     float acc[QG_ROWS_ACC];
-    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint u = lane; u < nu; u += lanes) {
         /* the unit of each of this group's rows (rows past m repeat the
          * last one; their sums are not written), then each column's x
          * once for all of them */
         float w[RPT_MAX][32];
         uint e0, e1;
-        [[unroll]] for (uint k = 0u; k < RPT; k++)
+        for (uint k = 0u; k < RPT; k++)
             dq_w((row0 + min(r0 + g + k * G, pc.m - 1u)) * pc.rb, u, w[k], e0, e1);
-        [[unroll]] for (uint t = 0u; t < NT; t++) {
+        for (uint t = 0u; t < NT; t++) {
             if (t >= nc) break;
             const uint a = (cols[t] * pc.n + e0) >> 2, b = (cols[t] * pc.n + e1) >> 2;
             vec4 xv[8];
-            [[unroll]] for (uint i = 0u; i < 4u; i++) {
+            for (uint i = 0u; i < 4u; i++) {
                 xv[i] = x4[a + i];
                 xv[4u + i] = x4[b + i];
             }
-            [[unroll]] for (uint k = 0u; k < RPT; k++) {
+            for (uint k = 0u; k < RPT; k++) {
                 float s = 0.0;
-                [[unroll]] for (uint i = 0u; i < 8u; i++)
+                for (uint i = 0u; i < 8u; i++)
                     s += dot(vec4(w[k][4u * i], w[k][4u * i + 1u], w[k][4u * i + 2u], w[k][4u * i + 3u]),
                              xv[i]);
                 acc[k * NT + t] += s;

@@ -53,7 +53,7 @@ void main() {
     const uint base = isq ? t * pc.nh * pc.hd + j * pc.hd : t * pc.nkv * pc.hd + (j - pc.nh) * pc.hd;
     float x0[2], x1[2];
     float s = 0.0;
-    [[unroll]] for (uint u = 0u; u < 2u; u++) {
+    for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         x0[u] = 0.0;
         x1[u] = 0.0;
@@ -67,7 +67,7 @@ void main() {
     const int p = pos[t];
     const bool bad = p < 0 || uint(p) >= pc.n_ctx;
     const uint co = bad ? 0u : uint(p) * pc.hd;
-    [[unroll]] for (uint u = 0u; u < 2u; u++) {
+    for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         if (r >= half_) continue;
         const float y0 = x0[u] * scale * (isq ? qn[r] : kn[r]);

@@ -62,7 +62,7 @@ uint qg_rows_lanes() {
 void qg_rows_reduce(inout float acc[QG_ROWS_ACC], uint na) {
 #if QG_SUBGROUP
     if (QG_SGROWS) {
-        [[unroll]] for (uint j = 0u; j < QG_ROWS_ACC; j++)
+        for (uint j = 0u; j < QG_ROWS_ACC; j++)
             if (j < na) acc[j] = subgroupAdd(acc[j]);
         return;
     }
@@ -100,7 +100,7 @@ float qg_rows_sum(float acc[QG_ROWS_ACC], uint j, uint gg) {
 #if QG_SUBGROUP
     if (QG_SGROWS) {
         float v = 0.0;
-        [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++)
+        for (uint i = 0u; i < QG_ROWS_ACC; i++)
             if (i == j) v = acc[i];
         return v;
     }

@@ -70,7 +70,7 @@ layout(push_constant) uniform PC {
 float dot32(float w[32], uint xo, uint e0, uint e1) {
     float s = 0.0;
     const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
-    [[unroll]] for (uint i = 0u; i < 4u; i++) {
+    for (uint i = 0u; i < 4u; i++) {
         s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), x4[a + i]);
         s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), x4[b + i]);
     }
@@ -91,7 +91,7 @@ void main() {
     const uvec2 tile = tiles[z];
     nc = min(NT, off[tile.x + 1u] - tile.y);
     row0 = tile.x * pc.f;
-    [[unroll]] for (uint t = 0u; t < 8u; t++) {
+    for (uint t = 0u; t < 8u; t++) {
         ocols[t] = t < nc ? asg[tile.y + t] : 0u;
         cols[t] = ocols[t] / pc.k;
     }
@@ -102,7 +102,7 @@ void main() {
         bad = e < 0 || uint(e) >= pc.n_expert;
         row0 = bad ? 0u : uint(e) * pc.f;
         nc = 1u;
-        [[unroll]] for (uint t = 0u; t < 8u; t++) {
+        for (uint t = 0u; t < 8u; t++) {
             ocols[t] = z;        /* output column (t*K + k) */
             cols[t] = z / pc.k;  /* token */
         }
@@ -110,22 +110,22 @@ void main() {
         const uint c0 = z * NT;
         if (c0 >= n_tok || r0 >= pc.f) return;
         nc = min(NT, n_tok - c0);
-        [[unroll]] for (uint t = 0u; t < 8u; t++) cols[t] = ocols[t] = c0 + t;
+        for (uint t = 0u; t < 8u; t++) cols[t] = ocols[t] = c0 + t;
     }
 #endif
     const uint nu = pc.n / 32u;
 
     float acc[QG_ROWS_ACC];
-    [[unroll]] for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint u = lane; u < nu; u += lanes) {
-        [[unroll]] for (uint k = 0u; k < RPT; k++) {
+        for (uint k = 0u; k < RPT; k++) {
             const uint r = r0 + g + k * G;
             if (r >= pc.f) break;
             float wg_[32], wu[32];
             uint e0, e1, f0, f1;
             dq_g((row0 + r) * pc.rbg, u, wg_, e0, e1);
             dq_u((row0 + r) * pc.rbu, u, wu, f0, f1);
-            [[unroll]] for (uint t = 0u; t < NT; t++) {
+            for (uint t = 0u; t < NT; t++) {
                 if (t >= nc) break;
                 const uint xo = cols[t] * pc.n;
                 acc[2u * (k * NT + t)] += dot32(wg_, xo, e0, e1);

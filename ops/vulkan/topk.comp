@@ -34,27 +34,27 @@ void main() {
     const uint X = pc.x;
     float p[PER];
     float mx = -1.0 / 0.0;
-    [[unroll]] for (uint u = 0u; u < PER; u++) {
+    for (uint u = 0u; u < PER; u++) {
         const uint e = l + u * WG;
         p[u] = e < X ? lg[t * X + e] : 0.0;
         if (e < X) mx = max(mx, p[u]);
     }
     mx = wg_max(mx);
     float s = 0.0;
-    [[unroll]] for (uint u = 0u; u < PER; u++) {
+    for (uint u = 0u; u < PER; u++) {
         const uint e = l + u * WG;
         p[u] = e < X ? exp(p[u] - mx) : -1.0;
         if (e < X) s += p[u];
     }
     const float inv = 1.0 / wg_sum(s);
-    [[unroll]] for (uint u = 0u; u < PER; u++)
+    for (uint u = 0u; u < PER; u++)
         if (l + u * WG < X) p[u] *= inv;
     /* taken or absent experts hold -1 */
     float wsum = 0.0;
     for (uint kk = 0u; kk < pc.k; kk++) {
         float bv = -1.0;
         uint be = 0xffffffffu;
-        [[unroll]] for (uint u = 0u; u < PER; u++)
+        for (uint u = 0u; u < PER; u++)
             if (p[u] > bv) {
                 bv = p[u];
                 be = l + u * WG;
@@ -100,7 +100,7 @@ void main() {
         barrier();
 #endif
         if (e % WG == l) {
-            [[unroll]] for (uint u = 0u; u < PER; u++)
+            for (uint u = 0u; u < PER; u++)
                 if (u == e / WG) p[u] = -1.0;
         }
         if (l == 0u) {
