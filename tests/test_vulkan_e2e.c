@@ -98,10 +98,10 @@ static void need_vulkan(void) {
     if (g_have) return;
     const char *allow = getenv("QG_ALLOW_NO_VULKAN");
     if (allow && !strcmp(allow, "1")) {
-        printf("SKIP: no Vulkan device: %s (QG_ALLOW_NO_VULKAN=1)\n", g_why);
+        printf("SKIP: Vulkan unavailable: %s (QG_ALLOW_NO_VULKAN=1)\n", g_why);
         skip();
     }
-    fail_msg("no Vulkan device: %s (set QG_ALLOW_NO_VULKAN=1 to skip)", g_why);
+    fail_msg("Vulkan unavailable: %s (set QG_ALLOW_NO_VULKAN=1 to skip)", g_why);
 }
 
 static void make_model(const char *preset, const char *ftype, char *path, size_t n) {
