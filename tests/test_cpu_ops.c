@@ -1182,8 +1182,8 @@ static void test_moe_fused(void **state) {
 static void test_wide_batches(void **state) {
     (void)state;
     int case_id = 0;
-    enum { T = 70 };
-    const int ntoks[] = {12, 13, T};
+    enum { T = QG_CPU_COLS + 6 };
+    const int ntoks[] = {QG_CPU_THIN, QG_CPU_THIN + 1, T};
     for (size_t d = 0; d < QG_ARRAY_LEN(ALL_W); d++)
         for (int k = 0; k < 3; k++) {
             rng r = rng_for(16, case_id++);
@@ -1241,8 +1241,9 @@ static void test_wide_batches(void **state) {
 
 /*
  * The expert kernels past their boundaries: expert 0 takes every token, so
- * with 13 tokens it is just past QG_CPU_THIN (a tiled gemm over gathered
- * columns) and with 70 it spans two column blocks (64 gathered + 6 thin);
+ * with QG_CPU_THIN + 1 tokens it is just past the thin products (a tiled
+ * gemm over gathered columns) and with QG_CPU_COLS + 6 it spans two column
+ * blocks (gathered, then 6 thin);
  * shapes whose rows do not fill the last work item (E = 288 rows of down,
  * 64 per item; F = 272 rows of gate/up, 32 per item; plain types).  Then
  * moe_fused on the same shapes, routed by its own router (about T*K/X
@@ -1251,13 +1252,13 @@ static void test_wide_batches(void **state) {
 static void test_moe_wide(void **state) {
     (void)state;
     int case_id = 0;
-    enum { T = 70 };
+    enum { T = QG_CPU_COLS + 6 };
     const struct { int64_t E, F; qg_dtype g, u, d; } cfg[] = {
         {256, 256, QG_Q4_K, QG_Q4_K, QG_Q6_K},
         {288, 272, QG_F16, QG_BF16, QG_F32},
         {256, 256, QG_Q5_K, QG_Q8_0, QG_Q4_0},
     };
-    const int ntoks[] = {13, T};
+    const int ntoks[] = {QG_CPU_THIN + 1, T};
     for (size_t ci = 0; ci < QG_ARRAY_LEN(cfg); ci++)
         for (int k = 0; k < 2; k++) {
             const int n_tok = ntoks[k];

@@ -25,7 +25,7 @@
 /* Products with up to this many columns use qk->gemm_cols (weights decoded
  * into registers, nothing gathered); wider ones the tiled qk->gemm.  The
  * choice depends only on the column count, never on the thread count. */
-#define QG_CPU_THIN 12
+#define QG_CPU_THIN 10
 
 /* The part [*a, *b) of [0, n) that worker ith of nth owns (even split). */
 static inline void qg_cpu_split(int64_t n, int ith, int nth, int64_t *a,

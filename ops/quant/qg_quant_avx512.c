@@ -198,6 +198,20 @@ static inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
 }
 
+/*
+ * Software prefetch of the weight stream: every block prefetches the bytes
+ * PF_AHEAD past itself (n_lines lines), which lie further along the row or
+ * in the next rows the caller walks.  The hardware streamer stops at 4 KB
+ * page boundaries; these keep a thread's requests going across them.
+ * Prefetches never fault, so running past the end of a tensor is harmless.
+ */
+#define PF_AHEAD 2048
+
+static inline void prefetch_lines(const void *blk, int n_lines) {
+    const char *p = (const char *)blk + PF_AHEAD;
+    UNROLL for (int l = 0; l < n_lines; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+}
+
 /* ---- dot ----------------------------------------------------------------- */
 
 static float dot_plain(qg_dtype t, const void *w, const float *x, int64_t n) {
@@ -221,6 +235,7 @@ static float dot_q8_0(const qg_block_q8_0 *b, const float *x, int64_t nb) {
     int64_t i = 0;
     __m512 w[2];
     for (; i + 2 <= nb; i += 2, x += 64) {
+        prefetch_lines(b + i, 2);
         decode_q8_0(b + i, w);
         a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x), a0);
         a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 16), a1);
@@ -241,6 +256,7 @@ static float dot_q4_0(const qg_block_q4_0 *b, const float *x, int64_t nb) {
     int64_t i = 0;
     __m512 w[2];
     for (; i + 2 <= nb; i += 2, x += 64) {
+        prefetch_lines(b + i, 1);
         decode_q4_0(b + i, w);
         a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x), a0);
         a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 16), a1);
@@ -261,6 +277,7 @@ static float dot_q4_K(const qg_block_q4_K *b, const float *x, int64_t nb) {
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
         float dm[16];
+        prefetch_lines(b + i, 3);
         k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
         UNROLL for (int c = 0; c < 4; c++) {
             decode_q4_K(b + i, dm, c, w);
@@ -278,6 +295,7 @@ static float dot_q5_K(const qg_block_q5_K *b, const float *x, int64_t nb) {
     __m512 w[4];
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
         float dm[16];
+        prefetch_lines(b + i, 3);
         k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
         UNROLL for (int c = 0; c < 4; c++) {
             decode_q5_K(b + i, dm, c, w);
@@ -296,6 +314,7 @@ static float dot_q6_K(const qg_block_q6_K *b, const float *x, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QG_QK_K) {
         float ds[16];
         int8_t q[128];
+        prefetch_lines(b + i, 4);
         q6_scales(b + i, ds);
         UNROLL for (int h = 0; h < 2; h++) {
             q6_codes(b + i, h, q);
@@ -540,6 +559,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q4_K *b = row;
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float dm[16];
+            prefetch_lines(b + i, 3);
             k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
             UNROLL for (int c = 0; c < 4; c++) {
                 decode_q4_K(b + i, dm, c, w);
@@ -552,6 +572,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q5_K *b = row;
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float dm[16];
+            prefetch_lines(b + i, 3);
             k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
             UNROLL for (int c = 0; c < 4; c++) {
                 decode_q5_K(b + i, dm, c, w);
@@ -565,6 +586,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float ds[16];
             int8_t q[128];
+            prefetch_lines(b + i, 4);
             q6_scales(b + i, ds);
             UNROLL for (int h = 0; h < 2; h++) {
                 q6_codes(b + i, h, q);
@@ -580,6 +602,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q8_0 *b = row;
         int64_t i = k0 / 32;
         for (; i + 2 <= k1 / 32; i += 2) {
+            prefetch_lines(b + i, 2);
             decode_q8_0(b + i, w);
             decode_q8_0(b + i + 1, w + 2);
             fma_cols(w, x, 32 * i, nc, acc);
@@ -594,6 +617,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q4_0 *b = row;
         int64_t i = k0 / 32;
         for (; i + 2 <= k1 / 32; i += 2) {
+            prefetch_lines(b + i, 1);
             decode_q4_0(b + i, w);
             decode_q4_0(b + i + 1, w + 2);
             fma_cols(w, x, 32 * i, nc, acc);
