@@ -251,8 +251,10 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
                        bool last_only) {
     const int Tm = r->c->g->n_tok_max;
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
-    /* prefill: two rows per group, so each x load serves two rows */
-    const uint32_t RPT = NT > 1 ? 2 : 1;
+    /* two rows per group, so each x load serves two rows (x traffic, not
+     * the weights', bounds a matvec's speed from cache): always in prefill,
+     * in decode where the matrix has rows enough to keep every SM busy */
+    const uint32_t RPT = NT > 1 || wt->ne[1] >= 4096 ? 2 : 1;
     const rows L = rows_for(r->c->d, wt->ne[0], NT * RPT, NT * RPT, RPT);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
     d->spec[0] = L.wg;
