@@ -81,6 +81,15 @@ static void lists_build(const int32_t *ids, int X, int K, int n_tok,
     atomic_store_explicit(&L->next[16], 0, memory_order_relaxed);
 }
 
+/* Bytes at the start of a work item's rows that the worker prefetches (into
+ * L2) while it finishes its previous item. */
+#define MOE_PF_BYTES 4096
+
+static void prefetch_bytes(const void *p, size_t bytes) {
+    const char *c = p;
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
+}
+
 /* The next work item of counter `which` (0 or 16), or -1 past n_items. */
 static int lists_take(const moe_lists *L, int which, int n_items) {
     const int it = atomic_fetch_add_explicit(&L->next[which], 1, memory_order_relaxed);
@@ -187,7 +196,17 @@ static void expert_swiglu_part(const qg_quant_kernels *qk, const float *x,
     const float *xp[QG_CPU_COLS];            /* the block's token columns */
     const int nch = (int)((F + MOE_FB - 1) / MOE_FB);
     const int n_items = L->used[0] * nch;
-    for (int it; (it = lists_take(L, 0, n_items)) >= 0;) {
+    /* each worker holds its next item, so it can prefetch the item's first
+     * rows of gate and up while it works on the current one */
+    for (int it = lists_take(L, 0, n_items), nx; it >= 0; it = nx) {
+        nx = lists_take(L, 0, n_items);
+        if (nx >= 0) {
+            const int ne = L->used[1 + nx / nch];
+            const int64_t nf0 = (int64_t)(nx % nch) * MOE_FB;
+            const int64_t nnr = QG_MIN((int64_t)MOE_FB, F - nf0);
+            prefetch_bytes(moe_row(gw, ne, nf0), QG_MIN((size_t)MOE_PF_BYTES, (size_t)nnr * gw->row_bytes));
+            prefetch_bytes(moe_row(uw, ne, nf0), QG_MIN((size_t)MOE_PF_BYTES, (size_t)nnr * uw->row_bytes));
+        }
         const int e = L->used[1 + it / nch];
         const int64_t f0 = (int64_t)(it % nch) * MOE_FB;
         const int nr = (int)QG_MIN((int64_t)MOE_FB, F - f0);
@@ -275,7 +294,14 @@ static void aggregate_part(const qg_quant_kernels *qk, qg_threadpool *tp,
     const float *hp[QG_CPU_COLS];          /* the block's assignment columns */
     const int nch = (int)((E + MOE_EB - 1) / MOE_EB);
     const int n_items = L->used[0] * nch;
-    for (int it; (it = lists_take(L, 16, n_items)) >= 0;) {
+    for (int it = lists_take(L, 16, n_items), nx; it >= 0; it = nx) {
+        nx = lists_take(L, 16, n_items); /* held, prefetched: as for gate/up */
+        if (nx >= 0) {
+            const int64_t ne0 = (int64_t)(nx % nch) * MOE_EB;
+            const int64_t nnr = QG_MIN((int64_t)MOE_EB, E - ne0);
+            prefetch_bytes(moe_row(dw, L->used[1 + nx / nch], ne0),
+                           QG_MIN((size_t)MOE_PF_BYTES, (size_t)nnr * dw->row_bytes));
+        }
         const int e = L->used[1 + it / nch];
         const int64_t e0 = (int64_t)(it % nch) * MOE_EB;
         const int nr = (int)QG_MIN((int64_t)MOE_EB, E - e0);
@@ -371,6 +397,17 @@ void qg_cpu_moe_fused(const qg_cpu_op_args *a, int ith, int nth) {
     const moe_w gw = moe_weights(gt, qg_cpu_in_ptr(a, 2));
     const moe_w uw = moe_weights(qg_cpu_in(a, 3), qg_cpu_in_ptr(a, 3));
     const moe_w dw = moe_weights(qg_cpu_in(a, 4), qg_cpu_in_ptr(a, 4));
+    if (a->n_tok == 1) {
+        /* decode: the down rows this worker's aggregate share reads, one
+         * stream per expert, start arriving while gate/up stream */
+        int64_t r0, r1;
+        qg_cpu_split(E, ith, nth, &r0, &r1);
+        for (int k = 0; k < K && r1 > r0; k++) {
+            QG_ASSERT(ids[k] >= 0 && ids[k] < X);
+            prefetch_bytes(moe_row(&dw, ids[k], r0),
+                           QG_MIN((size_t)MOE_PF_BYTES / 2, (size_t)(r1 - r0) * dw.row_bytes));
+        }
+    }
     expert_swiglu_part(a->qk, x, E, &gw, &uw, ids, K, a->n_tok, &L, X, h, scratch,
                        ith, nth);
     qg_threadpool_barrier(a->tp);

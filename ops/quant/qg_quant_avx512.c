@@ -207,10 +207,13 @@ static inline __mmask16 tail_mask(int64_t left) {
  */
 #define PF_AHEAD 2048
 
-static inline void prefetch_lines(const void *blk, int n_lines) {
-    const char *p = (const char *)blk + PF_AHEAD;
+/* n_lines cache lines from blk + off on. */
+static inline void prefetch_at(const void *blk, ptrdiff_t off, int n_lines) {
+    const char *p = (const char *)blk + off;
     UNROLL for (int l = 0; l < n_lines; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
 }
+
+static inline void prefetch_lines(const void *blk, int n_lines) { prefetch_at(blk, PF_AHEAD, n_lines); }
 
 /* ---- dot ----------------------------------------------------------------- */
 
@@ -547,10 +550,12 @@ ALWAYS_INLINE void fma_cols_half(const __m512 w[2], const float *const *x, int64
  * 64 elements are decoded once into 4 registers and FMA'd into all nc
  * columns.  k0 and k1 are multiples of 256 (of 32 for q8_0 / q4_0) or n.
  * The accumulators come from and go back to memory, which does not change
- * their values: a row may be walked in several k ranges.
+ * their values: a row may be walked in several k ranges.  Each block
+ * prefetches the bytes pf past itself (the same block of a row walked
+ * later).
  */
 ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
-                            const float *const *x, int nc, __m512 (*accm)[2]) {
+                            const float *const *x, int nc, __m512 (*accm)[2], ptrdiff_t pf) {
     __m512 acc[COLS_PASS][2];
     UNROLL for (int c = 0; c < nc; c++) acc[c][0] = accm[c][0], acc[c][1] = accm[c][1];
     __m512 w[4];
@@ -559,7 +564,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q4_K *b = row;
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float dm[16];
-            prefetch_lines(b + i, 3);
+            prefetch_at(b + i, pf, 3);
             k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
             UNROLL for (int c = 0; c < 4; c++) {
                 decode_q4_K(b + i, dm, c, w);
@@ -572,7 +577,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q5_K *b = row;
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float dm[16];
-            prefetch_lines(b + i, 3);
+            prefetch_at(b + i, pf, 3);
             k4_scales(b[i].scales, h2f(b[i].d), h2f(b[i].dmin), dm);
             UNROLL for (int c = 0; c < 4; c++) {
                 decode_q5_K(b + i, dm, c, w);
@@ -586,7 +591,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         for (int64_t i = k0 / QG_QK_K; i < k1 / QG_QK_K; i++) {
             float ds[16];
             int8_t q[128];
-            prefetch_lines(b + i, 4);
+            prefetch_at(b + i, pf, 4);
             q6_scales(b + i, ds);
             UNROLL for (int h = 0; h < 2; h++) {
                 q6_codes(b + i, h, q);
@@ -602,7 +607,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q8_0 *b = row;
         int64_t i = k0 / 32;
         for (; i + 2 <= k1 / 32; i += 2) {
-            prefetch_lines(b + i, 2);
+            prefetch_at(b + i, pf, 2);
             decode_q8_0(b + i, w);
             decode_q8_0(b + i + 1, w + 2);
             fma_cols(w, x, 32 * i, nc, acc);
@@ -617,7 +622,7 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
         const qg_block_q4_0 *b = row;
         int64_t i = k0 / 32;
         for (; i + 2 <= k1 / 32; i += 2) {
-            prefetch_lines(b + i, 1);
+            prefetch_at(b + i, pf, 1);
             decode_q4_0(b + i, w);
             decode_q4_0(b + i + 1, w + 2);
             fma_cols(w, x, 32 * i, nc, acc);
@@ -637,8 +642,8 @@ ALWAYS_INLINE void cols_row(qg_dtype t, const void *row, int64_t k0, int64_t k1,
  * registers. */
 #define COLS_INSTANCE(NC)                                                                 \
     static void cols_row_##NC(qg_dtype t, const void *row, int64_t k0, int64_t k1,       \
-                              const float *const *x, __m512 (*accm)[2]) {                 \
-        cols_row(t, row, k0, k1, x, NC, accm);                                            \
+                              const float *const *x, __m512 (*accm)[2], ptrdiff_t pf) {   \
+        cols_row(t, row, k0, k1, x, NC, accm, pf);                                        \
     }
 COLS_INSTANCE(1)
 COLS_INSTANCE(2)
@@ -650,11 +655,13 @@ COLS_INSTANCE(7)
 COLS_INSTANCE(8)
 
 typedef void (*cols_row_fn)(qg_dtype t, const void *row, int64_t k0, int64_t k1,
-                            const float *const *x, __m512 (*accm)[2]);
+                            const float *const *x, __m512 (*accm)[2], ptrdiff_t pf);
 
 /* Cache blocking of gemm_cols: COLS_ROWS rows walk k in chunks of COLS_KC
  * elements, so the chunk of up to 8 columns (32 KB) stays in L1 while the
- * rows pass over it; each weight is still decoded once per pass. */
+ * rows pass over it; each weight is still decoded once per pass.  While a
+ * group of rows is walked, the next group is prefetched block by block (the
+ * walk is not sequential, so the hardware streamer alone lags). */
 #define COLS_KC 1024
 #define COLS_ROWS 4
 
@@ -677,6 +684,7 @@ void qg_quant_gemm_cols_avx512(qg_dtype t, const void *w, size_t w_row_bytes, in
     __m512 acc[COLS_ROWS][COLS_PASS][2]; /* per (row, column) vector partial sums */
     for (int r0 = 0; r0 < n_rows; r0 += COLS_ROWS) {
         const int nr = QG_MIN(COLS_ROWS, n_rows - r0);
+        const ptrdiff_t pf = r0 + COLS_ROWS < n_rows ? (ptrdiff_t)(COLS_ROWS * w_row_bytes) : PF_AHEAD;
         for (int c0 = 0; c0 < n_cols; c0 += COLS_PASS) {
             const int nc = QG_MIN(COLS_PASS, n_cols - c0);
             for (int r = 0; r < nr; r++)
@@ -684,7 +692,8 @@ void qg_quant_gemm_cols_avx512(qg_dtype t, const void *w, size_t w_row_bytes, in
             for (int64_t k0 = 0; k0 < n; k0 += COLS_KC) {
                 const int64_t k1 = QG_MIN(n, k0 + COLS_KC);
                 for (int r = 0; r < nr; r++)
-                    pass[nc](t, wb + (size_t)(r0 + r) * w_row_bytes, k0, k1, x + c0, acc[r]);
+                    pass[nc](t, wb + (size_t)(r0 + r) * w_row_bytes, k0, k1, x + c0, acc[r],
+                             c0 == 0 ? pf : 0);
             }
             for (int r = 0; r < nr; r++)
                 for (int c = 0; c < nc; c++)
