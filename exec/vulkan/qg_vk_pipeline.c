@@ -20,16 +20,18 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_AGGREGATE] = "aggregate",
     [QG_VK_ATTENTION] = "attention",
     [QG_VK_EMBED] = "embed",
+    [QG_VK_GEMM] = "gemm",
+    [QG_VK_GEMM_MOE] = "gemm_moe",
+    [QG_VK_GEMM_SWIGLU] = "gemm_swiglu",
+    [QG_VK_GEMM_SWIGLU_MOE] = "gemm_swiglu_moe",
     [QG_VK_KV_APPEND] = "kv_append",
     [QG_VK_MATMUL] = "matmul",
-    [QG_VK_MATMUL_MOE] = "matmul_moe",
     [QG_VK_MOE_COMBINE] = "moe_combine",
     [QG_VK_MOE_SORT] = "moe_sort",
     [QG_VK_RMSNORM] = "rmsnorm",
     [QG_VK_ROPE] = "rope",
     [QG_VK_ROPE_KV] = "rope_kv",
     [QG_VK_SWIGLU] = "swiglu",
-    [QG_VK_SWIGLU_MOE] = "swiglu_moe",
     [QG_VK_TOPK] = "topk",
 };
 _Static_assert(QG_ARRAY_LEN(SHADER_NAMES) == QG_VK_SHADER_COUNT, "SHADER_NAMES out of date");
@@ -112,8 +114,7 @@ VkPipeline qg_vk_pipe_get(qg_vk_dev *d, qg_vk_pipes *p, qg_vk_shader shader, int
                                .dataSize = 4 * QG_VK_MAX_SPEC, .pData = spec};
     /* the weight shaders with one row group per subgroup (spec 7) need
      * full subgroups, so that subgroups tile the workgroup exactly */
-    const bool sgrows = (shader == QG_VK_MATMUL || shader == QG_VK_MATMUL_MOE ||
-                         shader == QG_VK_SWIGLU || shader == QG_VK_SWIGLU_MOE ||
+    const bool sgrows = (shader == QG_VK_MATMUL || shader == QG_VK_SWIGLU ||
                          shader == QG_VK_AGGREGATE) && spec[QG_VK_SPEC_SGROWS];
     QG_ASSERT(!sgrows || d->full_subgroups);
     VkComputePipelineCreateInfo ci = {

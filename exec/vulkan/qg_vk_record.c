@@ -126,7 +126,7 @@ typedef struct moe_scratch {
     uint32_t max_tiles;
 } moe_scratch;
 
-#define MOE_NT 8 /* assignments per tile of the grouped prefill path */
+#define MOE_NT 32 /* assignments per tile of the grouped prefill path (GEMM_BN) */
 
 static moe_scratch moe_scratch_of(const qg_graph *g, const qg_node *n) {
     const qg_tensor *T = g->tensors;
@@ -246,10 +246,48 @@ static uint32_t row_bytes(const qg_tensor *w) {
     return (uint32_t)qg_dtype_row_bytes(w->type, w->ne[0]);
 }
 
+/* The tiled product of multi-token graphs (ops/vulkan/qg_gemm.glsl):
+ * y (m, cols) = W x, or silu(W x) * (U x) when ut; grouped: W (n, m, X)
+ * experts over moe_sort's tiles (device-written counts at dev_ind), x
+ * column a / xdiv of assignment a; else token columns, the token dimension
+ * sized per step.  Returns the dispatch. */
+#define GEMM_BM 64u
+#define GEMM_BN 32u
+static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const qg_tensor *ut,
+                                qg_vk_loc u, qg_vk_loc x, qg_vk_loc y, const qg_vk_loc *grouped,
+                                qg_vk_loc dev_ind, uint32_t xdiv) {
+    const qg_vk_shader sh = grouped ? (ut ? QG_VK_GEMM_SWIGLU_MOE : QG_VK_GEMM_MOE)
+                                    : (ut ? QG_VK_GEMM_SWIGLU : QG_VK_GEMM);
+    qg_vk_dispatch *d = new_dispatch(r, sh);
+    d->spec[1] = (uint32_t)wt->type;
+    d->spec[2] = (uint32_t)(ut ? ut->type : wt->type);
+    bind(d, w, false);
+    bind(d, ut ? u : w, false);
+    bind(d, x, false);
+    bind(d, y, true);
+    if (grouped)
+        for (int i = 0; i < 3; i++) bind(d, grouped[i], false);
+    push(d, (uint32_t)wt->ne[0]);
+    push(d, (uint32_t)wt->ne[1]);
+    push(d, row_bytes(wt));
+    push(d, ut ? row_bytes(ut) : 0);
+    push(d, xdiv);
+    d->groups[0] = div_up((uint64_t)wt->ne[1], GEMM_BM);
+    d->groups[1] = 1;
+    QG_ASSERT(d->groups[0] <= MAX_GROUPS);
+    if (grouped) d->dev_ind = dev_ind;
+    else tok_groups(d, r->c->g->n_tok_max, 1, GEMM_BN);
+    return d;
+}
+
 /* y (m, ncol) = W (n, m) x; last_only: the last live column only. */
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
                        bool last_only) {
     const int Tm = r->c->g->n_tok_max;
+    if (Tm > 1 && !last_only) {
+        rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
+        return;
+    }
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
     /* two rows per group, so each x load serves two rows (x traffic, not
      * the weights', bounds a matvec's speed from cache): always in prefill,
@@ -280,6 +318,10 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
 static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor *ut, qg_vk_loc u,
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
+    if (Tm > 1 && !moe) {
+        rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1);
+        return;
+    }
     const uint32_t NT = moe || Tm == 1 ? 1 : 8;
     const rows L = rows_for(r->c->d, gt->ne[0], 2 * NT, NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
@@ -383,9 +425,10 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
 }
 
 /* moe_fused.  Decode: router (matmul), topk, expert swiglu (one workgroup
- * column per chosen expert), aggregate.  Multi-token graphs: router, topk,
- * moe_sort (assignments grouped by expert, tiles of MOE_NT), swiglu_moe
- * and matmul_moe over the tiles (indirect dispatches sized by moe_sort),
+ * column per chosen expert), aggregate.  Multi-token graphs: router
+ * (gemm), topk, moe_sort (assignments grouped by expert, tiles of up to
+ * MOE_NT), gemm_swiglu_moe and gemm_moe over the tiles (indirect
+ * dispatches sized by moe_sort, each expert's weights read once per tile),
  * moe_combine (weighted sum per token). */
 static void rec_moe_fused(rec *r, const qg_node *nd) {
     const qg_graph *g = r->c->g;
@@ -414,73 +457,8 @@ static void rec_moe_fused(rec *r, const qg_node *nd) {
     const qg_vk_loc tiles = {s.buf, s.off + ms.tiles, 8 * (VkDeviceSize)ms.max_tiles};
     const qg_vk_loc ind = {s.buf, s.off + ms.ind, 2 * sizeof(VkDispatchIndirectCommand)};
     const qg_vk_loc yk = {s.buf, s.off + ms.yk, 4 * (VkDeviceSize)E * A};
-    const rows Ls = rows_for(r->c->d, gt->ne[0], 2 * MOE_NT, MOE_NT, 1);
-    const rows Ld = rows_for(r->c->d, dt->ne[0], 2 * MOE_NT, 2 * MOE_NT, 2);
-    qg_vk_dispatch *d;
-    /* swiglu_moe and matmul_moe first (their grids go into moe_sort's
-     * push constants), then moe_sort is moved before them */
-    qg_vk_dispatch ds = {0}, dm = {0};
-    {
-        d = &ds;
-        d->node = r->node;
-        d->shader = QG_VK_SWIGLU_MOE;
-        d->b[0] = r->c->step;
-        d->n_bind = 1;
-        d->spec[0] = Ls.wg;
-        d->spec[1] = (uint32_t)gt->type;
-        d->spec[2] = (uint32_t)ut->type;
-        d->spec[3] = Ls.tpr;
-        d->spec[4] = MOE_NT;
-        d->spec[5] = Ls.rpt;
-        d->spec[6] = 1;
-        d->spec[QG_VK_SPEC_SGROWS] = Ls.sgrows;
-        bind(d, tloc(r, nd->in[2]), false);
-        bind(d, tloc(r, nd->in[3]), false);
-        bind(d, x, false);
-        bind(d, h, true);
-        bind(d, asg, false);
-        bind(d, off, false);
-        bind(d, tiles, false);
-        row_groups(d, div_up((uint64_t)F, Ls.nr));
-        push(d, (uint32_t)E);
-        push(d, (uint32_t)F);
-        push(d, row_bytes(gt));
-        push(d, row_bytes(ut));
-        push(d, (uint32_t)K);
-        push(d, (uint32_t)X);
-        push(d, d->groups[0]);
-        d->groups[2] = ms.max_tiles;
-        d->dev_ind = (qg_vk_loc){ind.buf, ind.off, sizeof(VkDispatchIndirectCommand)};
-    }
-    {
-        d = &dm;
-        d->node = r->node;
-        d->shader = QG_VK_MATMUL_MOE;
-        d->b[0] = r->c->step;
-        d->n_bind = 1;
-        d->spec[0] = Ld.wg;
-        d->spec[1] = (uint32_t)dt->type;
-        d->spec[2] = Ld.tpr;
-        d->spec[3] = MOE_NT;
-        d->spec[4] = Ld.rpt;
-        d->spec[QG_VK_SPEC_SGROWS] = Ld.sgrows;
-        bind(d, tloc(r, nd->in[4]), false);
-        bind(d, h, false);
-        bind(d, yk, true);
-        bind(d, asg, false);
-        bind(d, off, false);
-        bind(d, tiles, false);
-        row_groups(d, div_up((uint64_t)E, Ld.nr));
-        push(d, (uint32_t)F);
-        push(d, (uint32_t)E);
-        push(d, row_bytes(dt));
-        push(d, 0);
-        push(d, d->groups[0]);
-        d->groups[2] = ms.max_tiles;
-        d->dev_ind = (qg_vk_loc){ind.buf, ind.off + sizeof(VkDispatchIndirectCommand),
-                                 sizeof(VkDispatchIndirectCommand)};
-    }
-    d = new_dispatch(r, QG_VK_MOE_SORT);
+    const qg_vk_loc grouped[3] = {asg, off, tiles};
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MOE_SORT);
     bind(d, ids, false);
     bind(d, off, true);
     bind(d, asg, true);
@@ -489,13 +467,17 @@ static void rec_moe_fused(rec *r, const qg_node *nd) {
     push(d, (uint32_t)K);
     push(d, (uint32_t)X);
     push(d, MOE_NT);
-    push(d, ds.groups[0]);
-    push(d, ds.groups[1]);
-    push(d, dm.groups[0]);
-    push(d, dm.groups[1]);
+    push(d, div_up((uint64_t)F, GEMM_BM)); /* the grids of the two products */
+    push(d, 1);
+    push(d, div_up((uint64_t)E, GEMM_BM));
+    push(d, 1);
     d->groups[0] = d->groups[1] = d->groups[2] = 1;
-    *new_dispatch(r, QG_VK_SWIGLU_MOE) = ds;
-    *new_dispatch(r, QG_VK_MATMUL_MOE) = dm;
+    /* gate/up: x columns are tokens (a / K); down: h columns are a */
+    rec_gemm(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, grouped,
+             (qg_vk_loc){ind.buf, ind.off, sizeof(VkDispatchIndirectCommand)}, (uint32_t)K);
+    rec_gemm(r, dt, tloc(r, nd->in[4]), NULL, (qg_vk_loc){0}, h, yk, grouped,
+             (qg_vk_loc){ind.buf, ind.off + sizeof(VkDispatchIndirectCommand),
+                         sizeof(VkDispatchIndirectCommand)}, 1);
     d = new_dispatch(r, QG_VK_MOE_COMBINE);
     bind(d, yk, false);
     bind(d, ids, false);

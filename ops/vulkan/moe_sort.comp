@@ -1,7 +1,7 @@
 #version 450
 /*
  * moe_sort.comp - group a prefill step's expert assignments by expert, for
- * swiglu_moe.comp and matmul_moe.comp.  One workgroup.
+ * gemm_swiglu_moe.comp and gemm_moe.comp.  One workgroup.
  *
  * ids (K, T): assignment a = t*K + k chose expert ids[a].  Writes
  *   off (X+1): expert e's assignments are asg[off[e] .. off[e+1]);

@@ -28,6 +28,25 @@
  *     .., high nibbles e1 = e0 + 64.
  */
 
+#ifndef QG_UNIT_ELEMS
+#define QG_UNIT_ELEMS
+/* The row elements of unit u of a row of type t (what DQ_FN returns in e0
+ * and e1, without reading the weight). */
+void qg_unit_elems(int t, uint u, out uint e0, out uint e1) {
+    if (t == QG_Q4_K || t == QG_Q5_K) {
+        e0 = 256u * (u >> 3u) + 64u * ((u & 7u) >> 1u) + 16u * (u & 1u);
+        e1 = e0 + 32u;
+    } else if (t == QG_Q6_K) {
+        const uint q = u & 3u;
+        e0 = 256u * (u >> 3u) + 128u * ((u & 7u) >> 2u) + 32u * (q >> 1u) + 16u * (q & 1u);
+        e1 = e0 + 64u;
+    } else {
+        e0 = 32u * u;
+        e1 = e0 + 16u;
+    }
+}
+#endif
+
 /* 32 bits at byte offset o (o even) */
 #define DQ_W32(o) ((((o) & 2u) == 0u) ? DQ_BUF[(o) >> 2] \
     : ((DQ_BUF[(o) >> 2] >> 16) | (DQ_BUF[((o) >> 2) + 1u] << 16)))
