@@ -27,7 +27,8 @@
  * Environment: QG_CUDA_GRAPH=0 launches plainly, QG_CUDA_FUSE=0 keeps every
  * node (also the rope/KV-append fold), QG_CUDA_PDL=0 turns off
  * programmatic dependent launch, QG_CUDA_F32_PREFILL=1 makes prefill
- * products exact f32.
+ * products exact f32, QG_CUDA_I8=0 turns off the integer tensor-core decode
+ * products (Q4_K / Q6_K decode then runs the f32 kernels).
  */
 #include "../../ops/cuda/qg_cuda_ops.h"
 #include "../qg_exec.h"
@@ -878,6 +879,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.n_sm = prop.multiProcessorCount;
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
     c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
+    c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
     c->use_graphs = !env_is("QG_CUDA_GRAPH", "0");
     c->fuse = !env_is("QG_CUDA_FUSE", "0");
     c->log = qg_debug_enabled("cuda");
@@ -886,11 +888,12 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     if (c->log)
         fprintf(stderr,
                 "cuda: device %d: %s, compute %d.%d, %d SMs, %.1f GiB; graphs %s, fusion %s, "
-                "programmatic dependent launch %s, prefill products %s\n",
+                "programmatic dependent launch %s, prefill products %s, decode products %s\n",
                 dev, c->name, prop.major, prop.minor, prop.multiProcessorCount,
                 prop.totalGlobalMem / 1073741824.0, c->use_graphs ? "on" : "off",
                 c->fuse ? "on" : "off", c->o.pdl ? "on" : "off",
-                c->o.f32_prefill ? "f32" : "f16 tensor cores");
+                c->o.f32_prefill ? "f32" : "f16 tensor cores",
+                c->o.i8_decode ? "integer tensor cores (Q4_K, Q6_K)" : "f32");
     out->i = &CUDA_EXEC;
     out->self = c;
     return QG_OK;

@@ -18,6 +18,7 @@
  *                    e = ids[k] read from device memory
  *   3 k_down         y[r] = sum_k wts[k] * (down_e h_k)[r] (+ residual)
  */
+#include "qg_cuda_i8_ops.cuh"
 #include "qg_cuda_internal.cuh"
 
 #define MV_THREADS 256
@@ -206,6 +207,8 @@ static cudaError_t matvec_launch(const qg_cuda_launch *l, const qg_cu_mat *const
 /* Decode products: group the matrices by dtype, one launch per group. */
 static cudaError_t matvec_all(const qg_cuda_launch *l, const qg_cu_mat *mats, int n_mats, int n,
                               const float *x, bool last_col, const float *add) {
+    if (l->o.i8_decode && qg_i8_mv_ok(mats, n_mats, n))
+        return qg_i8_mv(l, mats, n_mats, n, x, last_col, add);
     bool done[3] = {false, false, false};
     for (int i = 0; i < n_mats; i++) {
         if (done[i]) continue;
@@ -354,6 +357,7 @@ static cudaError_t gate_up_decode(const qg_cuda_launch *l, const qg_cu_mat *gate
     a.ids = ids;
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
+    if (l->o.i8_decode && qg_i8_gu_ok(gate, up, n)) return qg_i8_gu(l, gate, up, n, K, X, x, ids, h);
     if (gate->type == up->type) {
         a.wu = up->w;
         a.rbu = up->rb;
@@ -451,6 +455,8 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
 static cudaError_t down_decode(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K,
                                int X, const float *h, const int32_t *ids, const float *wts,
                                const float *add, float *y) {
+    if (l->o.i8_decode && qg_i8_dn_ok(down, F, K))
+        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y);
     if (K > DN_KMAX) return cudaErrorInvalidValue;
     dn_args a = {down->w, down->rb, down->es, F, down->m, K, X, h, ids, wts, add, y};
     const bool hs = K * F <= DN_HS_MAX;

@@ -14,7 +14,12 @@
  * worst case (n_tok_max tokens, n_ctx rows); blocks past the live work exit.
  *
  * Numerics (see docs/ARCHITECTURE.md, "CUDA"):
- *   - decode graphs (n_tok_max == 1) and every f32-weight product: weights
+ *   - decode graphs (n_tok_max == 1), Q4_K / Q6_K weights (i8_decode):
+ *     exact integer products of the weight quants with a 24-bit
+ *     fixed-point image of the activations (three int8 planes per value,
+ *     one scale per 256 elements; error <= 1.8e-7 of the largest element,
+ *     f32's own is 6e-8), scales applied in f32 (qg_cuda_i8.cuh);
+ *   - other decode products and every f32-weight product: weights
  *     dequantized exactly to the f32 values ops/quant produces, times f32
  *     activations, accumulated in f32 (the CPU rule);
  *   - prefill products over non-f32 weights: weight tiles dequantized
@@ -36,6 +41,8 @@ extern "C" {
 typedef struct qg_cuda_opts {
     bool f32_prefill; /* prefill products in f32 (exact path) for every dtype */
     bool pdl;         /* programmatic dependent launch (sm_90) */
+    bool i8_decode;   /* decode products over Q4_K / Q6_K on the integer
+                         tensor cores (op_matvec_i8.cu) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
 } qg_cuda_opts;
 

@@ -18,6 +18,10 @@
  *   v3  Q4_K only: factorized d*sum(q x) - m*sum(x) with the sub-block
  *       sums of x precomputed per block (3 instead of 5 operations per
  *       weight; same f32 accumulation class)
+ *   v4  the product's integer tensor-core path (ops/cuda/op_matvec_i8.cu,
+ *       qg_i8_mv): x as three int8 planes, mma.sync s8, 16-row tiles
+ * Every version is timed as a CUDA Graph of back-to-back launches over the
+ * rotating copies (launch gaps as in the executor's decode graph).
  * Part C times the product's decode nodes through the CUDA executor with
  * per-node events (--profile's path): moe_fused (router + top-k, gate/up,
  * down + combine) over 128 experts of which 8 are used, attention at 4096
@@ -30,6 +34,7 @@
 #endif
 
 #include "../../ops/cuda/qg_cuda_common.cuh"
+#include "../../ops/cuda/qg_cuda_i8_ops.cuh"
 
 extern "C" {
 #include "../../exec/qg_exec.h"
@@ -205,37 +210,70 @@ typedef void (*mv_fn)(const uint8_t *, size_t, int, int, const float *, float *)
 struct version {
     const char *name;
     qg_dtype type;
-    mv_fn fn;
+    mv_fn fn;          /* a lab kernel, or NULL: the product's qg_i8_mv */
     size_t smem_extra; /* floats beyond n */
 };
 
+/* Enqueue one y = W x of version v on stream st. */
+static void launch_version(const version &v, const uint8_t *W, size_t rb, int n, int m,
+                           const float *x, float *y, int n_sm, cudaStream_t st) {
+    if (v.fn) {
+        const int blocks = QG_MIN((m + 7) / 8, 4 * n_sm);
+        v.fn<<<blocks, 256, sizeof(float) * ((size_t)n + v.smem_extra), st>>>(W, rb, n, m, x, y);
+        return;
+    }
+    qg_cuda_launch l = {};
+    l.o.n_sm = n_sm;
+    l.o.pdl = false;
+    l.o.i8_decode = true;
+    l.stream = st;
+    qg_cu_mat mat = {};
+    mat.type = v.type;
+    mat.w = W;
+    mat.rb = rb;
+    mat.m = m;
+    mat.y = y;
+    mat.ldy = m;
+    CK(qg_i8_mv(&l, &mat, 1, n, x, false, nullptr));
+}
+
 static double bench_kernel(const version &v, const uint8_t *W, size_t mat_bytes, int copies,
                            size_t rb, int n, int m, const float *x, float *y, int reps, int n_sm) {
-    const int blocks = QG_MIN((m + 7) / 8, 4 * n_sm);
-    const size_t smem = sizeof(float) * ((size_t)n + v.smem_extra);
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t gr;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < copies; i++) launch_version(v, W + i * mat_bytes, rb, n, m, x, y, n_sm, st);
+    CK(cudaStreamEndCapture(st, &gr));
+    CK(cudaGraphInstantiate(&ge, gr, 0));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaStreamSynchronize(st));
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
-    for (int i = 0; i < copies; i++) v.fn<<<blocks, 256, smem>>>(W + i * mat_bytes, rb, n, m, x, y);
-    CK(cudaGetLastError());
-    CK(cudaEventRecord(a));
-    for (int r = 0; r < reps; r++)
-        for (int i = 0; i < copies; i++) v.fn<<<blocks, 256, smem>>>(W + i * mat_bytes, rb, n, m, x, y);
-    CK(cudaEventRecord(b));
+    CK(cudaEventRecord(a, st));
+    for (int r = 0; r < reps; r++) CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(b, st));
     CK(cudaEventSynchronize(b));
     float ms = 0;
     CK(cudaEventElapsedTime(&ms, a, b));
     cudaEventDestroy(a);
     cudaEventDestroy(b);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(gr);
+    cudaStreamDestroy(st);
     return ms / 1e3 / (reps * copies); /* seconds per matvec */
 }
 
-/* Check y for the first rows of matrix copy 0 against float64. */
-static bool check_rows(qg_dtype t, const uint8_t *hw, size_t rb, int n, const float *hx,
+/* Check y against float64: the first `rows` rows of matrix copy 0 and
+ * `rows` more spread over all of it (every tile position). */
+static bool check_rows(qg_dtype t, const uint8_t *hw, size_t rb, int n, int m, const float *hx,
                        const float *y, int rows, const char *name) {
     double *w = (double *)malloc(sizeof(double) * n);
     bool ok = true;
-    for (int r = 0; r < rows && ok; r++) {
+    for (int k = 0; k < 2 * rows && ok; k++) {
+        const int r = k < rows ? k : (int)(((int64_t)(k - rows) * m) / rows + (k * 7) % 16) % m;
         qg_dequant_row_f64(t, hw + r * rb, w, n);
         double s = 0, a = 0;
         for (int i = 0; i < n; i++) {
@@ -262,6 +300,9 @@ static void part_b(int reps, int n_sm, double bw_copy) {
         {"wo 4096->2048", QG_Q4_K, 4096, 2048},
         {"expert up 2048->768x8", QG_Q4_K, 2048, 6144},
         {"down 768->2048", QG_Q6_K, 768, 2048},
+        {"down 768->2048", QG_Q4_K, 768, 2048},
+        {"1000 rows (partial tile)", QG_Q4_K, 2048, 1000},
+        {"1000 rows (partial tile)", QG_Q6_K, 4096, 1000},
         {"attn_v 2048->512", QG_Q6_K, 2048, 512},
         {"lm_head 2048->151936", QG_Q6_K, 2048, 151936},
     };
@@ -281,7 +322,7 @@ static void part_b(int reps, int n_sm, double bw_copy) {
         CK(cudaMalloc(&x, sizeof(float) * s.n));
         CK(cudaMalloc(&y, sizeof(float) * s.m));
         CK(cudaMemcpy(x, hx, sizeof(float) * s.n, cudaMemcpyHostToDevice));
-        version vs[3];
+        version vs[4];
         int nv = 0;
         if (s.t == QG_Q4_K) {
             vs[nv++] = {"v1", s.t, mv_v1<QG_Q4_K>, 0};
@@ -291,13 +332,19 @@ static void part_b(int reps, int n_sm, double bw_copy) {
             vs[nv++] = {"v1", s.t, mv_v1<QG_Q6_K>, 0};
             vs[nv++] = {"v2", s.t, mv_v2<QG_Q6_K>, 0};
         }
+        vs[nv++] = {"v4", s.t, nullptr, 0};
         for (int v = 0; v < nv; v++) {
             CK(cudaMemset(y, 0xFF, sizeof(float) * s.m));
-            vs[v].fn<<<QG_MIN((s.m + 7) / 8, 4 * n_sm), 256, sizeof(float) * (s.n + vs[v].smem_extra)>>>(
-                W, rb, s.n, s.m, x, y);
+            launch_version(vs[v], W, rb, s.n, s.m, x, y, n_sm, 0);
             CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
             CK(cudaMemcpy(hy, y, sizeof(float) * s.m, cudaMemcpyDeviceToHost));
-            const bool ok = check_rows(s.t, hw, rb, s.n, hx, hy, 64, vs[v].name);
+            bool ok = check_rows(s.t, hw, rb, s.n, s.m, hx, hy, 64, vs[v].name);
+            for (int r = 0; r < s.m && ok; r++)
+                if (!(hy[r] == hy[r])) {
+                    printf("  %s: row %d not written (NaN)\n", vs[v].name, r);
+                    ok = false;
+                }
             const double sec = bench_kernel(vs[v], W, mat, copies, rb, s.n, s.m, x, y, reps, n_sm);
             const double gbs = rb * s.m / sec / 1e9;
             printf("  %-24s %-5s %-4s %10.2f %10.1f %6.1f%% %s\n", s.what, qg_dtype_name(s.t),

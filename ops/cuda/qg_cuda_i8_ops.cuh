@@ -1,0 +1,77 @@
+/*
+ * qg_cuda_i8_ops.cuh - the integer tensor-core decode products of
+ * op_matvec_i8.cu, as op_matvec.cu calls them (ops/cuda/ only).  Each
+ * *_ok() says whether the fast path takes a product (weight types Q4_K /
+ * Q6_K, sizes); otherwise the f32 kernels of op_matvec.cu run.
+ */
+#ifndef QG_CUDA_I8_OPS_CUH
+#define QG_CUDA_I8_OPS_CUH
+
+#include "qg_cuda_internal.cuh"
+
+/* Longest input vector (elements) of the fast path: its image (3.1 bytes
+ * per element) stays under the default 48 KiB of shared memory. */
+#define QG_I8_N_MAX 12288
+/* Most experts per token of the fast down projection (one warp each). */
+#define QG_I8_DN_KMAX 8
+
+struct qg_i8_mv_args {
+    const uint8_t *w[3];
+    size_t rb[3];
+    int m[3], type[3];
+    float *y[3];
+    int tiles[4]; /* tiles[i]: first tile of matrix i; tiles[nm]: total */
+    int nm, n;
+    const float *x;      /* (n, T) */
+    const int32_t *step; /* device step input */
+    bool last_col;       /* x column n_tok-1 */
+    const float *norm_w; /* pre-norm weights (n), or NULL */
+    float eps;
+    const float *add;    /* residual of matrix 0, or NULL */
+};
+
+struct qg_i8_gu_args {
+    const uint8_t *wg, *wu;
+    size_t rbg, rbu, esg, esu;
+    int tg, tu;
+    int n, F, K, X;
+    const float *x;       /* (n) */
+    const int32_t *ids;   /* (K), or NULL: one dense matrix */
+    const float *norm_w;
+    float eps;
+    float *h;             /* (F, K) */
+};
+
+struct qg_i8_dn_args {
+    const uint8_t *w;
+    size_t rb, es;
+    int type;
+    int F, E, K, X;
+    const float *h;       /* (F, K) */
+    const int32_t *ids;   /* (K) */
+    const float *wts;     /* (K) */
+    const float *add;     /* (E) or NULL */
+    float *y;             /* (E) */
+};
+
+/* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
+ * n_tok-1 when last_col); the executor's pre_norm folded in; add on
+ * matrix 0. */
+bool qg_i8_mv_ok(const qg_cu_mat *m, int nm, int n);
+cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n, const float *x,
+                     bool last_col, const float *add);
+
+/* h (F, K) = silu(gate_e x) * (up_e x), e = ids[k] (ids NULL: K = 1, the
+ * dense FFN); invalid ids give NaN rows. */
+bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n);
+cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
+                     int K, int X, const float *x, const int32_t *ids, float *h);
+
+/* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
+ * y NaN. */
+bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K);
+cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
+                     const float *h, const int32_t *ids, const float *wts, const float *add,
+                     float *y);
+
+#endif
