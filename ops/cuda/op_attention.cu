@@ -314,7 +314,11 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     if (tid == 0) a.counters[blockIdx.x] = 0;
 }
 
-/* ---- prefill ---------------------------------------------------------- */
+/* ---- prefill ----------------------------------------------------------
+ * The default prefill attention is the tensor-core kernel of
+ * op_attention_prefill.cu (qg_cu_attention_prefill); k_attn_prefill, the
+ * f32 SIMT kernel below, runs when the executor's f32_prefill option is
+ * set (QG_CUDA_F32_PREFILL=1). */
 
 #define AP_WARPS 8
 #define AP_ROWS 32
@@ -493,6 +497,8 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         else if (dpl == 3) e = qg_cu_launch(l, k_attn_decode<CT, 3>, grid, dim3(256), 0, a);
         else if (dpl == 4) e = qg_cu_launch(l, k_attn_decode<CT, 4>, grid, dim3(256), 0, a);
         else e = cudaErrorInvalidValue;
+    } else if (!l->o.f32_prefill) {
+        e = qg_cu_attention_prefill(l);
     } else {
         const dim3 grid(p->n_head, (T + AP_WARPS - 1) / AP_WARPS);
         const dim3 blk(AP_WARPS * 32);

@@ -133,6 +133,13 @@ cudaError_t qg_cu_expert_swiglu(const qg_cuda_launch *l);
 cudaError_t qg_cu_aggregate(const qg_cuda_launch *l);
 cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l);
 
+/* Prefill attention on the f16 tensor cores (op_attention_prefill.cu):
+ * o (Dq, n_tok) of attention node l->n from q over rows 0..pos[t] of its
+ * caches (F16 or F32), this step's rows already appended; no scratch.
+ * Split-f16 operands, f32 accumulation and softmax (error bound in the
+ * file's header). */
+cudaError_t qg_cu_attention_prefill(const qg_cuda_launch *l);
+
 /* Scratch and counters of the ops that need them. */
 void qg_cu_attention_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
                            qg_cu_bump *b, int *n_counters);
