@@ -219,8 +219,9 @@ static qg_status use_weight(vk_exec *x, vk_graph *vg, const qg_tensor *t, qg_err
 }
 
 /* The cos/sin table of a rope node: row p = cos(p f_i), i < hd/2, then
- * sin(p f_i), f_i = theta^(-2i/hd); angles in double, rounded once (the
- * CPU kernel's values, bit for bit). */
+ * sin(p f_i), f_i = theta^(-2i/hd); angles in double, rounded once.  The
+ * frequencies come from the CPU kernel's repeated multiplication in double
+ * (ops/cpu/op_rope.c), so the table holds its values bit for bit. */
 static qg_status make_rope(vk_exec *x, const qg_node *n, int n_ctx, qg_error *err) {
     const int hd = n->p.head_dim, half = hd / 2;
     for (int i = 0; i < x->n_rope; i++)
@@ -242,7 +243,9 @@ static qg_status make_rope(vk_exec *x, const qg_node *n, int n_ctx, qg_error *er
         return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
     }
     const double base = n->p.rope_theta;
-    for (int i = 0; i < half; i++) fr[i] = pow(base, -2.0 * i / hd);
+    const double step = pow(base, -2.0 / hd);
+    double freq = 1.0;
+    for (int i = 0; i < half; i++, freq *= step) fr[i] = freq;
     for (int p = 0; p < n_ctx; p++)
         for (int i = 0; i < half; i++) {
             const double th = (double)p * fr[i];

@@ -35,7 +35,8 @@ void main() {
         y[o + i] = v;
         s += v * v;
     }
-    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
+    /* 1 / sqrt(mean + eps), each step correctly rounded (as the CPU) */
+    const float scale = qg_div_rn(1.0, qg_sqrt_rn(qg_div_rn(wg_sum(s), float(pc.n)) + pc.eps));
     /* each invocation reads back only the elements it wrote */
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) h[o + i] = y[o + i] * scale * w[i];
 }

@@ -51,7 +51,7 @@ void main() {
     const uint rw = KV_F16 != 0u ? hd / 2u : hd, rs = rw + 1u;
     const uint BR = KV_F16 != 0u ? 32u : 16u;
     for (uint i = l; i < hd; i += WG) sh_q[i] = q[t * dq + h * hd + i];
-    const float scale = 1.0 / sqrt(float(hd));
+    const float scale = qg_div_rn(1.0, qg_sqrt_rn(float(hd)));
     float acc[2] = float[2](0.0, 0.0);
     float m = 0.0, lsum = 0.0;
     for (uint j0 = 0u; j0 < n_kv; j0 += BR) {
@@ -69,7 +69,7 @@ void main() {
             const uint b = l * rs;
             if (KV_F16 != 0u) {
                 for (uint i = 0u; i < rw; i++) {
-                    const vec2 kv = unpackHalf2x16(sh_k[b + i]);
+                    const vec2 kv = qg_unpack_f16x2(sh_k[b + i]);
                     d += sh_q[2u * i] * kv.x + sh_q[2u * i + 1u] * kv.y;
                 }
             } else {
@@ -79,8 +79,8 @@ void main() {
         }
         const float bm = wg_max(s); /* its barriers also end the reads of sh_k */
         const float mn = j0 == 0u ? bm : max(m, bm);
-        const float alpha = j0 == 0u ? 0.0 : exp(m - mn);
-        const float pj = l < cnt ? exp(s - mn) : 0.0;
+        const float alpha = j0 == 0u ? 0.0 : qg_exp(m - mn);
+        const float pj = l < cnt ? qg_exp(s - mn) : 0.0;
         if (l < BR) sh_p[l] = pj;
         lsum = lsum * alpha + wg_sum(pj); /* its barriers publish sh_p */
         for (uint u = 0u; u < 2u; u++) {
@@ -89,7 +89,7 @@ void main() {
             float a = acc[u] * alpha;
             for (uint jj = 0u; jj < cnt; jj++) {
                 const uint e = (j0 + jj) * dkv + ho + i;
-                const float v = KV_F16 != 0u ? unpackHalf2x16(vc[e >> 1] >> ((e & 1u) * 16u)).x
+                const float v = KV_F16 != 0u ? qg_f16_to_f32(vc[e >> 1] >> ((e & 1u) * 16u))
                                              : uintBitsToFloat(vc[e]);
                 a += sh_p[jj] * v;
             }
@@ -98,7 +98,7 @@ void main() {
         m = mn;
         barrier(); /* sh_p and sh_k are rewritten by the next block */
     }
-    const float inv = 1.0 / lsum;
+    const float inv = qg_div_rn(1.0, lsum);
     for (uint u = 0u; u < 2u; u++) {
         const uint i = l + u * WG;
         if (i < hd) o[t * dq + h * hd + i] = bad ? uintBitsToFloat(0x7fc00000u) : acc[u] * inv;

@@ -63,7 +63,8 @@ void main() {
         }
         s += x0[u] * x0[u] + x1[u] * x1[u];
     }
-    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.hd) + pc.eps);
+    /* 1 / sqrt(mean + eps), each step correctly rounded (as the CPU) */
+    const float scale = qg_div_rn(1.0, qg_sqrt_rn(qg_div_rn(wg_sum(s), float(pc.hd)) + pc.eps));
     const int p = pos[t];
     const bool bad = p < 0 || uint(p) >= pc.n_ctx;
     const uint co = bad ? 0u : uint(p) * pc.hd;
@@ -73,7 +74,8 @@ void main() {
         const float y0 = x0[u] * scale * (isq ? qn[r] : kn[r]);
         const float y1 = x1[u] * scale * (isq ? qn[r + half_] : kn[r + half_]);
         const float c = cs[co + r], sn = cs[co + half_ + r];
-        float o0 = y0 * c - y1 * sn, o1 = y0 * sn + y1 * c;
+        /* precise: no fused multiply-add, the CPU's two roundings per product */
+        precise float o0 = y0 * c - y1 * sn, o1 = y0 * sn + y1 * c;
         if (bad) o0 = o1 = uintBitsToFloat(0x7fc00000u);
         if (isq) {
             qo[base + r] = o0;

@@ -25,6 +25,7 @@ void main() {
     const uint o = t * pc.n;
     float s = 0.0;
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) s += x[o + i] * x[o + i];
-    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
+    /* 1 / sqrt(mean + eps), each step correctly rounded (as the CPU) */
+    const float scale = qg_div_rn(1.0, qg_sqrt_rn(qg_div_rn(wg_sum(s), float(pc.n)) + pc.eps));
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) y[o + i] = x[o + i] * scale * w[i];
 }

@@ -43,10 +43,10 @@ void main() {
     float s = 0.0;
     for (uint u = 0u; u < PER; u++) {
         const uint e = l + u * WG;
-        p[u] = e < X ? exp(p[u] - mx) : -1.0;
+        p[u] = e < X ? qg_exp(p[u] - mx) : -1.0;
         if (e < X) s += p[u];
     }
-    const float inv = 1.0 / wg_sum(s);
+    const float inv = qg_div_rn(1.0, wg_sum(s));
     for (uint u = 0u; u < PER; u++)
         if (l + u * WG < X) p[u] *= inv;
     /* taken or absent experts hold -1 */
@@ -110,5 +110,5 @@ void main() {
         }
     }
     if (l == 0u)
-        for (uint kk = 0u; kk < pc.k; kk++) wts[t * pc.k + kk] = sh_w[kk] / wsum;
+        for (uint kk = 0u; kk < pc.k; kk++) wts[t * pc.k + kk] = qg_div_rn(sh_w[kk], wsum);
 }
