@@ -12,6 +12,7 @@
 #   5. compute-sanitizer memcheck on a prefill + decode run of a tiny model
 #   6. optional: QG_GPU_LAB=1 runs the kernel lab (tools/kernels),
 #      QG_GPU_GREEDY=1 the 64-token greedy CUDA-vs-CPU check on the big file,
+#      QG_GPU_AGREE="f16 [f32]" the same through the CLI (agree-device.sh),
 #      QG_GPU_PROFILE=1 `qmoe-graph profile` (per-op GPU times),
 #      QG_GPU_AB="VAR=value ..." one more tg128 bench under that environment
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
@@ -140,8 +141,20 @@ fi
 
 # ---- 6. optional -----------------------------------------------------------
 if [ "${QG_GPU_LAB:-0}" = 1 ]; then
-    step "kernel lab" 300 "$BUILD/lab_matvec" 20
-    sed -n '/^device:/,$p' "$LOG" | grep -E "^(device|Part|  )" | tail -25 | sed 's/^/   /'
+    # every kernel-lab program (tools/kernels/*.cu) but the model generator
+    for lab in "$BUILD"/lab_*; do
+        [ -x "$lab" ] && [ "$(basename "$lab")" != lab_fastmodel ] || continue
+        step "kernel lab $(basename "$lab")" 300 "$lab" 20
+        sed -n '/^device:/,$p' "$LOG" | tail -40 | sed 's/^/   /'
+    done
+fi
+if [ -n "${QG_GPU_AGREE:-}" ] && [ -f "$MODEL" ]; then
+    # greedy agreement through the CLI (tools/agree-device.sh), KV types
+    # QG_GPU_AGREE (e.g. "f16" or "f16 f32")
+    step "greedy agreement vs CPU (KV $QG_GPU_AGREE)" 500 env AGREE_KV="$QG_GPU_AGREE" \
+        tools/agree-device.sh "$QG" cuda "$BUILD/agree.txt"
+    sed 's/^/   /' "$BUILD/agree.txt" 2>/dev/null
+    while read -r l; do note "$l"; done < "$BUILD/agree.txt"
 fi
 if [ "${QG_GPU_GREEDY:-0}" = 1 ] && [ -f "$MODEL" ]; then
     step "greedy 64 tokens x 10 prompts vs CPU" 600 env QG_CUDA_BIG_MODEL="$MODEL" "$BUILD/tests/test_cuda_e2e"

@@ -53,27 +53,28 @@ cudaError_t qg_cu_embed(const qg_cuda_launch *l) {
 /* ---- rmsnorm ---------------------------------------------------------- */
 
 /* y (N, T) = (x * scale) * w, scale = 1 / sqrt(mean(x^2) + eps); one block
- * per token, the sum of squares in f32 (block tree). */
+ * per token, the sum of squares in f32 in qg_sumsq_fixed's order (the
+ * products that fold an rmsnorm in get the same bits).  Dynamic shared
+ * memory: (N + 255) / 256 floats. */
 __global__ void __launch_bounds__(256)
 k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, int N, float eps,
           const int32_t *__restrict__ step, float *__restrict__ y) {
-    __shared__ float red[32];
+    extern __shared__ float cs[];
     qg_pdl_wait();
     qg_pdl_trigger();
     const int t = blockIdx.x;
     if (t >= step[QG_STEP_N_TOK]) return;
     const float *xt = x + (size_t)t * N;
     float *yt = y + (size_t)t * N;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < N; i += blockDim.x) ss = fmaf(xt[i], xt[i], ss);
-    ss = qg_block_sum(ss, red);
+    const float ss = qg_sumsq_fixed(xt, N, cs);
     const float scale = 1.0f / sqrtf(ss / (float)N + eps);
     for (int i = threadIdx.x; i < N; i += blockDim.x) yt[i] = __fmul_rn(__fmul_rn(xt[i], scale), w[i]);
 }
 
 cudaError_t qg_cu_rmsnorm(const qg_cuda_launch *l) {
     const int N = (int)qg_cu_in(l, 0)->ne[0];
-    return qg_cu_launch(l, k_rmsnorm, dim3(l->g->n_tok_max), dim3(256), 0,
+    return qg_cu_launch(l, k_rmsnorm, dim3(l->g->n_tok_max), dim3(256),
+                        sizeof(float) * (size_t)((N + 255) / 256),
                         qg_cu_in_ptr<const float>(l, 0), qg_cu_in_ptr<const float>(l, 1), N,
                         l->n->p.eps, l->step, qg_cu_out_ptr<float>(l, 0));
 }

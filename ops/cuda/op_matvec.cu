@@ -32,9 +32,9 @@
 
 /* Stage x (n floats, n % 4 == 0, 16-byte aligned, n <= MV_XS_MAX) into xs,
  * normalized by norm_w when non-NULL: xs = (x * scale) * w with scale =
- * 1 / sqrt(mean(x^2) + eps), the sum of squares per thread in the order
- * of k_rmsnorm (elements tid, tid + 256, ...) so the values are exactly
- * the rmsnorm kernel's.  All of a thread's loads are issued before any
+ * 1 / sqrt(mean(x^2) + eps), the sum of squares in qg_sumsq_fixed's order
+ * so the values are exactly the rmsnorm kernel's.  red: QG_SUMSQ_CHUNKS
+ * floats of shared memory.  All of a thread's loads are issued before any
  * is used (one memory latency, not one per element).  Block of
  * MV_THREADS threads; ends with __syncthreads(). */
 __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
@@ -49,18 +49,15 @@ __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
     }
     float4 *xs4 = (float4 *)xs;
     if (norm_w) {
-        /* stage plainly, then sum the squares from shared memory over the
-         * elements k_rmsnorm's thread t sums (t, t + 256, ...) */
+        /* stage plainly, then the sum of squares in qg_sumsq_fixed's
+         * order (the rmsnorm kernel's) */
 #pragma unroll
         for (int k = 0; k < MV_STAGE_V4; k++) {
             const int i = tid + MV_THREADS * k;
             if (i < n4) xs4[i] = v[k];
         }
         __syncthreads();
-        float ss = 0.0f;
-        for (int i = tid; i < n; i += MV_THREADS) ss = fmaf(xs[i], xs[i], ss);
-        ss = qg_block_sum(ss, red);
-        const float scale = 1.0f / sqrtf(ss / (float)n + eps);
+        const float scale = 1.0f / sqrtf(qg_sumsq_fixed(xs, n, red) / (float)n + eps);
         float4 w[MV_STAGE_V4];
 #pragma unroll
         for (int k = 0; k < MV_STAGE_V4; k++) {
@@ -106,7 +103,7 @@ struct mv_args {
 template <int DT, bool XS>
 __global__ void __launch_bounds__(MV_THREADS) k_matvec(mv_args a) {
     extern __shared__ float xs[];
-    __shared__ float red[32];
+    __shared__ float red[QG_SUMSQ_CHUNKS];
     {
         /* the weights are constant: ask L2 for this warp's first rows (lane
          * i its i-th row, up to 4) while x is staged (and, with programmatic
@@ -252,7 +249,7 @@ struct gu_args {
 template <int DT, bool XS>
 __global__ void __launch_bounds__(MV_THREADS) k_gate_up(gu_args a) {
     extern __shared__ float xs[];
-    __shared__ float red[32];
+    __shared__ float red[QG_SUMSQ_CHUNKS];
     qg_pdl_wait();
     qg_pdl_trigger();
     {
@@ -491,7 +488,7 @@ struct rt_args {
 template <int DT>
 __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
     extern __shared__ float sm[]; /* xs (n) | p (X) */
-    __shared__ float red[32];
+    __shared__ float red[QG_SUMSQ_CHUNKS];
     __shared__ int s_last;
     float *xs = sm, *p = sm + a.n;
     {

@@ -13,38 +13,34 @@
  *   k_mv8   y_i = W_i x for up to three matrices (q, k, v), optional
  *           residual on matrix 0, optional last column of x
  *   k_gu8   h[k, f] = silu(gate_e x) * (up_e x), e = ids[k] on the device
- *   k_dn8   y = add + sum_k wts[k] * down_{ids[k]} h_k, one warp per expert
+ *   k_dn8   y = add + sum_k wts[k] * down_{ids[k]} h_k, the (expert,
+ *           super-block) pairs spread over 12 warps
+ * Weight loads go out before anything else a block waits for: before the
+ * programmatic-launch wait for dense products (weights are constant),
+ * right after reading the expert ids for the MoE ones, and the next
+ * tile's loads under the current tile's epilogue.
  */
 #include "qg_cuda_i8.cuh"
 #include "qg_cuda_i8_ops.cuh"
 #include "qg_cuda_internal.cuh"
 
-#include <type_traits>
 
 /* Rows per tile (the mma's M). */
 #define I8_TILE 16
 
 /* ---- images --------------------------------------------------------------- */
 
-/* Block: 1 / sqrt(mean(x^2) + eps) over x[0..n) (global memory). */
+/* Block: 1 / sqrt(mean(x^2) + eps) over x[0..n) (global memory), the sum
+ * of squares in qg_sumsq_fixed's order (the rmsnorm kernel's bits). */
 __device__ __forceinline__ float i8_norm_scale(const float *__restrict__ x, int n, float eps,
-                                               float *red) {
-    float ss = 0.0f;
-    for (int i = 4 * threadIdx.x; i < n; i += 4 * blockDim.x) {
-        const float4 v = *(const float4 *)(x + i);
-        ss = fmaf(v.x, v.x, ss);
-        ss = fmaf(v.y, v.y, ss);
-        ss = fmaf(v.z, v.z, ss);
-        ss = fmaf(v.w, v.w, ss);
-    }
-    ss = qg_block_sum(ss, red);
-    return 1.0f / sqrtf(ss / (float)n + eps);
+                                               float *cs) {
+    return 1.0f / sqrtf(qg_sumsq_fixed(x, n, cs) / (float)n + eps);
 }
 
 /* Block: images of nv vectors of n elements each (vector v at x + v * n,
  * global memory) into base (image v at base + v * qg_i8_image_bytes(n)),
- * each element times scale and norm_w[i] when norm_w is given.  Ends with
- * __syncthreads(). */
+ * each element as (x * scale) * norm_w[i] when norm_w is given (the
+ * rmsnorm kernel's products).  Ends with __syncthreads(). */
 __device__ __forceinline__ void i8_build(const float *__restrict__ x, int n, int nv,
                                          const float *__restrict__ norm_w, float scale,
                                          uint8_t *base) {
@@ -67,42 +63,64 @@ __device__ __forceinline__ void i8_build(const float *__restrict__ x, int n, int
     __syncthreads();
 }
 
-/* One warp: its share of a 16-row tile, rows rg / rg8 (row starts) of type
- * DT, super-blocks sb0, sb0 + step, ... below nsb; two super-blocks' loads
- * in flight at a time. */
-template <int DT>
-__device__ __forceinline__ void i8_rows(const uint8_t *rg, const uint8_t *rg8, int sb0, int step,
-                                        int nsb, const qg_i8_vec &xv, float &ag, float &ag8) {
-    constexpr int BS = DT == QG_Q4_K ? 144 : 210;
-    using frag = typename std::conditional<DT == QG_Q4_K, qg_i8_q4k, qg_i8_q6k>::type;
-    for (int sb = sb0; sb < nsb; sb += 2 * step) {
-        frag f0, f1;
-        const bool two = sb + step < nsb;
-        const size_t o0 = (size_t)sb * BS, o1 = (size_t)(sb + step) * BS;
-        if constexpr (DT == QG_Q4_K) {
-            qg_i8_q4k_load(f0, rg + o0, rg8 + o0);
-            if (two) qg_i8_q4k_load(f1, rg + o1, rg8 + o1);
-            qg_i8_q4k_dot(f0, xv, sb, ag, ag8);
-            if (two) qg_i8_q4k_dot(f1, xv, sb + step, ag, ag8);
-        } else {
-            qg_i8_q6k_load(f0, rg + o0, rg8 + o0);
-            if (two) qg_i8_q6k_load(f1, rg + o1, rg8 + o1);
-            qg_i8_q6k_dot(f0, xv, sb, ag, ag8);
-            if (two) qg_i8_q6k_dot(f1, xv, sb + step, ag, ag8);
-        }
+/* ---- one warp's share of a tile --------------------------------------------- */
+
+/* The loaded weights of one super-block of a 16-row tile, either format. */
+union i8_frag {
+    qg_i8_q4k k4;
+    qg_i8_q6k k6;
+};
+
+/* Bytes of one super-block of each format. */
+__device__ __forceinline__ size_t i8_bs(int type) { return type == QG_Q4_K ? 144 : 210; }
+
+/* Load super-block sb of rows rg / rg8 (row starts) of a Q4_K / Q6_K
+ * matrix into f (all loads issued, none waited for). */
+__device__ __forceinline__ void i8_load(i8_frag &f, int type, const uint8_t *rg, const uint8_t *rg8,
+                                        int sb) {
+    const size_t o = (size_t)sb * i8_bs(type);
+    if (type == QG_Q4_K) qg_i8_q4k_load(f.k4, rg + o, rg8 + o);
+    else qg_i8_q6k_load(f.k6, rg + o, rg8 + o);
+}
+
+/* ag, ag8 += this lane's share of rows g, g+8 over super-block sb. */
+__device__ __forceinline__ void i8_dot(const i8_frag &f, int type, const qg_i8_vec &xv, int sb,
+                                       float &ag, float &ag8) {
+    if (type == QG_Q4_K) qg_i8_q4k_dot(f.k4, xv, sb, ag, ag8);
+    else qg_i8_q6k_dot(f.k6, xv, sb, ag, ag8);
+}
+
+/* A warp's work on one tile: super-blocks sb0 and sb0 + step of one
+ * matrix (rows rg / rg8), the first two loaded ahead (f), any further ones
+ * (sb0 + 2 step, ...: long rows only) loaded as they come. */
+struct i8_job {
+    int type;
+    const uint8_t *rg, *rg8;
+    bool live; /* false: nothing to do (idle warp, invalid expert) */
+};
+
+__device__ __forceinline__ void i8_job_load(const i8_job &j, i8_frag (&f)[2], int sb0, int step,
+                                            int nsb) {
+    if (!j.live) return;
+    if (sb0 < nsb) i8_load(f[0], j.type, j.rg, j.rg8, sb0);
+    if (sb0 + step < nsb) i8_load(f[1], j.type, j.rg, j.rg8, sb0 + step);
+}
+
+__device__ __forceinline__ void i8_job_dot(const i8_job &j, const i8_frag (&f)[2], int sb0,
+                                           int step, int nsb, const qg_i8_vec &xv, float &ag,
+                                           float &ag8) {
+    if (!j.live) return;
+    if (sb0 < nsb) i8_dot(f[0], j.type, xv, sb0, ag, ag8);
+    if (sb0 + step < nsb) i8_dot(f[1], j.type, xv, sb0 + step, ag, ag8);
+    for (int sb = sb0 + 2 * step; sb < nsb; sb += step) {
+        i8_frag h;
+        i8_load(h, j.type, j.rg, j.rg8, sb);
+        i8_dot(h, j.type, xv, sb, ag, ag8);
     }
 }
 
-/* i8_rows for a runtime dtype (Q4_K or Q6_K). */
-__device__ __forceinline__ void i8_rows_t(int type, const uint8_t *rg, const uint8_t *rg8, int sb0,
-                                          int step, int nsb, const qg_i8_vec &xv, float &ag,
-                                          float &ag8) {
-    if (type == QG_Q4_K) i8_rows<QG_Q4_K>(rg, rg8, sb0, step, nsb, xv, ag, ag8);
-    else i8_rows<QG_Q6_K>(rg, rg8, sb0, step, nsb, xv, ag, ag8);
-}
-
 /* Sum a warp's row partials over the four lanes of each row group and put
- * rows r0 + g, r0 + g + 8 into red[0..16). */
+ * rows g, g + 8 into red[0..16). */
 __device__ __forceinline__ void i8_warp_rows(float ag, float ag8, float *red) {
     ag += __shfl_xor_sync(0xffffffffu, ag, 1);
     ag += __shfl_xor_sync(0xffffffffu, ag, 2);
@@ -115,36 +133,67 @@ __device__ __forceinline__ void i8_warp_rows(float ag, float ag8, float *red) {
     }
 }
 
+/* Rows g, g+8 of the tile at r0 of an m-row matrix (clamped to the last
+ * row; clamped rows are computed and not written). */
+__device__ __forceinline__ i8_job i8_rows_of(int type, const uint8_t *w, size_t rb, int m, int r0) {
+    const int g = (threadIdx.x & 31) >> 2;
+    i8_job j;
+    j.type = type;
+    j.rg = w + (size_t)min(r0 + g, m - 1) * rb;
+    j.rg8 = w + (size_t)min(r0 + g + 8, m - 1) * rb;
+    j.live = true;
+    return j;
+}
+
 /* ---- dense: up to three matrices ---------------------------------------- */
+
+/* Matrix and first row of dense tile `tile`. */
+__device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int *i, int *r0) {
+    int k = 0;
+    while (tile >= a.tiles[k + 1]) k++;
+    *i = k;
+    *r0 = I8_TILE * (tile - a.tiles[k]);
+}
 
 template <int NW>
 __global__ void __launch_bounds__(NW * 32) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[NW][I8_TILE];
-    __shared__ float bred[32];
+    __shared__ float cs[QG_SUMSQ_CHUNKS];
+    const int w = threadIdx.x >> 5, nsb = a.n / 256, T = a.tiles[a.nm];
+    int tile = blockIdx.x, mi = 0, r0 = 0;
+    i8_frag f[2];
+    i8_job job = {};
+    /* the weights are constant: the first tile's loads go out before the
+     * previous kernel has finished (programmatic launch) */
+    if (tile < T) {
+        mv8_locate(a, tile, &mi, &r0);
+        job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
+        i8_job_load(job, f, w, NW, nsb);
+    }
     qg_pdl_wait();
     const float *x = a.x;
     if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
-    const float sc = a.norm_w ? i8_norm_scale(x, a.n, a.eps, bred) : 1.0f;
+    const float sc = a.norm_w ? i8_norm_scale(x, a.n, a.eps, cs) : 1.0f;
     i8_build(x, a.n, 1, a.norm_w, sc, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
-    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, nsb = a.n / 256;
-    for (int tile = blockIdx.x; tile < a.tiles[a.nm]; tile += gridDim.x) {
-        int i = 0;
-        while (tile >= a.tiles[i + 1]) i++;
-        const int r0 = I8_TILE * (tile - a.tiles[i]), m = a.m[i];
-        const uint8_t *rg = a.w[i] + (size_t)min(r0 + g, m - 1) * a.rb[i];
-        const uint8_t *rg8 = a.w[i] + (size_t)min(r0 + g + 8, m - 1) * a.rb[i];
+    for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
-        i8_rows_t(a.type[i], rg, rg8, w, NW, nsb, xv, ag, ag8);
+        i8_job_dot(job, f, w, NW, nsb, xv, ag, ag8);
+        const int ci = mi, cr0 = r0;
+        if (tile + (int)gridDim.x < T) { /* next tile's loads under this epilogue */
+            mv8_locate(a, tile + gridDim.x, &mi, &r0);
+            job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
+            i8_job_load(job, f, w, NW, nsb);
+        }
         i8_warp_rows(ag, ag8, red[w]);
         __syncthreads();
-        if (threadIdx.x < I8_TILE && r0 + (int)threadIdx.x < m) {
+        if (threadIdx.x < I8_TILE && cr0 + (int)threadIdx.x < a.m[ci]) {
             float s = 0.0f;
 #pragma unroll
             for (int k = 0; k < NW; k++) s += red[k][threadIdx.x];
-            const int r = r0 + threadIdx.x;
-            a.y[i][r] = (i == 0 && a.add) ? a.add[r] + s : s;
+            const int r = cr0 + threadIdx.x;
+            a.y[ci][r] = (ci == 0 && a.add) ? a.add[r] + s : s;
         }
         __syncthreads();
     }
@@ -152,31 +201,48 @@ __global__ void __launch_bounds__(NW * 32) k_mv8(qg_i8_mv_args a) {
 
 /* ---- gate / up of the chosen experts -------------------------------------- */
 
+/* Warps [0, NWH) take the gate matrix, [NWH, 2 NWH) the up matrix. */
+__device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int NWH) {
+    const int FT = (a.F + I8_TILE - 1) / I8_TILE, k = tile / FT, r0 = I8_TILE * (tile - k * FT);
+    const int e = a.ids ? a.ids[k] : 0;
+    const bool up = (int)(threadIdx.x >> 5) >= NWH;
+    i8_job j = {};
+    if (e < 0 || e >= a.X) return j; /* live = false */
+    return up ? i8_rows_of(a.tu, a.wu + (size_t)e * a.esu, a.rbu, a.F, r0)
+              : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
+}
+
 template <int NWH>
 __global__ void __launch_bounds__(2 * NWH * 32) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[2 * NWH][I8_TILE];
-    __shared__ float bred[32];
+    __shared__ float cs[QG_SUMSQ_CHUNKS];
+    const int w = threadIdx.x >> 5, nsb = a.n / 256, wi = w >= NWH ? w - NWH : w;
+    const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
     qg_pdl_wait();
-    const float sc = a.norm_w ? i8_norm_scale(a.x, a.n, a.eps, bred) : 1.0f;
+    int tile = blockIdx.x;
+    i8_frag f[2];
+    i8_job job = {};
+    /* the expert ids are known: the first tile's loads go out before x's
+     * image is built */
+    if (tile < T) {
+        job = gu8_job(a, tile, NWH);
+        i8_job_load(job, f, wi, NWH, nsb);
+    }
+    const float sc = a.norm_w ? i8_norm_scale(a.x, a.n, a.eps, cs) : 1.0f;
     i8_build(a.x, a.n, 1, a.norm_w, sc, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
-    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, nsb = a.n / 256;
-    const int up = w >= NWH, wi = up ? w - NWH : w;
-    const int FT = (a.F + I8_TILE - 1) / I8_TILE;
-    for (int tile = blockIdx.x; tile < a.K * FT; tile += gridDim.x) {
+    for (; tile < T; tile += gridDim.x) {
+        float ag = 0.0f, ag8 = 0.0f;
+        i8_job_dot(job, f, wi, NWH, nsb, xv, ag, ag8);
         const int k = tile / FT, r0 = I8_TILE * (tile - k * FT);
         const int e = a.ids ? a.ids[k] : 0;
         const bool ok = e >= 0 && e < a.X;
-        if (ok) {
-            const uint8_t *base = up ? a.wu + (size_t)e * a.esu : a.wg + (size_t)e * a.esg;
-            const size_t rb = up ? a.rbu : a.rbg;
-            const uint8_t *rg = base + (size_t)min(r0 + g, a.F - 1) * rb;
-            const uint8_t *rg8 = base + (size_t)min(r0 + g + 8, a.F - 1) * rb;
-            float ag = 0.0f, ag8 = 0.0f;
-            i8_rows_t(up ? a.tu : a.tg, rg, rg8, wi, NWH, nsb, xv, ag, ag8);
-            i8_warp_rows(ag, ag8, red[w]);
+        if (tile + (int)gridDim.x < T) {
+            job = gu8_job(a, tile + gridDim.x, NWH);
+            i8_job_load(job, f, wi, NWH, nsb);
         }
+        i8_warp_rows(ag, ag8, red[w]);
         __syncthreads();
         if (threadIdx.x < I8_TILE && r0 + (int)threadIdx.x < a.F) {
             float gs = 0.0f, us = 0.0f;
@@ -193,39 +259,82 @@ __global__ void __launch_bounds__(2 * NWH * 32) k_gu8(qg_i8_gu_args a) {
 
 /* ---- down projection + weighted sum --------------------------------------- */
 
-__global__ void __launch_bounds__(QG_I8_DN_KMAX * 32) k_dn8(qg_i8_dn_args a) {
+/* Warp w's (expert k, super-block) pairs of a down tile: p = w, w + NW,
+ * ... over K * nsb pairs, k = p / nsb.  Each pair is its own job (its own
+ * expert and weight). */
+#define DN_NW QG_I8_DN_WARPS
+#define DN_PAIRS 2 /* pairs per warp held in registers */
+
+__device__ __forceinline__ i8_job dn8_job(const qg_i8_dn_args &a, int r0, int p, int nsb) {
+    i8_job j = {};
+    if (p >= a.K * nsb) return j;
+    const int e = a.ids[p / nsb];
+    if (e < 0 || e >= a.X) return j;
+    return i8_rows_of(a.type, a.w + (size_t)e * a.es, a.rb, a.E, r0);
+}
+
+__global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
     extern __shared__ __align__(16) uint8_t img[];
-    __shared__ float red[QG_I8_DN_KMAX][I8_TILE];
-    __shared__ int sid[QG_I8_DN_KMAX];
+    __shared__ float red[DN_NW][I8_TILE];
     __shared__ float sw[QG_I8_DN_KMAX];
+    __shared__ int s_bad;
+    const int w = threadIdx.x >> 5, nsb = a.F / 256, T = (a.E + I8_TILE - 1) / I8_TILE;
+    const size_t ib = qg_i8_image_bytes(a.F);
     qg_pdl_wait();
-    i8_build(a.h, a.F, a.K, nullptr, 1.0f, img);
+    int tile = blockIdx.x;
+    i8_frag f[DN_PAIRS];
+    i8_job job[DN_PAIRS] = {};
+    auto load = [&](int t) { /* one super-block per pair */
+#pragma unroll
+        for (int q = 0; q < DN_PAIRS; q++) {
+            const int p = w + q * DN_NW;
+            job[q] = dn8_job(a, I8_TILE * t, p, nsb);
+            if (job[q].live) i8_load(f[q], job[q].type, job[q].rg, job[q].rg8, p % nsb);
+        }
+    };
+    if (tile < T) load(tile);
+    if (threadIdx.x == 0) s_bad = 0;
+    __syncthreads();
     if (threadIdx.x < a.K) {
         const int e = a.ids[threadIdx.x];
-        sid[threadIdx.x] = (e >= 0 && e < a.X) ? e : -1;
+        if (e < 0 || e >= a.X) s_bad = 1;
         sw[threadIdx.x] = a.wts[threadIdx.x];
     }
-    __syncthreads();
-    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, nsb = a.F / 256;
-    const size_t ib = qg_i8_image_bytes(a.F);
-    bool bad = false;
-    for (int k = 0; k < a.K; k++) bad |= sid[k] < 0;
-    for (int tile = blockIdx.x; tile < (a.E + I8_TILE - 1) / I8_TILE; tile += gridDim.x) {
-        const int r0 = I8_TILE * tile;
-        if (w < a.K && sid[w] >= 0) {
-            const uint8_t *base = a.w + (size_t)sid[w] * a.es;
-            const uint8_t *rg = base + (size_t)min(r0 + g, a.E - 1) * a.rb;
-            const uint8_t *rg8 = base + (size_t)min(r0 + g + 8, a.E - 1) * a.rb;
-            const qg_i8_vec hv = qg_i8_at(img + (size_t)w * ib, a.F);
-            float ag = 0.0f, ag8 = 0.0f;
-            i8_rows_t(a.type, rg, rg8, 0, 1, nsb, hv, ag, ag8);
-            i8_warp_rows(ag, ag8, red[w]);
+    i8_build(a.h, a.F, a.K, nullptr, 1.0f, img);
+    for (; tile < T; tile += gridDim.x) {
+        float ag = 0.0f, ag8 = 0.0f;
+#pragma unroll
+        for (int q = 0; q < DN_PAIRS; q++) {
+            const int p = w + q * DN_NW;
+            if (!job[q].live) continue;
+            const int k = p / nsb;
+            float pg = 0.0f, pg8 = 0.0f;
+            i8_dot(f[q], job[q].type, qg_i8_at(img + (size_t)k * ib, a.F), p % nsb, pg, pg8);
+            ag = fmaf(sw[k], pg, ag);
+            ag8 = fmaf(sw[k], pg8, ag8);
         }
+        /* pairs beyond DN_NW * DN_PAIRS (more experts or longer rows than
+         * the 30B shapes): loaded as they come */
+        for (int p = w + DN_PAIRS * DN_NW; p < a.K * nsb; p += DN_NW) {
+            const i8_job j = dn8_job(a, I8_TILE * tile, p, nsb);
+            if (!j.live) continue;
+            const int k = p / nsb;
+            i8_frag h;
+            float pg = 0.0f, pg8 = 0.0f;
+            i8_load(h, j.type, j.rg, j.rg8, p % nsb);
+            i8_dot(h, j.type, qg_i8_at(img + (size_t)k * ib, a.F), p % nsb, pg, pg8);
+            ag = fmaf(sw[k], pg, ag);
+            ag8 = fmaf(sw[k], pg8, ag8);
+        }
+        const int r0 = I8_TILE * tile;
+        if (tile + (int)gridDim.x < T) load(tile + gridDim.x);
+        i8_warp_rows(ag, ag8, red[w]);
         __syncthreads();
         if (threadIdx.x < I8_TILE && r0 + (int)threadIdx.x < a.E) {
             float s = 0.0f;
-            for (int k = 0; k < a.K; k++) s = fmaf(sw[k], red[k][threadIdx.x], s);
-            if (bad) s = __int_as_float(0x7fc00000);
+#pragma unroll
+            for (int k = 0; k < DN_NW; k++) s += red[k][threadIdx.x];
+            if (s_bad) s = __int_as_float(0x7fc00000);
             const int r = r0 + threadIdx.x;
             a.y[r] = a.add ? a.add[r] + s : s;
         }
@@ -331,6 +440,6 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.add = add;
     a.y = y;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
-    return qg_cu_launch(l, k_dn8, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(QG_I8_DN_KMAX * 32),
+    return qg_cu_launch(l, k_dn8, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(QG_I8_DN_WARPS * 32),
                         (size_t)K * qg_i8_image_bytes(F), a);
 }

@@ -118,6 +118,35 @@ __device__ __forceinline__ float qg_block_sum(float v, float *red) {
     return qg_warp_sum(t);
 }
 
+/* Sum of squares of x[0..n) (global or shared memory) in an order that
+ * does not depend on the block size, so every kernel that normalizes a
+ * vector (the rmsnorm kernel and the products that fold it in) gets the
+ * same bits: 256-element chunk c is summed by one warp (lane l: elements
+ * 256c + 8l .. +7 in order, then qg_warp_sum), the chunk sums in chunk
+ * order.  cs: shared memory, >= (n + 255) / 256 floats.  Every thread
+ * gets the total; ends with __syncthreads() (cs may be reused). */
+__device__ __forceinline__ float qg_sumsq_fixed(const float *x, int n, float *cs) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int nc = (n + 255) / 256;
+    for (int c = w; c < nc; c += nw) {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int e = 256 * c + 8 * lane + i;
+            if (e < n) s = fmaf(x[e], x[e], s);
+        }
+        s = qg_warp_sum(s);
+        if (lane == 0) cs[c] = s;
+    }
+    __syncthreads();
+    float t = 0.0f;
+    for (int c = 0; c < nc; c++) t += cs[c];
+    __syncthreads();
+    return t;
+}
+/* Chunk sums qg_sumsq_fixed can hold in a fixed __shared__ array. */
+#define QG_SUMSQ_CHUNKS 64
+
 __device__ __forceinline__ float qg_silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* ---- units ------------------------------------------------------------ */

@@ -12,8 +12,9 @@
 /* Longest input vector (elements) of the fast path: its image (3.1 bytes
  * per element) stays under the default 48 KiB of shared memory. */
 #define QG_I8_N_MAX 12288
-/* Most experts per token of the fast down projection (one warp each). */
-#define QG_I8_DN_KMAX 8
+/* Most experts per token of the fast down projection, and its warps. */
+#define QG_I8_DN_KMAX 32
+#define QG_I8_DN_WARPS 12
 
 struct qg_i8_mv_args {
     const uint8_t *w[3];
