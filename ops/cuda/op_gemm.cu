@@ -22,6 +22,7 @@
  * group in a fixed order whatever tile it lands in, so the grouping order
  * does not change results.
  */
+#include "qg_cuda_gemm_i8.cuh"
 #include "qg_cuda_internal.cuh"
 
 #include <mma.h>
@@ -314,6 +315,14 @@ static gm_args gm_make(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_
 
 static bool gm_f32(const qg_cuda_launch *l, qg_dtype t) { return t == QG_F32 || l->o.f32_prefill; }
 
+/* Does the integer path (op_gemm_i8.cu) take this product?  It also needs
+ * x 16-byte aligned with a column stride of a multiple of 4 floats, and
+ * its image scratch (qg_i8g_image; without it the f16 kernels run). */
+static bool gm_i8(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
+                  const float *x, int ldx) {
+    return qg_i8g_ok(l, w, w2, n) && ((uintptr_t)x & 15) == 0 && ldx % 4 == 0 && l->g && l->n;
+}
+
 /* Launch a split-f16 gemm with `smem` bytes of dynamic shared memory
  * (qg_cu_gemm_prepare raised the limit above the 48 KiB default). */
 static cudaError_t gm_f16_launch(const qg_cuda_launch *l, void (*k)(gm_args), dim3 grid,
@@ -375,6 +384,10 @@ static cudaError_t gm_launch(const qg_cuda_launch *l, qg_dtype t, bool dual, con
 cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                              int n, const float *x, int ldx, const float *add) {
     if (w2 && w2->type != w->type) return cudaErrorInvalidValue;
+    if (gm_i8(l, w, w2, n, x, ldx)) {
+        uint8_t *img = qg_i8g_image(l, (size_t)l->g->n_tok_max * qg_i8p_col_bytes(n));
+        if (img) return qg_i8g_dense(l, w, w2, n, x, ldx, add, img);
+    }
     const gm_args a = gm_make(l, w, w2, n, x, ldx, add);
     const int T = l->g->n_tok_max;
     return gm_launch(l, w->type, w2 != nullptr, a, (T + 63) / 64, (T + 31) / 32);
@@ -383,6 +396,12 @@ cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const 
 cudaError_t qg_cu_gemm_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                                int n, const float *x, int ldx, const qg_cu_groups *gr) {
     if (w2 && w2->type != w->type) return cudaErrorInvalidValue;
+    const int K = qg_i8g_node_k(l->g, l->n);
+    if (gm_i8(l, w, w2, n, x, ldx) && K > 0 && gr->xdiv > 0 && K % gr->xdiv == 0) {
+        const size_t cols = (size_t)l->g->n_tok_max * (size_t)(K / gr->xdiv);
+        uint8_t *img = qg_i8g_image(l, cols * qg_i8p_col_bytes(n));
+        if (img) return qg_i8g_grouped(l, w, w2, n, x, ldx, gr, img);
+    }
     gm_args a = gm_make(l, w, w2, n, x, ldx, nullptr);
     a.tiles = gr->tiles;
     a.asg = gr->asg;

@@ -3,6 +3,7 @@
  * the scratch each needs, which executor-level fusions a node accepts, and
  * the dispatch to the op_*.cu launchers.
  */
+#include "qg_cuda_gemm_i8.cuh"
 #include "qg_cuda_internal.cuh"
 
 #include <initializer_list>
@@ -121,6 +122,9 @@ extern "C" void qg_cuda_op_needs(const qg_graph *g, const qg_node *n, const qg_c
     default:
         break;
     }
+    /* the prefill products' activation images: last, at the tail (see
+     * qg_cuda_gemm_i8.cuh) */
+    qg_cu_gemm_needs(g, n, o, &b);
     *scratch_bytes = b.off;
     *n_counters = nc;
 }

@@ -1,0 +1,403 @@
+/*
+ * tools/kernels/gemm.cu - kernel lab: the prefill products (tiled GEMMs over
+ * quantized weights), llm.c dev/cuda style.
+ *
+ *   lab_gemm [reps]
+ *
+ * Numbered versions of y = W x over the live tokens (dense) or grouped by
+ * expert, on the 30b-a3b shapes:
+ *   v1  today's split-f16 product (ops/cuda/op_gemm.cu k_gemm_f16: weight
+ *       tiles dequantized to f32, hi + lo f16 parts, WMMA), reached through
+ *       qg_cu_gemm_dense / qg_cu_gemm_grouped with no image scratch
+ *   v2  the integer tensor-core product (ops/cuda/op_gemm_i8.cu: x as three
+ *       int8 planes built once per product, mma.sync s8), the same entry
+ *       points with the node's scratch
+ * Each version is checked against a float64 reference before it is timed:
+ * the output is poisoned (0xFF bytes: NaN), every live output must be
+ * written and finite, and sampled outputs (every row of a few columns, every
+ * column of 64 rows) must satisfy |y - ref| <= 1e-5 * sum|w x| + 1e-6
+ * (dual: the tolerance of silu(g) * u from those of g and u).
+ * Timing: a CUDA Graph of `copies` launches over rotating copies of the
+ * weights (dense) or rotating expert choices (grouped), so weights come from
+ * HBM as in a 48-layer prefill; replayed `reps` times, median per product;
+ * TFLOP/s = 2 * rows * n * columns (x2 for gate + up) / time.
+ */
+#if defined(__cplusplus) && !defined(_Noreturn)
+#define _Noreturn [[noreturn]]
+#endif
+
+#include "../../ops/cuda/qg_cuda_common.cuh"
+#include "../../ops/cuda/qg_cuda_internal.cuh"
+
+extern "C" {
+#include "../../graph/qg_graph.h"
+#include "../../ops/quant/qg_quant.h"
+}
+
+#include <algorithm>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#define CK(call)                                                                          \
+    do {                                                                                  \
+        cudaError_t e_ = (call);                                                          \
+        if (e_ != cudaSuccess) {                                                          \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                 \
+                    cudaGetErrorString(e_));                                              \
+            exit(1);                                                                      \
+        }                                                                                 \
+    } while (0)
+
+static uint64_t g_rng = 0x7654321;
+static uint64_t rnd(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rndf(void) { return (float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f; }
+
+/* Random but valid blocks of type t for rows x n (random payload, small
+ * positive f16 super-scales). */
+static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
+    const size_t rb = qg_dtype_row_bytes(t, n);
+    for (size_t i = 0; i < rb * (size_t)rows; i += 8) {
+        uint64_t v = rnd();
+        memcpy(p + i, &v, QG_MIN((size_t)8, rb * (size_t)rows - i));
+    }
+    const int bs = qg_dtype_get((uint32_t)t)->type_size;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < n / 256; b++) {
+            uint8_t *blk = p + r * rb + b * bs;
+            const uint16_t d = qg_f32_to_f16(1e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
+            const uint16_t m = qg_f32_to_f16(5e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
+            if (t == QG_Q4_K) {
+                memcpy(blk, &d, 2);
+                memcpy(blk + 2, &m, 2);
+            } else if (t == QG_Q6_K) {
+                memcpy(blk + 208, &d, 2);
+            }
+        }
+}
+
+/* One product shape. */
+struct shape {
+    const char *what;
+    qg_dtype t;
+    int n, m;      /* inputs, rows (per expert) */
+    bool dual;     /* gate and up (same type), silu(g) * u */
+    bool add;      /* residual */
+    int grouped;   /* 0: dense over T tokens; else tokens per expert (8 experts) */
+    int T;         /* dense: tokens */
+    bool down;     /* grouped: x columns are assignments (xdiv 1), else tokens */
+};
+
+#define LAB_X 128 /* experts of the grouped shapes' weights */
+#define LAB_K 8   /* experts per token */
+
+/* The graph context a launch needs: a prefill graph with one node of the
+ * product's op (its scratch layout), a device step input and the scratch. */
+struct ctx {
+    qg_graph *g;
+    int node;
+    int32_t *step;
+    void *scratch;
+    size_t scratch_bytes;
+};
+
+static int add_t(qg_graph *g, const char *name, qg_dtype t, qg_role r, int nd, int64_t a, int64_t b,
+                 int64_t c) {
+    const int64_t ne[3] = {a, b, c};
+    return qg_graph_add_tensor(g, name, t, r, 0, nd, ne, NULL);
+}
+
+static ctx ctx_new(const shape &s, int T, const qg_cuda_opts &o) {
+    ctx c = {};
+    c.g = qg_graph_new(QG_PHASE_PREFILL, T, 4096);
+    qg_graph *g = c.g;
+    qg_op_params p = {};
+    p.n_expert = LAB_X;
+    p.n_expert_used = LAB_K;
+    if (!s.grouped && !s.dual) {
+        const int w = add_t(g, "w", s.t, QG_ROLE_WEIGHT, 2, s.n, s.m, 1);
+        const int x = add_t(g, "x", QG_F32, QG_ROLE_INPUT, 2, s.n, T, 1);
+        const int y = add_t(g, "y", QG_F32, QG_ROLE_OUTPUT, 2, s.m, T, 1);
+        const int in[2] = {w, x};
+        c.node = qg_graph_add_node(g, QG_OP_MATMUL, "matmul", 0, in, 2, &y, 1, &p);
+    } else if (!s.grouped) {
+        const int x = add_t(g, "x", QG_F32, QG_ROLE_INPUT, 2, s.n, T, 1);
+        const int gw = add_t(g, "gate", s.t, QG_ROLE_WEIGHT, 2, s.n, s.m, 1);
+        const int uw = add_t(g, "up", s.t, QG_ROLE_WEIGHT, 2, s.n, s.m, 1);
+        const int y = add_t(g, "h", QG_F32, QG_ROLE_OUTPUT, 2, s.m, T, 1);
+        const int in[3] = {x, gw, uw};
+        c.node = qg_graph_add_node(g, QG_OP_SWIGLU, "swiglu", 0, in, 3, &y, 1, &p);
+    } else if (!s.down) {
+        const int x = add_t(g, "x", QG_F32, QG_ROLE_INPUT, 2, s.n, T, 1);
+        const int gw = add_t(g, "gate", s.t, QG_ROLE_WEIGHT, 3, s.n, s.m, LAB_X);
+        const int uw = add_t(g, "up", s.t, QG_ROLE_WEIGHT, 3, s.n, s.m, LAB_X);
+        const int ids = add_t(g, "ids", QG_I32, QG_ROLE_INPUT, 2, LAB_K, T, 1);
+        const int h = add_t(g, "h", QG_F32, QG_ROLE_OUTPUT, 3, s.m, LAB_K, T);
+        const int in[4] = {x, gw, uw, ids};
+        c.node = qg_graph_add_node(g, QG_OP_EXPERT_SWIGLU, "experts", 0, in, 4, &h, 1, &p);
+    } else {
+        const int h = add_t(g, "h", QG_F32, QG_ROLE_INPUT, 3, s.n, LAB_K, T);
+        const int dw = add_t(g, "down", s.t, QG_ROLE_WEIGHT, 3, s.n, s.m, LAB_X);
+        const int ids = add_t(g, "ids", QG_I32, QG_ROLE_INPUT, 2, LAB_K, T, 1);
+        const int wts = add_t(g, "wts", QG_F32, QG_ROLE_INPUT, 2, LAB_K, T, 1);
+        const int y = add_t(g, "y", QG_F32, QG_ROLE_OUTPUT, 2, s.m, T, 1);
+        const int in[4] = {h, dw, ids, wts};
+        c.node = qg_graph_add_node(g, QG_OP_AGGREGATE, "aggregate", 0, in, 4, &y, 1, &p);
+    }
+    int nc = 0;
+    qg_cuda_op_needs(g, &g->nodes[c.node], &o, &c.scratch_bytes, &nc);
+    if (c.scratch_bytes) CK(cudaMalloc(&c.scratch, c.scratch_bytes));
+    CK(cudaMalloc(&c.step, sizeof(int32_t) * QG_STEP_N));
+    const int32_t st[QG_STEP_N] = {T, T, 0, 0};
+    CK(cudaMemcpy(c.step, st, sizeof st, cudaMemcpyHostToDevice));
+    return c;
+}
+
+static void ctx_free(ctx &c) {
+    cudaFree(c.scratch);
+    cudaFree(c.step);
+    qg_graph_free(c.g);
+}
+
+/* Grouped lists on the host: expert of tile list `rot` for slot k is
+ * (8 rot + k) % LAB_X; every token takes all 8 slots, so each expert has T
+ * assignments a = t * K + k. */
+struct lists {
+    int32_t *tiles, *asg; /* device */
+    int max_tiles;
+};
+
+static lists lists_new(int T, int rot) {
+    std::vector<int32_t> asg, tl(1, 0);
+    for (int k = 0; k < LAB_K; k++) {
+        const int off = (int)asg.size();
+        for (int t = 0; t < T; t++) asg.push_back(t * LAB_K + k);
+        for (int j = 0; j < T; j += QG_CU_GROUP_BN) {
+            tl.push_back((8 * rot + k) % LAB_X);
+            tl.push_back(off + j);
+            tl.push_back(std::min(QG_CU_GROUP_BN, T - j));
+            tl[0]++;
+        }
+    }
+    lists L = {};
+    L.max_tiles = qg_cu_max_tiles(LAB_K, T, LAB_X);
+    tl.resize(1 + 3 * (size_t)L.max_tiles, 0);
+    CK(cudaMalloc(&L.tiles, sizeof(int32_t) * tl.size()));
+    CK(cudaMalloc(&L.asg, sizeof(int32_t) * asg.size()));
+    CK(cudaMemcpy(L.tiles, tl.data(), sizeof(int32_t) * tl.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(L.asg, asg.data(), sizeof(int32_t) * asg.size(), cudaMemcpyHostToDevice));
+    return L;
+}
+
+/* Enqueue one product of version v (1: f16, 2: integer). */
+static cudaError_t launch(int v, const shape &s, const ctx &c, const qg_cuda_opts &o, const uint8_t *w,
+                          const uint8_t *w2, const float *x, float *y, const float *add,
+                          const lists *L, cudaStream_t st) {
+    qg_cuda_launch l = {};
+    l.g = c.g;
+    l.n = &c.g->nodes[c.node];
+    l.step = c.step;
+    l.scratch = v >= 2 ? c.scratch : nullptr;
+    l.scratch_bytes = v >= 2 ? c.scratch_bytes : 0;
+    l.stream = st;
+    l.o = o;
+    const size_t rb = qg_dtype_row_bytes(s.t, s.n);
+    qg_cu_mat m = {}, m2 = {};
+    m.type = s.t;
+    m.w = w;
+    m.rb = rb;
+    m.es = rb * s.m;
+    m.m = s.m;
+    m.y = y;
+    m.ldy = s.m;
+    m2 = m;
+    m2.w = w2;
+    if (!s.grouped) return qg_cu_gemm_dense(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, add);
+    const qg_cu_groups gr = {L->tiles, L->asg, L->max_tiles, s.down ? 1 : LAB_K};
+    return qg_cu_gemm_grouped(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, &gr);
+}
+
+static double silu(double v) { return v / (1.0 + exp(-v)); }
+
+/* Check the output of version `name` (host copy y) against float64. */
+static bool check(const shape &s, int T, const uint8_t *hw, const uint8_t *hw2, const float *hx,
+                  const float *hadd, const float *hy, const char *name) {
+    const size_t rb = qg_dtype_row_bytes(s.t, s.n);
+    const int cols = s.grouped ? T * LAB_K : T; /* y columns */
+    /* every live output written */
+    for (size_t i = 0; i < (size_t)cols * s.m; i++)
+        if (!std::isfinite(hy[i])) {
+            printf("    %s: y[%zu] (column %zu, row %zu) = %g: not written or not finite\n", name, i,
+                   i / s.m, i % s.m, hy[i]);
+            return false;
+        }
+    std::vector<double> wr(s.n), wr2(s.n);
+    const int ccheck[3] = {0, cols / 2, cols - 1};
+    for (int r = 0; r < s.m; r++) {
+        const bool all = (r * 64) / s.m != ((r + 1) * 64) / s.m || r == s.m - 1;
+        for (int ci = 0; ci < (all ? cols : 3); ci++) {
+            const int c = all ? ci : ccheck[ci];
+            const int e = s.grouped ? (c % LAB_K) : 0; /* expert slot; rotation 0 */
+            const int xc = s.grouped && !s.down ? c / LAB_K : c;
+            if (ci == 0 || s.grouped) {
+                const size_t eo = (size_t)e * rb * s.m;
+                qg_dequant_row_f64(s.t, hw + eo + (size_t)r * rb, wr.data(), s.n);
+                if (s.dual) qg_dequant_row_f64(s.t, hw2 + eo + (size_t)r * rb, wr2.data(), s.n);
+            }
+            const float *xv = hx + (size_t)xc * s.n;
+            double a = 0, am = 0, b = 0, bm = 0;
+            for (int i = 0; i < s.n; i++) {
+                a += wr[i] * xv[i];
+                am += fabs(wr[i] * xv[i]);
+                if (s.dual) {
+                    b += wr2[i] * xv[i];
+                    bm += fabs(wr2[i] * xv[i]);
+                }
+            }
+            double ref = a, tol = 1e-5 * am + 1e-6;
+            if (s.dual) {
+                /* |d silu(a)/da| <= 1.1: tol(silu(a) * b) from those of a, b */
+                const double ta = 1e-5 * am + 1e-6, tb = 1e-5 * bm + 1e-6;
+                ref = silu(a) * b;
+                tol = 1.1 * ta * (fabs(b) + tb) + fabs(silu(a)) * tb + 1e-6;
+            }
+            const size_t o = (size_t)c * s.m + r;
+            if (hadd) ref += hadd[o];
+            if (!(fabs(hy[o] - ref) <= tol)) {
+                printf("    %s: row %d column %d = %.9g, reference %.9g (tolerance %.3g): WRONG\n", name,
+                       r, c, hy[o], ref, tol);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
+    const int T = s.grouped ? s.grouped : s.T;
+    const size_t rb = qg_dtype_row_bytes(s.t, s.n);
+    const int X = s.grouped ? LAB_X : 1;
+    const size_t mat = qg_align_up(rb * s.m * X, 256);
+    const int nmat = s.dual ? 2 : 1;
+    const int copies = s.grouped ? LAB_X / LAB_K
+                                 : (int)QG_MAX((size_t)1, ((size_t)512 << 20) / (mat * nmat));
+    /* host weights: one copy (grouped: all experts) */
+    std::vector<uint8_t> hw(mat * nmat);
+    fill_blocks(s.t, hw.data(), (int64_t)s.m * X, s.n);
+    if (s.dual) fill_blocks(s.t, hw.data() + mat, (int64_t)s.m * X, s.n);
+    uint8_t *W;
+    const int dcopies = s.grouped ? 1 : copies;
+    CK(cudaMalloc(&W, mat * nmat * dcopies));
+    for (int i = 0; i < dcopies; i++)
+        CK(cudaMemcpy(W + i * mat * nmat, hw.data(), mat * nmat, cudaMemcpyHostToDevice));
+    const int xcols = s.grouped && s.down ? T * LAB_K : T;
+    const int ycols = s.grouped ? T * LAB_K : T;
+    std::vector<float> hx((size_t)xcols * s.n), hy((size_t)ycols * s.m), hadd;
+    for (float &v : hx) v = rndf();
+    float *x, *y, *add = nullptr;
+    CK(cudaMalloc(&x, sizeof(float) * hx.size()));
+    CK(cudaMalloc(&y, sizeof(float) * hy.size()));
+    CK(cudaMemcpy(x, hx.data(), sizeof(float) * hx.size(), cudaMemcpyHostToDevice));
+    if (s.add) {
+        hadd.resize(hy.size());
+        for (float &v : hadd) v = rndf();
+        CK(cudaMalloc(&add, sizeof(float) * hadd.size()));
+        CK(cudaMemcpy(add, hadd.data(), sizeof(float) * hadd.size(), cudaMemcpyHostToDevice));
+    }
+    std::vector<lists> L;
+    if (s.grouped)
+        for (int r = 0; r < copies; r++) L.push_back(lists_new(T, r));
+    ctx c = ctx_new(s, T, o);
+    const double flop = 2.0 * s.m * s.n * (double)ycols * nmat;
+    for (int v = 1; v <= 2; v++) {
+        char name[8];
+        snprintf(name, sizeof name, "v%d", v);
+        auto wp = [&](int i) { return W + (s.grouped ? 0 : (size_t)i * mat * nmat); };
+        CK(cudaMemset(y, 0xFF, sizeof(float) * hy.size()));
+        CK(launch(v, s, c, o, wp(0), wp(0) + mat, x, y, add, s.grouped ? &L[0] : nullptr, 0));
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(hy.data(), y, sizeof(float) * hy.size(), cudaMemcpyDeviceToHost));
+        const bool ok = check(s, T, hw.data(), hw.data() + mat, hx.data(), s.add ? hadd.data() : nullptr,
+                              hy.data(), name);
+        cudaStream_t st;
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        cudaGraph_t gr;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < copies; i++)
+            CK(launch(v, s, c, o, wp(i), wp(i) + mat, x, y, add, s.grouped ? &L[i] : nullptr, st));
+        CK(cudaStreamEndCapture(st, &gr));
+        CK(cudaGraphInstantiate(&ge, gr, 0));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        std::vector<float> t(reps);
+        for (int r = 0; r < reps; r++) {
+            CK(cudaEventRecord(e0, st));
+            CK(cudaGraphLaunch(ge, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&t[r], e0, e1));
+        }
+        std::sort(t.begin(), t.end());
+        const double us = t[reps / 2] * 1e3 / copies;
+        printf("  %-34s %-5s %-3s %10.2f %9.1f  %s\n", s.what, qg_dtype_name(s.t), name, us,
+               flop / us / 1e6, ok ? "ok" : "WRONG");
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(gr);
+        cudaStreamDestroy(st);
+    }
+    for (lists &l : L) {
+        cudaFree(l.tiles);
+        cudaFree(l.asg);
+    }
+    ctx_free(c);
+    cudaFree(W);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(add);
+}
+
+int main(int argc, char **argv) {
+    const int reps = argc > 1 ? atoi(argv[1]) : 21;
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("no CUDA device: nothing to measure\n");
+        return 0;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs, L2 %.0f MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+    CK(qg_cu_gemm_prepare());
+    qg_cuda_opts o = {};
+    o.n_sm = prop.multiProcessorCount;
+    o.i8_decode = true;
+    const shape shapes[] = {
+        {"qkv: q 2048->4096, 512 tok", QG_Q4_K, 2048, 4096, false, false, 0, 512, false},
+        {"qkv: k 2048->512, 512 tok", QG_Q4_K, 2048, 512, false, false, 0, 512, false},
+        {"qkv: v 2048->512, 512 tok", QG_Q6_K, 2048, 512, false, false, 0, 512, false},
+        {"attn_output 4096->2048 +res, 512", QG_Q4_K, 4096, 2048, false, true, 0, 512, false},
+        {"dense 2048->1000 rows, 17 tok", QG_Q4_K, 2048, 1000, false, false, 0, 17, false},
+        {"dense 2048->1000 rows, 17 tok", QG_Q6_K, 2048, 1000, false, false, 0, 17, false},
+        {"gate/up 2048->768 x8, 32 tok/exp", QG_Q4_K, 2048, 768, true, false, 32, 0, false},
+        {"gate/up 2048->768 x8, 64 tok/exp", QG_Q4_K, 2048, 768, true, false, 64, 0, false},
+        {"down 768->2048 x8, 32 tok/exp", QG_Q6_K, 768, 2048, false, false, 32, 0, true},
+        {"down 768->2048 x8, 64 tok/exp", QG_Q6_K, 768, 2048, false, false, 64, 0, true},
+        {"down 768->2048 x8, 32 tok/exp", QG_Q4_K, 768, 2048, false, false, 32, 0, true},
+        {"down 768->2048 x8, 64 tok/exp", QG_Q4_K, 768, 2048, false, false, 64, 0, true},
+    };
+    printf("  %-34s %-5s %-3s %10s %9s  %s\n", "shape", "type", "ver", "us", "TFLOP/s", "check");
+    for (const shape &s : shapes) run_shape(s, reps, o);
+    return 0;
+}
