@@ -2,6 +2,14 @@
  * op_gemm.cu - tiled products for prefill graphs, dense and grouped by
  * expert, and the device-side expert lists.
  *
+ * Q4_K / Q6_K weights take the integer tensor-core products of
+ * op_gemm_i8.cu instead (qg_cuda_gemm_i8.cuh: activations as 24-bit
+ * three-plane images built into the tail of the node's scratch, exact
+ * s8 x s8 -> s32 sub-block products) unless the executor asks for
+ * f32_prefill, turns the integer paths off (QG_CUDA_I8=0), or the
+ * product does not fit them (n % 256, x alignment, no image scratch);
+ * everything below is the path for the other weight types.
+ *
  * A CTA computes a (rows x columns) tile of Y = W X, looping over K in
  * steps of 128 (a whole number of units in every format: see
  * qg_cuda_common.cuh).  Per step it dequantizes the weight tile exactly in

@@ -22,9 +22,17 @@
  *   - other decode products and every f32-weight product: weights
  *     dequantized exactly to the f32 values ops/quant produces, times f32
  *     activations, accumulated in f32 (the CPU rule);
- *   - prefill products over non-f32 weights: weight tiles dequantized
- *     exactly in f32, rounded once to f16, activations rounded once to f16,
- *     f16 tensor-core products accumulated in f32 (unless f32_prefill);
+ *   - prefill graphs, Q4_K / Q6_K weights (unless f32_prefill, or
+ *     i8_decode is off): the same exact integer products as decode, over
+ *     tiles of 64 rows x 32 or 64 tokens; each activation column becomes
+ *     once per product a 24-bit three-plane image (one scale per 256
+ *     elements, error <= 1.5 s_b = 1.8e-7 of the super-block's largest
+ *     element per value), sub-block scales applied as integers over 128
+ *     elements, d / dmin / the column scale in f32 (qg_cuda_gemm_i8.cuh);
+ *   - other prefill products over non-f32 weights: weight tiles dequantized
+ *     exactly in f32 and activations, each split into hi + lo f16 parts,
+ *     f16 tensor-core products hi*hi + hi*lo + lo*hi accumulated in f32
+ *     (about 22 bits of each operand; unless f32_prefill);
  *   - norms, RoPE (float64 angles), softmax, top-k and attention in f32 on
  *     every path; the KV cache is written rounded once (F16) or exact (F32).
  */
