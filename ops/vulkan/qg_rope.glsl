@@ -52,7 +52,7 @@ void main() {
     const bool isq = j < pc.nh;
     const uint base = isq ? t * pc.nh * pc.hd + j * pc.hd : t * pc.nkv * pc.hd + (j - pc.nh) * pc.hd;
     float x0[2], x1[2];
-    float s = 0.0;
+    precise float s = 0.0;
     for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         x0[u] = 0.0;
@@ -63,8 +63,7 @@ void main() {
         }
         s += x0[u] * x0[u] + x1[u] * x1[u];
     }
-    /* 1 / sqrt(mean + eps), each step correctly rounded (as the CPU) */
-    const float scale = qg_div_rn(1.0, qg_sqrt_rn(qg_div_rn(wg_sum(s), float(pc.hd)) + pc.eps));
+    const float scale = qg_norm_scale(s, pc.hd, pc.eps);
     const int p = pos[t];
     const bool bad = p < 0 || uint(p) >= pc.n_ctx;
     const uint co = bad ? 0u : uint(p) * pc.hd;

@@ -12,6 +12,10 @@
  * Rows as in matmul.comp (qg_rows.glsl): lanes take units of both
  * matrices; gate and up partial sums (2*RPT*NT <= 16) are reduced over the
  * row's lanes.
+ * NORM = 1 (decode graphs, NT == 1): the executor folded the rmsnorm that
+ *   produced x; each workgroup normalizes its token's column into shared
+ *   memory first (qg_xnorm.glsl: binding 6 the norm weight, push eps,
+ *   XN4 = n / 4).  Otherwise binding 6 is bound to x and unused.
  */
 #include "qg_common.glsl"
 
@@ -23,6 +27,8 @@ layout(constant_id = 4) const uint NT = 1u;
 layout(constant_id = 5) const uint RPT = 1u;
 layout(constant_id = 6) const uint MOE = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
+layout(constant_id = 8) const uint XN4 = 1u;
+layout(constant_id = 9) const uint NORM = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
@@ -32,6 +38,8 @@ layout(std430, binding = 2) readonly buffer UBuf4 { uvec4 ubuf4[]; };
 layout(std430, binding = 3) readonly buffer XBuf { vec4 x4[]; };   /* (n, T) */
 layout(std430, binding = 4) writeonly buffer HBuf { float h[]; };  /* (f, [K,] T) */
 layout(std430, binding = 5) readonly buffer IBuf { int ids[]; };   /* (K, T) */
+layout(std430, binding = 3) readonly buffer XBufS { float xs[]; }; /* (n, T) */
+layout(std430, binding = 6) readonly buffer NBuf { float nw[]; };  /* (n) NORM */
 
 layout(push_constant) uniform PC {
     uint n;        /* elements per row (n_embd) */
@@ -40,6 +48,7 @@ layout(push_constant) uniform PC {
     uint k;        /* experts per token (MOE) */
     uint n_expert; /* (MOE) */
     uint gx;       /* workgroups along x */
+    float eps;     /* NORM */
 } pc;
 
 #define DQ_FN dq_g
@@ -57,13 +66,17 @@ layout(push_constant) uniform PC {
 #define DQ_TYPE UTYPE
 #include "qg_dequant.glsl"
 #include "qg_rows.glsl"
+#include "qg_reduce.glsl"
+#include "qg_xnorm.glsl"
 
 float dot32(float w[32], uint xo, uint e0, uint e1) {
     float s = 0.0;
     const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
     for (uint i = 0u; i < 4u; i++) {
-        s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), x4[a + i]);
-        s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), x4[b + i]);
+        const vec4 xa = NORM != 0u ? sh_x4[a + i] : x4[a + i];
+        const vec4 xb = NORM != 0u ? sh_x4[b + i] : x4[b + i];
+        s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), xa);
+        s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]), xb);
     }
     return s;
 }
@@ -94,6 +107,7 @@ void main() {
         for (uint t = 0u; t < 8u; t++) cols[t] = ocols[t] = c0 + t;
     }
     const uint nu = pc.n / 32u;
+    if (NORM != 0u) qg_xnorm_stage(cols[0] * pc.n, pc.n, pc.eps); /* NT == 1 */
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
@@ -107,7 +121,7 @@ void main() {
             dq_u((row0 + r) * pc.rbu, u, wu, f0, f1);
             for (uint t = 0u; t < NT; t++) {
                 if (t >= nc) break;
-                const uint xo = cols[t] * pc.n;
+                const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
                 acc[2u * (k * NT + t)] += dot32(wg_, xo, e0, e1);
                 acc[2u * (k * NT + t) + 1u] += dot32(wu, xo, f0, f1);
             }
