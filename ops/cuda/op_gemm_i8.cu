@@ -151,11 +151,19 @@ __device__ __forceinline__ void i8g_load(i8g_q6 &f, const uint8_t *r0, const uin
     }
 }
 
+/* B words: from the image in global memory (read-only path) or from the
+ * CTA's shared-memory copy of the step (SMB). */
+template <bool SMB> __device__ __forceinline__ uint2 i8g_ldb(const uint8_t *p) {
+    if (SMB) return *(const uint2 *)p;
+    return __ldg((const uint2 *)p);
+}
+
 /* ---- one step of one n-tile ----------------------------------------------
  * acc[0..3] (rows g, g, g+8, g+8 x columns 2t, 2t+1) += this step's share.
  * bp: the image of B column g at the step's first group, + 8t; sx: scales
  * of columns 2t, 2t+1; sm: their sums of the step's four groups (Q4_K). */
 
+template <bool SMB>
 __device__ __forceinline__ void i8g_tile(const i8g_q4 &f, int h, const uint8_t *bp,
                                          const float (&sx)[2], const float4 (&sm)[2],
                                          float (&acc)[4]) {
@@ -182,7 +190,7 @@ __device__ __forceinline__ void i8g_tile(const i8g_q4 &f, int h, const uint8_t *
         const int s0 = (int)((scw[0] >> (8 * jj)) & 0xFFu), s1 = (int)((scw[1] >> (8 * jj)) & 0xFFu);
 #pragma unroll
         for (int p = 0; p < 3; p++) {
-            const uint2 b = __ldg((const uint2 *)(bp + jj * 96 + 32 * p));
+            const uint2 b = i8g_ldb<SMB>(bp + jj * 96 + 32 * p);
             int d[4] = {0, 0, 0, 0};
             qg_mma_s8_16832(d, a0, a1, a2, a3, b.x, b.y);
             I[p][0] += d[0] * s0;
@@ -205,6 +213,7 @@ __device__ __forceinline__ void i8g_tile(const i8g_q4 &f, int h, const uint8_t *
     }
 }
 
+template <bool SMB>
 __device__ __forceinline__ void i8g_tile(const i8g_q6 &f, int h, const uint8_t *bp,
                                          const float (&sx)[2], const float4 (&sm)[2],
                                          float (&acc)[4]) {
@@ -220,7 +229,7 @@ __device__ __forceinline__ void i8g_tile(const i8g_q6 &f, int h, const uint8_t *
         /* group gq of the step: sub-blocks 2gq (.x) and 2gq+1 (.y) */
         uint2 b[3];
 #pragma unroll
-        for (int p = 0; p < 3; p++) b[p] = __ldg((const uint2 *)(bp + gq * 96 + 32 * p));
+        for (int p = 0; p < 3; p++) b[p] = i8g_ldb<SMB>(bp + gq * 96 + 32 * p);
         const int nsh = gq >= 2 ? 4 : 0, hsh = 2 * gq;
 #pragma unroll
         for (int i = 0; i < 2; i++) {
@@ -272,12 +281,41 @@ struct i8g_args {
  * the same 64 rows). */
 __host__ __device__ constexpr int i8g_threads(bool dual) { return dual ? 256 : 128; }
 
-template <int DT, bool DUAL, int NW>
+/* Shared-memory copy of one step's B (SMB): per column the 384 image bytes
+ * of the step's four groups, columns I8G_SB_LD bytes apart (104 words,
+ * 8 mod 32: the 8-byte fragment loads of a half-warp, columns g < 4 and
+ * t < 4, hit 32 distinct banks). */
+#define I8G_SB_LD 416
+
+__device__ __forceinline__ void i8g_cp16(void *dst, const void *src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void i8g_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void i8g_cp_wait() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+/* SMB: the CTA copies step s's B of its BN columns into sb (16 bytes per
+ * thread per turn, all in flight). */
+template <int BN>
+__device__ __forceinline__ void i8g_stage(const uint8_t *img, size_t cb, const int *s_img, int s,
+                                          uint8_t *sb) {
+    for (int i = threadIdx.x; i < BN * 24; i += blockDim.x) {
+        const int c = i / 24, k = i - c * 24;
+        i8g_cp16(sb + c * I8G_SB_LD + 16 * k, img + (size_t)s_img[c] * cb + (size_t)s * 384 + 16 * k);
+    }
+    i8g_cp_commit();
+}
+
+/* SMB: B read from a double-buffered shared-memory copy of each step
+ * (every warp of the CTA meets a barrier per step), else straight from the
+ * image in global memory (warps independent). */
+template <int DT, bool DUAL, int NW, bool SMB>
 __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g_args a) {
     constexpr int BN = 8 * NW;
     using frag = typename std::conditional<DT == QG_Q4_K, i8g_q4, i8g_q6>::type;
     __shared__ int s_img[BN], s_y[BN];
     __shared__ float s_up[DUAL ? 4 : 1][NW][4][32]; /* dual: the up warps' results */
+    __shared__ __align__(16) uint8_t s_b[SMB ? 2 : 1][SMB ? BN : 1][SMB ? I8G_SB_LD : 16];
     qg_pdl_wait();
     const int warp = threadIdx.x >> 5, mat = DUAL ? warp >> 2 : 0;
     const uint8_t *w = mat ? a.w2 : a.w;
@@ -303,23 +341,31 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
     __syncthreads();
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int r0 = blockIdx.x * I8G_BM + (warp & 3) * 16;
-    /* warps past the rows: nothing to do (dual ones still meet the barrier) */
-    if (!DUAL && r0 >= a.m) return;
+    /* warps past the rows: nothing to do (those that meet barriers below
+     * still take part in them and in the copies) */
+    if (!DUAL && !SMB && r0 >= a.m) return;
     const bool live = r0 < a.m;
     const int rg = min(r0 + g, a.m - 1), rg8 = min(r0 + g + 8, a.m - 1);
     const uint8_t *wr0 = w + (size_t)rg * rb, *wr8 = w + (size_t)rg8 * rb;
     const size_t cb = qg_i8p_col_bytes(a.n);
-    const int S = live ? a.n / I8G_STEP : 0, G = a.n / 32;
+    const int S = (live || SMB) ? a.n / I8G_STEP : 0, G = a.n / 32;
     float acc[NW][4];
 #pragma unroll
     for (int j = 0; j < NW; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
+    if (SMB) i8g_stage<BN>(a.img, cb, s_img, 0, &s_b[0][0][0]);
 #if I8G_PREFETCH
     frag f, fn;
-    if (S > 0) i8g_load(f, wr0, wr8, 0);
+    if (S > 0 && live) i8g_load(f, wr0, wr8, 0);
 #endif
     for (int s = 0; s < S; s++) {
+        if (SMB) {
+            i8g_cp_wait();
+            __syncthreads(); /* step s landed; step s-1's buffer is free */
+            if (s + 1 < S) i8g_stage<BN>(a.img, cb, s_img, s + 1, &s_b[(s + 1) & 1][0][0]);
+            if (!live) continue;
+        }
 #if I8G_PREFETCH
         if (s + 1 < S) i8g_load(fn, wr0, wr8, s + 1);
 #else
@@ -329,7 +375,8 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
         const int sb = s >> 1, h = s & 1, g0 = 4 * s; /* first group of the step */
 #pragma unroll
         for (int j = 0; j < NW; j++) {
-            const uint8_t *bp = a.img + (size_t)s_img[8 * j + g] * cb + (size_t)g0 * 96 + 8 * t;
+            const uint8_t *bp = SMB ? &s_b[s & 1][8 * j + g][8 * t]
+                                    : a.img + (size_t)s_img[8 * j + g] * cb + (size_t)g0 * 96 + 8 * t;
             const float *c0 = (const float *)(a.img + (size_t)s_img[8 * j + 2 * t] * cb + (size_t)3 * a.n);
             const float *c1 = (const float *)(a.img + (size_t)s_img[8 * j + 2 * t + 1] * cb + (size_t)3 * a.n);
             const float sx[2] = {__ldg(c0 + G + sb), __ldg(c1 + G + sb)};
@@ -340,7 +387,7 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
             } else {
                 sm[0] = sm[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
-            i8g_tile(f, h, bp, sx, sm, acc[j]);
+            i8g_tile<SMB>(f, h, bp, sx, sm, acc[j]);
         }
 #if I8G_PREFETCH
         if (s + 1 < S) f = fn;
@@ -354,8 +401,9 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
                 for (int i = 0; i < 4; i++) s_up[DUAL ? warp & 3 : 0][j][i][lane] = acc[j][i];
         }
         __syncthreads();
-        if (mat == 1 || !live) return;
+        if (mat == 1) return;
     }
+    if (!live) return;
 #pragma unroll
     for (int j = 0; j < NW; j++)
 #pragma unroll
@@ -473,32 +521,40 @@ static cudaError_t i8g_images(const qg_cuda_launch *l, const float *x, int ldx, 
 }
 
 template <int DT>
-static cudaError_t i8g_launch_dt(const qg_cuda_launch *l, int nm, int nw, dim3 grid,
+static cudaError_t i8g_launch_dt(const qg_cuda_launch *l, int nm, int nw, bool smb, dim3 grid,
                                  const i8g_args &a) {
-    if (nm == 2) return qg_cu_launch(l, k_gemm_i8<DT, true, 4>, grid, dim3(i8g_threads(true)), 0, a);
-    if (nw == 8) return qg_cu_launch(l, k_gemm_i8<DT, false, 8>, grid, dim3(i8g_threads(false)), 0, a);
-    return qg_cu_launch(l, k_gemm_i8<DT, false, 4>, grid, dim3(i8g_threads(false)), 0, a);
+    const dim3 b1(i8g_threads(false)), b2(i8g_threads(true));
+    if (smb) {
+        if (nm == 2) return qg_cu_launch(l, k_gemm_i8<DT, true, 4, true>, grid, b2, 0, a);
+        return qg_cu_launch(l, k_gemm_i8<DT, false, 4, true>, grid, b1, 0, a);
+    }
+    if (nm == 2) return qg_cu_launch(l, k_gemm_i8<DT, true, 4, false>, grid, b2, 0, a);
+    if (nw == 8) return qg_cu_launch(l, k_gemm_i8<DT, false, 8, false>, grid, b1, 0, a);
+    return qg_cu_launch(l, k_gemm_i8<DT, false, 4, false>, grid, b1, 0, a);
 }
 
-static cudaError_t i8g_launch(const qg_cuda_launch *l, qg_dtype t, int nm, int nw, dim3 grid,
-                              const i8g_args &a) {
-    if (t == QG_Q4_K) return i8g_launch_dt<QG_Q4_K>(l, nm, nw, grid, a);
-    if (t == QG_Q6_K) return i8g_launch_dt<QG_Q6_K>(l, nm, nw, grid, a);
+static cudaError_t i8g_launch(const qg_cuda_launch *l, qg_dtype t, int nm, int nw, bool smb,
+                              dim3 grid, const i8g_args &a) {
+    if (t == QG_Q4_K) return i8g_launch_dt<QG_Q4_K>(l, nm, nw, smb, grid, a);
+    if (t == QG_Q6_K) return i8g_launch_dt<QG_Q6_K>(l, nm, nw, smb, grid, a);
     return cudaErrorInvalidValue;
 }
 
-cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
-                         const float *x, int ldx, const float *add, uint8_t *img) {
+cudaError_t qg_i8g_dense_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                           int n, const float *x, int ldx, const float *add, uint8_t *img,
+                           int variant) {
     cudaError_t e = i8g_images(l, x, ldx, n, 1, img);
     if (e != cudaSuccess) return e;
     const i8g_args a = i8g_make(l, w, w2, n, img, add);
-    const int T = l->g->n_tok_max, nm = w2 ? 2 : 1, nw = (nm == 1 && T >= 64) ? 8 : 4;
+    const bool smb = variant == 1;
+    const int T = l->g->n_tok_max, nm = w2 ? 2 : 1, nw = (nm == 1 && T >= 64 && !smb) ? 8 : 4;
     const dim3 grid((w->m + I8G_BM - 1) / I8G_BM, (T + 8 * nw - 1) / (8 * nw));
-    return i8g_launch(l, w->type, nm, nw, grid, a);
+    return i8g_launch(l, w->type, nm, nw, smb, grid, a);
 }
 
-cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
-                           int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img) {
+cudaError_t qg_i8g_grouped_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                             int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img,
+                             int variant) {
     const int K = qg_i8g_node_k(l->g, l->n);
     if (K <= 0 || gr->xdiv <= 0 || K % gr->xdiv) return cudaErrorInvalidValue;
     cudaError_t e = i8g_images(l, x, ldx, n, K / gr->xdiv, img);
@@ -508,5 +564,15 @@ cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg
     a.asg = gr->asg;
     a.xdiv = gr->xdiv;
     const dim3 grid((w->m + I8G_BM - 1) / I8G_BM, gr->max_tiles);
-    return i8g_launch(l, w->type, w2 ? 2 : 1, 4, grid, a);
+    return i8g_launch(l, w->type, w2 ? 2 : 1, 4, variant == 1, grid, a);
+}
+
+cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
+                         const float *x, int ldx, const float *add, uint8_t *img) {
+    return qg_i8g_dense_v(l, w, w2, n, x, ldx, add, img, QG_I8G_VARIANT);
+}
+
+cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                           int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img) {
+    return qg_i8g_grouped_v(l, w, w2, n, x, ldx, gr, img, QG_I8G_VARIANT);
 }

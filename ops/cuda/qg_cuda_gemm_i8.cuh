@@ -65,6 +65,18 @@ cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_c
 cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img);
 
+/* The same with a kernel variant (the kernel lab's versions): 0 B read
+ * straight from the image (warps independent), 1 B staged per step in
+ * shared memory (cp.async, double-buffered, one barrier per step).  The
+ * product uses QG_I8G_VARIANT. */
+#define QG_I8G_VARIANT 0
+cudaError_t qg_i8g_dense_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                           int n, const float *x, int ldx, const float *add, uint8_t *img,
+                           int variant);
+cudaError_t qg_i8g_grouped_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
+                             int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img,
+                             int variant);
+
 /* Experts per token of a grouped node (expert_swiglu, aggregate,
  * moe_fused), 0 for other ops. */
 int qg_i8g_node_k(const qg_graph *g, const qg_node *n);

@@ -10,8 +10,11 @@
  *       tiles dequantized to f32, hi + lo f16 parts, WMMA), reached through
  *       qg_cu_gemm_dense / qg_cu_gemm_grouped with no image scratch
  *   v2  the integer tensor-core product (ops/cuda/op_gemm_i8.cu: x as three
- *       int8 planes built once per product, mma.sync s8), the same entry
- *       points with the node's scratch
+ *       int8 planes built once per product, mma.sync s8), variant 0: each
+ *       warp reads its B fragments straight from the image (L1)
+ *   v3  the same, variant 1: each step's B staged in shared memory by the
+ *       CTA (cp.async, double-buffered), 32-column tiles
+ * (the product runs variant QG_I8G_VARIANT of qg_cuda_gemm_i8.cuh)
  * Each version is checked against a float64 reference before it is timed:
  * the output is poisoned (0xFF bytes: NaN), every live output must be
  * written and finite, and sampled outputs (every row of a few columns, every
@@ -27,6 +30,7 @@
 #endif
 
 #include "../../ops/cuda/qg_cuda_common.cuh"
+#include "../../ops/cuda/qg_cuda_gemm_i8.cuh"
 #include "../../ops/cuda/qg_cuda_internal.cuh"
 
 extern "C" {
@@ -196,7 +200,7 @@ static lists lists_new(int T, int rot) {
     return L;
 }
 
-/* Enqueue one product of version v (1: f16, 2: integer). */
+/* Enqueue one product of version v (1: f16, 2 / 3: integer variants 0 / 1). */
 static cudaError_t launch(int v, const shape &s, const ctx &c, const qg_cuda_opts &o, const uint8_t *w,
                           const uint8_t *w2, const float *x, float *y, const float *add,
                           const lists *L, cudaStream_t st) {
@@ -204,7 +208,7 @@ static cudaError_t launch(int v, const shape &s, const ctx &c, const qg_cuda_opt
     l.g = c.g;
     l.n = &c.g->nodes[c.node];
     l.step = c.step;
-    l.scratch = v >= 2 ? c.scratch : nullptr;
+    l.scratch = v >= 2 ? c.scratch : nullptr; /* v1: no image scratch, the f16 kernels */
     l.scratch_bytes = v >= 2 ? c.scratch_bytes : 0;
     l.stream = st;
     l.o = o;
@@ -219,9 +223,17 @@ static cudaError_t launch(int v, const shape &s, const ctx &c, const qg_cuda_opt
     m.ldy = s.m;
     m2 = m;
     m2.w = w2;
-    if (!s.grouped) return qg_cu_gemm_dense(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, add);
-    const qg_cu_groups gr = {L->tiles, L->asg, L->max_tiles, s.down ? 1 : LAB_K};
-    return qg_cu_gemm_grouped(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, &gr);
+    const qg_cu_groups gr = {L ? L->tiles : nullptr, L ? L->asg : nullptr, L ? L->max_tiles : 0,
+                             s.down ? 1 : LAB_K};
+    if (v == 1) {
+        if (!s.grouped) return qg_cu_gemm_dense(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, add);
+        return qg_cu_gemm_grouped(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, &gr);
+    }
+    const size_t cols = (size_t)c.g->n_tok_max * (s.grouped && s.down ? LAB_K : 1);
+    uint8_t *img = qg_i8g_image(&l, cols * qg_i8p_col_bytes(s.n));
+    if (!img) return cudaErrorInvalidValue;
+    if (!s.grouped) return qg_i8g_dense_v(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, add, img, v - 2);
+    return qg_i8g_grouped_v(&l, &m, s.dual ? &m2 : nullptr, s.n, x, s.n, &gr, img, v - 2);
 }
 
 static double silu(double v) { return v / (1.0 + exp(-v)); }
@@ -316,7 +328,7 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
         for (int r = 0; r < copies; r++) L.push_back(lists_new(T, r));
     ctx c = ctx_new(s, T, o);
     const double flop = 2.0 * s.m * s.n * (double)ycols * nmat;
-    for (int v = 1; v <= 2; v++) {
+    for (int v = 1; v <= 3; v++) {
         char name[8];
         snprintf(name, sizeof name, "v%d", v);
         auto wp = [&](int i) { return W + (s.grouped ? 0 : (size_t)i * mat * nmat); };
