@@ -22,6 +22,11 @@
  *                  Q6_K  m16n8k16 per 16-element sub-block, int8 scales
  *                The step's integer sums (|I| < 2^24 for Q4_K, < 2^27 for
  *                Q6_K) go to f32 as d * s_col * (65536 Ia + 256 Ib + Ic).
+ * Variant 1 (lab_gemm v3; the product runs QG_I8G_VARIANT) stages each
+ * step's B of the CTA's 32 columns in shared memory instead (cp.async,
+ * double-buffered, one barrier per step): the 8 columns of a fragment load
+ * are 8 different image lines in global memory, one padded shared row each
+ * here.
  * Fragment layouts (PTX ISA, mma.m16n8k32 / m16n8k16 .s8, g = lane / 4,
  * t = lane % 4): A a0 (row g, k 4t..4t+3), a1 (row g+8, same k), a2 / a3
  * (rows g / g+8, k 16+4t..) for k32; B b0 (k 4t.., column g), b1 (k 16+4t..);
