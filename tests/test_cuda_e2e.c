@@ -16,7 +16,8 @@
  *   - rel_rms(prefill, ref) and rel_rms(decode, ref) <= rel_rms(llama, ref)
  *     * 1.05 + 2e-6 (at least as close as llama.cpp; the slack covers
  *     rounding-order noise where both are at f32 precision);
- *   - F32 files: per-position cosine(prefill, ref) >= 0.9999;
+ *   - F32 files: per-position cosine(prefill, ref) and cosine(decode, ref)
+ *     >= 0.9999;
  *   - decode against the CPU executor: rel_rms < 1e-4 (same math, same F16
  *     KV rounding, different summation order);
  *   - decode against prefill: rel_rms < 5e-4 (prefill's split-f16 tensor
@@ -27,8 +28,10 @@
  *     under rounding-order noise, legitimately).
  * Also: --n-cpu-moe placement (expert nodes of layer 0 on the CPU, copies
  * between the executors) against the reference, and --profile events.
- * With QG_CUDA_BIG_MODEL=<file>: greedy 64-token continuations of 10
- * prompts, CUDA against the CPU executor (at least 9 of 10 identical).
+ * With QG_CUDA_BIG_MODEL=<file>: greedy 64-token continuations of the 10
+ * text prompts of tools/agree-device.sh, CUDA against the CPU executor (at
+ * least 9 of 10 identical).  Files, references, logits, the per-file bound
+ * and the prompts are the shared harness of tests/ref/qg_e2e.h.
  *
  * The oracle is required: without it the test fails, unless
  * QG_ALLOW_NO_ORACLE=1.  Built without CUDA or run without a device, only
@@ -45,134 +48,27 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../frontends/qg_synth.h"
 #include "../include/qmoe_graph.h"
-#include "qg_llama_oracle.h"
-#include "qg_ref_model.h"
+#include "qg_e2e.h"
 
-#define N_TOK 20
+#define N_TOK QG_E2E_N_TOK
+#define SYNTH_SEED 11
 
 static char g_dir[256];
 static bool g_have_device;
 
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* relative RMS error of a against b (double), over n */
-static double rel_rms_f(const float *a, const double *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static double rel_rms_ff(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static double cosine_f(const float *a, const double *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb);
-}
-
-static void make_model(const char *preset, const char *ftype, char *path, size_t n) {
-    snprintf(path, n, "%s/%s-%s.gguf", g_dir, preset, ftype);
-    if (access(path, R_OK) == 0) return;
-    qg_synth_opts o = {.preset = preset, .ftype = ftype, .seed = 11,
-                       .vocab_mode = QG_SYNTH_VOCAB_BYTES, .n_threads = 2};
-    qg_error err = {0};
-    if (qg_synth_write(path, &o, NULL, &err)) fail_msg("synth %s %s: %s", preset, ftype, err.msg);
-}
-
-static qg_ctx *make_ctx(qg_model *m, const char *backend, int n_batch, bool all, int n_cpu_moe) {
-    qg_ctx_params p = qg_ctx_default_params();
-    p.n_ctx = 64;
-    p.n_batch = n_batch;
-    p.n_threads = 2;
-    p.logits_all = all;
-    p.backend = backend;
-    p.n_cpu_moe = n_cpu_moe;
-    qg_error err = {0};
-    qg_ctx *ctx = qg_ctx_new(m, &p, &err);
-    if (!ctx) fail_msg("ctx (%s): %s", backend, err.msg);
-    return ctx;
-}
-
-/* Teacher-forced logits with prefill chunks of n_batch. */
-static float *logits_prefill(qg_model *m, const char *backend, const int32_t *tok, int n,
-                             int n_batch, int n_cpu_moe) {
-    qg_ctx *ctx = make_ctx(m, backend, n_batch, true, n_cpu_moe);
-    size_t V = m->hp.n_vocab;
-    float *out = malloc(sizeof(float) * V * (size_t)n);
-    assert_non_null(out);
-    for (size_t i = 0; i < V * (size_t)n; i++) out[i] = NAN; /* poison */
-    qg_error err = {0};
-    if (qg_ctx_decode(ctx, tok, n, out, &err)) fail_msg("decode (%s): %s", backend, err.msg);
-    for (size_t i = 0; i < V * (size_t)n; i++)
-        if (!isfinite(out[i])) fail_msg("%s: logit %zu is not finite", backend, i);
-    qg_ctx_free(ctx);
-    return out;
-}
-
-/* Logits one token at a time through the decode graph. */
-static float *logits_stepwise(qg_model *m, const char *backend, const int32_t *tok, int n) {
-    qg_ctx *ctx = make_ctx(m, backend, 8, false, 0);
-    size_t V = m->hp.n_vocab;
-    float *out = malloc(sizeof(float) * V * (size_t)n);
-    assert_non_null(out);
-    qg_error err = {0};
-    for (int t = 0; t < n; t++) {
-        if (qg_ctx_decode(ctx, &tok[t], 1, NULL, &err)) fail_msg("decode (%s): %s", backend, err.msg);
-        memcpy(out + (size_t)t * V, qg_ctx_logits(ctx), sizeof(float) * V);
-        for (size_t i = 0; i < V; i++)
-            if (!isfinite(out[(size_t)t * V + i]))
-                fail_msg("%s: step %d logit %zu is not finite", backend, t, i);
-    }
-    qg_ctx_free(ctx);
-    return out;
-}
-
+/* One file: the per-file bound (qg_e2e.h) on prefill and on decode, then
+ * decode against the CPU executor (< 1e-4) and against prefill (< 5e-4
+ * over the positions that are not near routing ties), as at the top. */
 static void check_file(const char *preset, const char *ftype, uint64_t seed) {
-    char path[512];
-    make_model(preset, ftype, path, sizeof path);
-    qg_error err = {0};
-    qg_model *m = qg_model_load(path, &err);
-    if (!m) fail_msg("load %s: %s", path, err.msg);
-    size_t V = m->hp.n_vocab, NV = V * N_TOK;
-    int32_t tok[N_TOK];
-    uint64_t s = seed;
-    for (int i = 0; i < N_TOK; i++) tok[i] = (int32_t)(rng_next(&s) % V);
-
-    qg_ref_model *ref = qg_ref_model_load(path, &err);
-    if (!ref) fail_msg("ref load: %s", err.msg);
-    double *rl = malloc(sizeof(double) * NV), margin[N_TOK];
-    assert_non_null(rl);
-    qg_ref_eval_out ro = {.logits = rl, .route_margin = margin};
-    if (qg_ref_model_eval_ex(ref, tok, N_TOK, &ro, &err)) fail_msg("ref eval: %s", err.msg);
-
-    float *pre = logits_prefill(m, "cuda", tok, N_TOK, 8, 0); /* 8 + 8 + 4 */
-    float *dec = logits_stepwise(m, "cuda", tok, N_TOK);
-    float *cpu = logits_stepwise(m, "cpu", tok, N_TOK);
-    const double e_pre = rel_rms_f(pre, rl, NV), e_dec = rel_rms_f(dec, rl, NV);
-    const double e_cpu = rel_rms_ff(dec, cpu, NV);
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, preset, ftype, SYNTH_SEED, seed, true);
+    const size_t V = f.V, NV = V * N_TOK;
+    const qg_e2e_run cuda = qg_e2e_run_default("cuda"), cpu = qg_e2e_run_default("cpu");
+    float *pre = qg_e2e_logits_prefill(f.m, &cuda, f.tok, N_TOK); /* 8 + 8 + 4 */
+    float *dec = qg_e2e_logits_stepwise(f.m, &cuda, f.tok, N_TOK);
+    float *cpu_l = qg_e2e_logits_stepwise(f.m, &cpu, f.tok, N_TOK);
+    const double e_cpu = qg_e2e_rel_rms_f32(dec, cpu_l, NV);
     /* decode vs prefill over the positions whose expert choice is not a
      * near tie in the reference (router-logit margin >= 1e-2): prefill's
      * f16 rounding moves router logits by ~1e-3, enough to flip a closer
@@ -181,7 +77,7 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
     double num = 0, den = 0;
     int n_close = 0;
     for (int t = 0; t < N_TOK; t++) {
-        if (margin[t] < 1e-2) {
+        if (f.route_margin[t] < 1e-2) {
             n_close++;
             continue;
         }
@@ -191,46 +87,19 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
         }
     }
     const double e_dp = sqrt(num / (den > 0 ? den : 1));
-    double min_cos = 1;
-    for (int t = 0; t < N_TOK; t++)
-        min_cos = fmin(min_cos, cosine_f(pre + (size_t)t * V, rl + (size_t)t * V, V));
-
-    double e_llama = NAN;
-    qg_llama_oracle_opts lo = {.n_threads = 2, .n_ctx = 64, .kv_f16 = true};
-    qg_llama_oracle *o = qg_llama_oracle_load(path, &lo, &err);
-    if (o) {
-        float *ll = malloc(sizeof(float) * NV);
-        assert_non_null(ll);
-        if (qg_llama_eval_logits(o, tok, N_TOK, ll, &err)) fail_msg("llama eval: %s", err.msg);
-        e_llama = rel_rms_f(ll, rl, NV);
-        free(ll);
-        qg_llama_oracle_free(o);
-    } else {
-        const char *allow = getenv("QG_ALLOW_NO_ORACLE");
-        if (!allow || strcmp(allow, "1")) fail_msg("llama.cpp oracle unavailable: %s", err.msg);
-        printf("  (llama.cpp comparison skipped: %s)\n", err.msg);
-    }
-    const bool f32 = !strcmp(ftype, "f32");
-    printf("  %-12s %-7s prefill %.3e  decode %.3e  llama.cpp %.3e  min cos %.7f  "
-           "decode-vs-cpu %.1e  decode-vs-prefill %.1e (%d near-tie positions left out)\n",
-           preset, ftype, e_pre, e_dec, e_llama, min_cos, e_cpu, e_dp, n_close);
-    if (!isnan(e_llama) && !(e_pre <= e_llama * 1.05 + 2e-6))
-        fail_msg("%s %s: prefill %.3e is farther from the reference than llama.cpp's %.3e", preset,
-                 ftype, e_pre, e_llama);
-    if (!isnan(e_llama) && !(e_dec <= e_llama * 1.05 + 2e-6))
-        fail_msg("%s %s: decode %.3e is farther from the reference than llama.cpp's %.3e", preset,
-                 ftype, e_dec, e_llama);
-    if (f32 && !(min_cos >= 0.9999))
-        fail_msg("%s %s: per-position cosine %.7f < 0.9999", preset, ftype, min_cos);
-    if (!(e_cpu < 1e-4)) fail_msg("%s %s: CUDA decode differs from the CPU's: %.3e", preset, ftype, e_cpu);
+    qg_e2e_expect_vs_ref(&f, "prefill", pre);
+    qg_e2e_expect_vs_ref(&f, "decode", dec);
+    printf("  %-12s %-7s decode-vs-cpu %.1e  decode-vs-prefill %.1e (%d near-tie positions left "
+           "out)\n",
+           preset, ftype, e_cpu, e_dp, n_close);
+    if (!(e_cpu < 1e-4))
+        fail_msg("%s %s: CUDA decode differs from the CPU's: %.3e", preset, ftype, e_cpu);
     if (!(e_dp < 5e-4))
         fail_msg("%s %s: decode graph differs from prefill: %.3e", preset, ftype, e_dp);
     free(pre);
     free(dec);
-    free(cpu);
-    free(rl);
-    qg_ref_model_free(ref);
-    qg_model_free(m);
+    free(cpu_l);
+    qg_e2e_file_free(&f);
 }
 
 #define NEED_DEVICE()                                                         \
@@ -241,15 +110,13 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
         }                                                                     \
     } while (0)
 
-static const char *const FTYPES[] = {"f32", "q8_0", "q4_k_m", "q6_k"};
-
 /* Without a device (or without CUDA in the build) --backend cuda is a clean
  * QG_ERR_BACKEND naming cuda; with one, the context is made, and a device
  * index out of range is the clean error. */
 static void test_refused(void **state) {
     (void)state;
     char path[512];
-    make_model("tiny", "f32", path, sizeof path);
+    qg_e2e_make_model(g_dir, "tiny", "f32", SYNTH_SEED, path, sizeof path);
     qg_error err = {0};
     qg_model *m = qg_model_load(path, &err);
     if (!m) fail_msg("load %s: %s", path, err.msg);
@@ -259,9 +126,12 @@ static void test_refused(void **state) {
     p.backend = "cuda";
     if (g_have_device) p.device = 999;
     qg_ctx *ctx = qg_ctx_new(m, &p, &err);
-    if (ctx) fail_msg("--backend cuda %s was accepted", g_have_device ? "--device 999" : "without a GPU");
+    if (ctx)
+        fail_msg("--backend cuda %s was accepted",
+                 g_have_device ? "--device 999" : "without a GPU");
     assert_int_equal(err.code, QG_ERR_BACKEND);
-    if (!strstr(err.msg, "cuda") && !strstr(err.msg, "CUDA")) fail_msg("message does not name CUDA: %s", err.msg);
+    if (!strstr(err.msg, "cuda") && !strstr(err.msg, "CUDA"))
+        fail_msg("message does not name CUDA: %s", err.msg);
     printf("  refused: %s\n", err.msg);
     if (g_have_device) {
         p.device = 0;
@@ -274,17 +144,20 @@ static void test_refused(void **state) {
 static void test_tiny_moe(void **state) {
     (void)state;
     NEED_DEVICE();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("tiny", FTYPES[i], 100 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("tiny", QG_E2E_FTYPES[i], 100 + i);
 }
 static void test_tiny_dense(void **state) {
     (void)state;
     NEED_DEVICE();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("tiny-dense", FTYPES[i], 200 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("tiny-dense", QG_E2E_FTYPES[i], 200 + i);
 }
 static void test_small(void **state) {
     (void)state;
     NEED_DEVICE();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("small", FTYPES[i], 300 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("small", QG_E2E_FTYPES[i], 300 + i);
     check_file("gqa1", "q4_k_m", 310);
     check_file("small-dense", "q6_k", 311);
 }
@@ -296,21 +169,12 @@ static void test_small(void **state) {
 static void test_mixed(void **state) {
     (void)state;
     NEED_DEVICE();
-    char path[512];
-    make_model("small", "q4_k_m", path, sizeof path);
-    qg_error err = {0};
-    qg_model *m = qg_model_load(path, &err);
-    if (!m) fail_msg("load %s: %s", path, err.msg);
-    size_t V = m->hp.n_vocab, NV = V * N_TOK;
-    int32_t tok[N_TOK];
-    uint64_t s = 77;
-    for (int i = 0; i < N_TOK; i++) tok[i] = (int32_t)(rng_next(&s) % V);
-    qg_ref_model *ref = qg_ref_model_load(path, &err);
-    if (!ref) fail_msg("ref load: %s", err.msg);
-    double *rl = malloc(sizeof(double) * NV);
-    assert_non_null(rl);
-    if (qg_ref_model_eval(ref, tok, N_TOK, rl, &err)) fail_msg("ref eval: %s", err.msg);
-    qg_ctx *ctx = make_ctx(m, "cuda", 8, true, 2);
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, "small", "q4_k_m", SYNTH_SEED, 77, false);
+    const size_t NV = f.V * N_TOK;
+    qg_e2e_run mixed_run = qg_e2e_run_default("cuda"), all_run = mixed_run;
+    mixed_run.n_cpu_moe = 2;
+    qg_ctx *ctx = qg_e2e_ctx_new(f.m, &mixed_run, true);
     const qg_graph *g = qg_ctx_graph(ctx, QG_PHASE_DECODE);
     int on_cpu = 0, on_cuda = 0, copies = 0;
     for (int i = 0; i < g->n_nodes; i++) {
@@ -323,17 +187,15 @@ static void test_mixed(void **state) {
            on_cpu, copies, g->n_parts);
     if (on_cpu < 2 || on_cuda < 2 || copies < 2) fail_msg("placement did not split the graph");
     qg_ctx_free(ctx);
-    float *mixed = logits_prefill(m, "cuda", tok, N_TOK, 8, 2);
-    float *all = logits_prefill(m, "cuda", tok, N_TOK, 8, 0);
-    const double e_mixed = rel_rms_f(mixed, rl, NV), e_all = rel_rms_f(all, rl, NV);
+    float *mixed = qg_e2e_logits_prefill(f.m, &mixed_run, f.tok, N_TOK);
+    float *all = qg_e2e_logits_prefill(f.m, &all_run, f.tok, N_TOK);
+    const double e_mixed = qg_e2e_rel_rms(mixed, f.rl, NV), e_all = qg_e2e_rel_rms(all, f.rl, NV);
     printf("  mixed %.3e  all-cuda %.3e\n", e_mixed, e_all);
     if (!(e_mixed < 5e-3 && e_mixed < 2 * e_all + 1e-4))
         fail_msg("mixed placement: %.3e from the reference (all-CUDA %.3e)", e_mixed, e_all);
     free(mixed);
     free(all);
-    free(rl);
-    qg_ref_model_free(ref);
-    qg_model_free(m);
+    qg_e2e_file_free(&f);
 }
 
 /* --profile on CUDA: events for the nodes that ran, on the CUDA executor's
@@ -343,11 +205,12 @@ static void test_profile(void **state) {
     (void)state;
     NEED_DEVICE();
     char path[512];
-    make_model("tiny", "q4_k_m", path, sizeof path);
+    qg_e2e_make_model(g_dir, "tiny", "q4_k_m", SYNTH_SEED, path, sizeof path);
     qg_error err = {0};
     qg_model *m = qg_model_load(path, &err);
     if (!m) fail_msg("load %s: %s", path, err.msg);
-    qg_ctx *ctx = make_ctx(m, "cuda", 8, false, 0);
+    const qg_e2e_run run = qg_e2e_run_default("cuda");
+    qg_ctx *ctx = qg_e2e_ctx_new(m, &run, false);
     const int32_t tok[4] = {5, 9, 13, 17};
     if (qg_ctx_decode(ctx, tok, 3, NULL, &err)) fail_msg("prefill: %s", err.msg);
     qg_profile *prof = qg_profile_new(4096);
@@ -364,7 +227,8 @@ static void test_profile(void **state) {
             fail_msg("event %zu (node %d): [%llu, %llu] outside the step [%llu, %llu]", i, e->node,
                      (unsigned long long)e->t0_ns, (unsigned long long)e->t1_ns,
                      (unsigned long long)t0, (unsigned long long)t1);
-        if (strcmp(prof->exec_names[e->tid], "cuda")) fail_msg("event %zu on %s", i, prof->exec_names[e->tid]);
+        if (strcmp(prof->exec_names[e->tid], "cuda"))
+            fail_msg("event %zu on %s", i, prof->exec_names[e->tid]);
     }
     qg_profile_report(prof, stdout);
     /* a decode after profiling replays the graph again and agrees */
@@ -374,22 +238,10 @@ static void test_profile(void **state) {
     qg_model_free(m);
 }
 
-/* QG_CUDA_BIG_MODEL: greedy continuations, CUDA against the CPU. */
-static int greedy(qg_ctx *ctx, const int32_t *prompt, int n_prompt, int n_gen, int V, int32_t *out) {
-    qg_error err = {0};
-    qg_ctx_reset(ctx);
-    if (qg_ctx_decode(ctx, prompt, n_prompt, NULL, &err)) fail_msg("prompt: %s", err.msg);
-    for (int i = 0; i < n_gen; i++) {
-        const float *l = qg_ctx_logits(ctx);
-        int best = 0;
-        for (int v = 1; v < V; v++)
-            if (l[v] > l[best]) best = v;
-        out[i] = best;
-        if (qg_ctx_decode(ctx, &out[i], 1, NULL, &err)) fail_msg("step: %s", err.msg);
-    }
-    return n_gen;
-}
-
+/* QG_CUDA_BIG_MODEL: greedy 64-token continuations of the 10 text prompts
+ * of tools/agree-device.sh (QG_E2E_PROMPTS, tokenized with the model's
+ * tokenizer as `run -p` does), CUDA against the CPU executor: at least 9
+ * of 10 identical. */
 static void test_big_greedy(void **state) {
     (void)state;
     NEED_DEVICE();
@@ -401,7 +253,7 @@ static void test_big_greedy(void **state) {
     qg_error err = {0};
     qg_model *m = qg_model_load(path, &err);
     if (!m) fail_msg("load %s: %s", path, err.msg);
-    const int V = (int)m->hp.n_vocab, n_gen = 64, n_prompt = 8;
+    const int V = (int)m->hp.n_vocab, n_gen = 64, n_prompts = (int)QG_ARRAY_LEN(QG_E2E_PROMPTS);
     qg_ctx_params p = qg_ctx_default_params();
     p.n_ctx = 128;
     p.n_batch = 64;
@@ -412,21 +264,22 @@ static void test_big_greedy(void **state) {
     qg_ctx *cpu = qg_ctx_new(m, &p, &err);
     if (!cpu) fail_msg("cpu ctx: %s", err.msg);
     int same = 0;
-    uint64_t s = 4242;
-    for (int k = 0; k < 10; k++) {
-        int32_t prompt[8], a[64], b[64];
-        for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)(rng_next(&s) % (uint64_t)(V - 512));
-        greedy(gpu, prompt, n_prompt, n_gen, V, a);
-        greedy(cpu, prompt, n_prompt, n_gen, V, b);
+    for (int k = 0; k < n_prompts; k++) {
+        int32_t prompt[32], a[64], b[64]; /* (n_prompt), (n_gen), (n_gen) */
+        const int n_prompt = qg_e2e_tokenize(m, QG_E2E_PROMPTS[k], prompt, 32);
+        qg_e2e_greedy(gpu, V, prompt, n_prompt, n_gen, a);
+        qg_e2e_greedy(cpu, V, prompt, n_prompt, n_gen, b);
         int first = -1;
         for (int i = 0; i < n_gen && first < 0; i++)
             if (a[i] != b[i]) first = i;
         same += first < 0;
-        printf("  prompt %d: %s\n", k, first < 0 ? "identical" : "differs");
+        printf("  prompt %d (\"%s\", %d tokens): %s\n", k, QG_E2E_PROMPTS[k], n_prompt,
+               first < 0 ? "identical" : "differs");
         if (first >= 0) printf("    first difference at token %d\n", first);
     }
-    printf("  greedy continuations identical on %d of 10 prompts\n", same);
-    if (same < 9) fail_msg("only %d of 10 greedy continuations match the CPU executor", same);
+    printf("  greedy continuations identical on %d of %d prompts\n", same, n_prompts);
+    if (same < 9)
+        fail_msg("only %d of %d greedy continuations match the CPU executor", same, n_prompts);
     qg_ctx_free(gpu);
     qg_ctx_free(cpu);
     qg_model_free(m);
@@ -434,7 +287,8 @@ static void test_big_greedy(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "%s/qg-cuda-e2e-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(g_dir, sizeof g_dir, "%s/qg-cuda-e2e-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_dir)) return -1;
 #ifdef QG_HAVE_CUDA
     qg_exec ex;

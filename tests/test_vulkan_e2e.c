@@ -28,7 +28,8 @@
  * checks the per-node timestamps of a profiled step.
  * The oracle is required unless QG_ALLOW_NO_ORACLE=1; a Vulkan device is
  * required unless QG_ALLOW_NO_VULKAN=1; without a Vulkan build the test
- * skips and says why. */
+ * skips and says why.  Files, references, logits and the per-file bound are
+ * the shared harness of tests/ref/qg_e2e.h. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,55 +45,15 @@
 #ifdef QG_HAVE_VULKAN
 
 #include "../exec/vulkan/qg_vulkan.h"
-#include "../frontends/qg_synth.h"
 #include "../include/qmoe_graph.h"
-#include "qg_llama_oracle.h"
-#include "qg_ref_model.h"
+#include "qg_e2e.h"
 
-#define N_TOK 20
+#define N_TOK QG_E2E_N_TOK
 #define N_CTX 64
 
 static char g_dir[256];
 static bool g_have;
 static char g_why[600];
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* relative RMS error of a against b (double), over n */
-static double rel_rms_f(const float *a, const double *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static double rel_rms_ff(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static double cosine_f(const float *a, const double *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb);
-}
 
 static void need_vulkan(void) {
     if (g_have) return;
@@ -104,138 +65,19 @@ static void need_vulkan(void) {
     fail_msg("Vulkan unavailable: %s (set QG_ALLOW_NO_VULKAN=1 to skip)", g_why);
 }
 
-static void make_model(const char *preset, const char *ftype, char *path, size_t n) {
-    snprintf(path, n, "%s/%s-%s.gguf", g_dir, preset, ftype);
-    if (access(path, R_OK) == 0) return;
-    qg_synth_opts o = {.preset = preset, .ftype = ftype, .seed = 7,
-                       .vocab_mode = QG_SYNTH_VOCAB_BYTES, .n_threads = 2};
-    qg_error err = {0};
-    if (qg_synth_write(path, &o, NULL, &err)) fail_msg("synth %s %s: %s", preset, ftype, err.msg);
-}
-
-typedef struct run_opts {
-    const char *backend;
-    int n_cpu_moe;
-    bool no_fuse;
-} run_opts;
-
-/* Teacher-forced logits (n_vocab, n) with prefill chunks of 8. */
-static float *logits_prefill(qg_model *m, const int32_t *tok, int n, const run_opts *ro) {
-    qg_ctx_params p = qg_ctx_default_params();
-    p.n_ctx = N_CTX;
-    p.n_batch = 8;
-    p.n_threads = 2;
-    p.logits_all = true;
-    p.backend = ro->backend;
-    p.n_cpu_moe = ro->n_cpu_moe;
-    p.no_fuse = ro->no_fuse;
-    qg_error err = {0};
-    qg_ctx *ctx = qg_ctx_new(m, &p, &err);
-    if (!ctx) fail_msg("ctx (%s): %s", ro->backend, err.msg);
-    size_t V = m->hp.n_vocab;
-    float *out = malloc(sizeof(float) * V * (size_t)n);
-    assert_non_null(out);
-    for (size_t i = 0; i < V * (size_t)n; i++) out[i] = NAN; /* poison */
-    if (qg_ctx_decode(ctx, tok, n, out, &err)) fail_msg("decode (%s): %s", ro->backend, err.msg);
-    for (size_t i = 0; i < V * (size_t)n; i++)
-        if (!isfinite(out[i])) fail_msg("%s: logit %zu is not finite", ro->backend, i);
-    qg_ctx_free(ctx);
-    return out;
-}
-
-/* Logits one token at a time through the decode graph. */
-static float *logits_stepwise(qg_model *m, const int32_t *tok, int n, const char *backend) {
-    qg_ctx_params p = qg_ctx_default_params();
-    p.n_ctx = N_CTX;
-    p.n_threads = 2;
-    p.backend = backend;
-    qg_error err = {0};
-    qg_ctx *ctx = qg_ctx_new(m, &p, &err);
-    if (!ctx) fail_msg("ctx: %s", err.msg);
-    size_t V = m->hp.n_vocab;
-    float *out = malloc(sizeof(float) * V * (size_t)n);
-    assert_non_null(out);
-    for (int t = 0; t < n; t++) {
-        if (qg_ctx_decode(ctx, &tok[t], 1, NULL, &err)) fail_msg("decode: %s", err.msg);
-        memcpy(out + (size_t)t * V, qg_ctx_logits(ctx), sizeof(float) * V);
-    }
-    qg_ctx_free(ctx);
-    return out;
-}
-
-/* The file's tokens, reference logits and llama.cpp's error (NAN when the
- * oracle is allowed to be missing). */
-typedef struct file_ref {
-    qg_model *m;
-    size_t V;
-    int32_t tok[N_TOK];
-    double *rl; /* (V, N_TOK) */
-    double e_llama;
-} file_ref;
-
-static void file_ref_load(file_ref *f, const char *preset, const char *ftype, uint64_t seed) {
-    char path[512];
-    make_model(preset, ftype, path, sizeof path);
-    qg_error err = {0};
-    if (!(f->m = qg_model_load(path, &err))) fail_msg("load %s: %s", path, err.msg);
-    f->V = f->m->hp.n_vocab;
-    uint64_t s = seed;
-    for (int i = 0; i < N_TOK; i++) f->tok[i] = (int32_t)(rng_next(&s) % f->V);
-    qg_ref_model *ref = qg_ref_model_load(path, &err);
-    if (!ref) fail_msg("ref load: %s", err.msg);
-    f->rl = malloc(sizeof(double) * f->V * N_TOK);
-    assert_non_null(f->rl);
-    if (qg_ref_model_eval(ref, f->tok, N_TOK, f->rl, &err)) fail_msg("ref eval: %s", err.msg);
-    qg_ref_model_free(ref);
-    f->e_llama = NAN;
-    qg_llama_oracle_opts lo = {.n_threads = 2, .n_ctx = N_CTX, .kv_f16 = true};
-    qg_llama_oracle *o = qg_llama_oracle_load(path, &lo, &err);
-    if (o) {
-        float *ll = malloc(sizeof(float) * f->V * N_TOK);
-        assert_non_null(ll);
-        if (qg_llama_eval_logits(o, f->tok, N_TOK, ll, &err)) fail_msg("llama eval: %s", err.msg);
-        f->e_llama = rel_rms_f(ll, f->rl, f->V * N_TOK);
-        free(ll);
-        qg_llama_oracle_free(o);
-    } else {
-        const char *allow = getenv("QG_ALLOW_NO_ORACLE");
-        if (!allow || strcmp(allow, "1")) fail_msg("llama.cpp oracle unavailable: %s", err.msg);
-        printf("  (llama.cpp comparison skipped: %s)\n", err.msg);
-    }
-}
-
-static void file_ref_free(file_ref *f) {
-    free(f->rl);
-    qg_model_free(f->m);
-}
-
-/* ours vs the reference and llama.cpp: the per-file bound. */
-static void expect_vs_ref(const char *what, const char *preset, const char *ftype,
-                          const file_ref *f, const float *ours) {
-    const double e = rel_rms_f(ours, f->rl, f->V * N_TOK);
-    double min_cos = 1;
-    for (int t = 0; t < N_TOK; t++)
-        min_cos = fmin(min_cos, cosine_f(ours + (size_t)t * f->V, f->rl + (size_t)t * f->V, f->V));
-    printf("  %-11s %-7s %-14s %.3e  llama.cpp %.3e  min cos %.7f\n", preset, ftype, what, e,
-           f->e_llama, min_cos);
-    if (!isnan(f->e_llama) && !(e <= f->e_llama * 1.05 + 2e-6))
-        fail_msg("%s %s (%s): %.3e is farther from the reference than llama.cpp's %.3e", preset,
-                 ftype, what, e, f->e_llama);
-    if (!strcmp(ftype, "f32") && !(min_cos >= 0.9999))
-        fail_msg("%s %s (%s): per-position cosine %.7f < 0.9999", preset, ftype, what, min_cos);
-}
-
+/* One file: the per-file bound on the prefill logits; decode graph against
+ * prefill and Vulkan against the CPU executor: rel_rms < 3e-4 each. */
 static void check_file(const char *preset, const char *ftype, uint64_t seed) {
-    file_ref f;
-    file_ref_load(&f, preset, ftype, seed);
-    const run_opts vk = {.backend = "vulkan"}, cpu = {.backend = "cpu"};
-    float *ours = logits_prefill(f.m, f.tok, N_TOK, &vk);
-    expect_vs_ref("vulkan", preset, ftype, &f, ours);
-    float *step = logits_stepwise(f.m, f.tok, N_TOK, "vulkan");
-    const double e_step = rel_rms_ff(step, ours, f.V * N_TOK);
-    float *c = logits_prefill(f.m, f.tok, N_TOK, &cpu);
-    const double e_cpu = rel_rms_ff(ours, c, f.V * N_TOK);
-    printf("  %-11s %-7s decode-vs-prefill %.1e  vulkan-vs-cpu %.1e\n", preset, ftype, e_step,
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
+    const qg_e2e_run vk = qg_e2e_run_default("vulkan"), cpu = qg_e2e_run_default("cpu");
+    float *ours = qg_e2e_logits_prefill(f.m, &vk, f.tok, N_TOK);
+    qg_e2e_expect_vs_ref(&f, "vulkan", ours);
+    float *step = qg_e2e_logits_stepwise(f.m, &vk, f.tok, N_TOK);
+    const double e_step = qg_e2e_rel_rms_f32(step, ours, f.V * N_TOK);
+    float *c = qg_e2e_logits_prefill(f.m, &cpu, f.tok, N_TOK);
+    const double e_cpu = qg_e2e_rel_rms_f32(ours, c, f.V * N_TOK);
+    printf("  %-12s %-7s decode-vs-prefill %.1e  vulkan-vs-cpu %.1e\n", preset, ftype, e_step,
            e_cpu);
     if (!(e_step < 3e-4))
         fail_msg("%s %s: the decode graph differs from prefill: %.3e", preset, ftype, e_step);
@@ -243,27 +85,28 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
     free(c);
     free(step);
     free(ours);
-    file_ref_free(&f);
+    qg_e2e_file_free(&f);
 }
-
-static const char *const FTYPES[] = {"f32", "q8_0", "q4_k_m", "q6_k"};
 
 static void test_tiny_moe(void **state) {
     (void)state;
     need_vulkan();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("tiny", FTYPES[i], 100 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("tiny", QG_E2E_FTYPES[i], 100 + i);
 }
 
 static void test_tiny_dense(void **state) {
     (void)state;
     need_vulkan();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("tiny-dense", FTYPES[i], 200 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("tiny-dense", QG_E2E_FTYPES[i], 200 + i);
 }
 
 static void test_small(void **state) {
     (void)state;
     need_vulkan();
-    for (size_t i = 0; i < QG_ARRAY_LEN(FTYPES); i++) check_file("small", FTYPES[i], 300 + i);
+    for (size_t i = 0; i < QG_ARRAY_LEN(QG_E2E_FTYPES); i++)
+        check_file("small", QG_E2E_FTYPES[i], 300 + i);
 }
 
 /* Experts of layer 0 on the CPU (copies both ways every step), and the
@@ -271,17 +114,18 @@ static void test_small(void **state) {
 static void test_mixed_and_unfused(void **state) {
     (void)state;
     need_vulkan();
-    file_ref f;
-    file_ref_load(&f, "tiny", "q4_k_m", 400);
-    const run_opts mixed = {.backend = "vulkan", .n_cpu_moe = 1};
-    const run_opts unfused = {.backend = "vulkan", .no_fuse = true};
-    float *a = logits_prefill(f.m, f.tok, N_TOK, &mixed);
-    expect_vs_ref("vulkan+cpu", "tiny", "q4_k_m", &f, a);
-    float *b = logits_prefill(f.m, f.tok, N_TOK, &unfused);
-    expect_vs_ref("vulkan unfused", "tiny", "q4_k_m", &f, b);
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, "tiny", "q4_k_m", 7, 400, true);
+    qg_e2e_run mixed = qg_e2e_run_default("vulkan"), unfused = mixed;
+    mixed.n_cpu_moe = 1;
+    unfused.no_fuse = true;
+    float *a = qg_e2e_logits_prefill(f.m, &mixed, f.tok, N_TOK);
+    qg_e2e_expect_vs_ref(&f, "vulkan+cpu", a);
+    float *b = qg_e2e_logits_prefill(f.m, &unfused, f.tok, N_TOK);
+    qg_e2e_expect_vs_ref(&f, "vulkan unfused", b);
     free(a);
     free(b);
-    file_ref_free(&f);
+    qg_e2e_file_free(&f);
 }
 
 /* Through the executor interface (as the runtime does it), with the
@@ -293,8 +137,8 @@ static void test_mixed_and_unfused(void **state) {
 static void test_validation(void **state) {
     (void)state;
     need_vulkan();
-    file_ref f;
-    file_ref_load(&f, "tiny", "q4_k_m", 500);
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, "tiny", "q4_k_m", 7, 500, true);
     qg_error err = {0};
     qg_exec ex[2];
     const qg_exec_opts eo = {.n_threads = 2, .device = -1};
@@ -330,7 +174,8 @@ static void test_validation(void **state) {
             e->i->tensor_set(e->self, g, g->t_step, step, 0, sizeof step, &err))
             fail_msg("inputs: %s", err.msg);
         for (size_t i = 0; i < f.V; i++) ours[(size_t)t * f.V + i] = NAN;
-        if (e->i->run(e->self, g, 0, step, t == 0 ? prof : NULL, &err)) fail_msg("run: %s", err.msg);
+        if (e->i->run(e->self, g, 0, step, t == 0 ? prof : NULL, &err))
+            fail_msg("run: %s", err.msg);
         if (e->i->sync(e->self, &err) ||
             e->i->tensor_get(e->self, g, g->t_logits, ours + (size_t)t * f.V, 0,
                              sizeof(float) * f.V, &err))
@@ -338,7 +183,7 @@ static void test_validation(void **state) {
     }
     for (size_t i = 0; i < f.V * N_TOK; i++)
         if (!isfinite(ours[i])) fail_msg("logit %zu is not finite", i);
-    expect_vs_ref("vulkan validated", "tiny", "q4_k_m", &f, ours);
+    qg_e2e_expect_vs_ref(&f, "vulkan validated", ours);
     /* profiled step: one event per node, in node order, non-negative and
      * contiguous spans on one clock */
     assert_int_equal(prof->n, (size_t)g->n_nodes);
@@ -382,7 +227,7 @@ static void test_validation(void **state) {
     }
     for (size_t i = 0; i < f.V * NP; i++)
         if (!isfinite(pre[i])) fail_msg("prefill logit %zu is not finite", i);
-    const double e_pre = rel_rms_ff(pre, ours, f.V * NP);
+    const double e_pre = qg_e2e_rel_rms_f32(pre, ours, f.V * NP);
     printf("  validated prefill vs decode: %.1e\n", e_pre);
     if (!(e_pre < 1e-4)) fail_msg("validated prefill differs from decode: %.3e", e_pre);
     free(pre);
@@ -393,7 +238,7 @@ static void test_validation(void **state) {
     qg_profile_free(prof);
     qg_graph_free(g);
     free(ours);
-    file_ref_free(&f);
+    qg_e2e_file_free(&f);
 }
 
 /* No device index past the list; a clear error. */
@@ -410,7 +255,8 @@ static void test_bad_device(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "%s/qg-vk-e2e-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(g_dir, sizeof g_dir, "%s/qg-vk-e2e-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_dir)) return -1;
     qg_exec e;
     qg_error err = {0};
