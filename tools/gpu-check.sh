@@ -23,6 +23,9 @@
 #                           the end-to-end test); without it the e2e test runs
 #                           with QG_ALLOW_NO_ORACLE=1
 #   .cuda-dev/cmocka/       cmocka.h and libcmocka.so* for machines without it
+#   .cuda-dev/pcre2/        pcre2.h, libpcre2-8.so* and a relocatable .pc file
+#                           (without PCRE2 the CLI cannot tokenize text, and
+#                           the agreement step fails)
 # Every step has a time limit; a failed step is reported and the rest go on.
 # Exit status: 0 when every step that ran passed.
 set -uo pipefail
@@ -71,6 +74,11 @@ if [ -d .oracle/lib ]; then
     export LD_LIBRARY_PATH="$PWD/.oracle/lib:${LD_LIBRARY_PATH:-}"
 else
     export QG_ALLOW_NO_ORACLE=1
+fi
+if [ -f .cuda-dev/pcre2/lib/pkgconfig/libpcre2-8.pc ] && ! pkg-config --exists libpcre2-8 2>/dev/null; then
+    # the tokenizer's regex library, for machines without libpcre2-dev
+    export PKG_CONFIG_PATH="$PWD/.cuda-dev/pcre2/lib/pkgconfig:${PKG_CONFIG_PATH:-}"
+    export LD_LIBRARY_PATH="$PWD/.cuda-dev/pcre2/lib:${LD_LIBRARY_PATH:-}"
 fi
 if [ -f .cuda-dev/cmocka/cmocka.h ]; then
     ARGS+=(-DCMOCKA_INCLUDE="$PWD/.cuda-dev/cmocka" -DCMOCKA_LIB="$PWD/.cuda-dev/cmocka/libcmocka.so")

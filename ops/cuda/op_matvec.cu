@@ -11,9 +11,9 @@
  * staging is paid a bounded number of times.
  *
  * Sparse experts, decode (moe_fused, 3 launches):
- *   1 k_router_topk  router rows -> logits; the last block to finish (an
- *                    atomic ticket) runs softmax / top-k / renormalize in
- *                    one warp and writes ids, wts
+ *   1 k_router_topk  router rows -> logits, one row per block; the last
+ *                    block to finish (an atomic ticket) runs softmax /
+ *                    top-k / renormalize in one warp and writes ids, wts
  *   2 k_gate_up      rows (k, f): h[k,f] = silu(gate_e x) * (up_e x),
  *                    e = ids[k] read from device memory
  *   3 k_down         y[r] = sum_k wts[k] * (down_e h_k)[r] (+ residual)
@@ -491,20 +491,19 @@ __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
     __shared__ float red[QG_SUMSQ_CHUNKS];
     __shared__ int s_last;
     float *xs = sm, *p = sm + a.n;
-    {
-        const int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-        if ((threadIdx.x & 31) == 0 && r < a.X) qg_prefetch_l2(a.w + (size_t)r * a.rb, a.rb);
-    }
+    if (threadIdx.x == 0 && blockIdx.x < a.X) qg_prefetch_l2(a.w + (size_t)blockIdx.x * a.rb, a.rb);
     qg_pdl_wait();
     qg_pdl_trigger();
     stage_x(a.x, a.n, a.norm_w, a.eps, xs, red);
-    const int lane = threadIdx.x & 31, U = a.n / 32, nw = gridDim.x * MV_WARPS;
-    for (int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5); r < a.X; r += nw) {
+    /* one row per block (the router has few rows and long ones: a warp per
+     * row left most of the GPU idle), every thread over units */
+    const int U = a.n / 32;
+    for (int r = blockIdx.x; r < a.X; r += gridDim.x) {
         const uint8_t *row = a.w + (size_t)r * a.rb;
         float acc = 0.0f;
-        for (int u = lane; u < U; u += 32) acc += qg_unit_dot<DT>(row, u, xs);
-        acc = qg_warp_sum(acc);
-        if (lane == 0) a.logits[r] = acc;
+        for (int u = threadIdx.x; u < U; u += MV_THREADS) acc += qg_unit_dot<DT>(row, u, xs);
+        acc = qg_block_sum(acc, red);
+        if (threadIdx.x == 0) a.logits[r] = acc;
     }
     __threadfence();
     __syncthreads();
@@ -521,7 +520,7 @@ static cudaError_t router_topk_decode(const qg_cuda_launch *l, const qg_cu_mat *
     if (n > MV_XS_MAX) return cudaErrorInvalidValue;
     rt_args a = {router->w, router->rb, n, router->m, K, x, l->pre_norm, l->pre_eps,
                  logits, ids, wts, counter};
-    const int blocks = qg_cu_blocks(router->m, MV_WARPS, l->o.n_sm, 1);
+    const int blocks = qg_cu_blocks(router->m, 1, l->o.n_sm, 2);
     const size_t smem = sizeof(float) * ((size_t)n + (size_t)router->m);
     cudaError_t e = cudaSuccess;
     QG_CUDA_DISPATCH_DT(router->type, e = qg_cu_launch(l, k_router_topk<DT>, dim3(blocks),

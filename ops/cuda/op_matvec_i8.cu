@@ -90,29 +90,33 @@ __device__ __forceinline__ void i8_dot(const i8_frag &f, int type, const qg_i8_v
     else qg_i8_q6k_dot(f.k6, xv, sb, ag, ag8);
 }
 
-/* A warp's work on one tile: super-blocks sb0 and sb0 + step of one
- * matrix (rows rg / rg8), the first two loaded ahead (f), any further ones
- * (sb0 + 2 step, ...: long rows only) loaded as they come. */
+/* A warp's work on one tile: super-blocks sb0, sb0 + step, ... of one
+ * matrix (rows rg / rg8), the first NF loaded ahead (f), any further ones
+ * (long rows only) loaded as they come. */
 struct i8_job {
     int type;
     const uint8_t *rg, *rg8;
     bool live; /* false: nothing to do (idle warp, invalid expert) */
 };
 
-__device__ __forceinline__ void i8_job_load(const i8_job &j, i8_frag (&f)[2], int sb0, int step,
+template <int NF>
+__device__ __forceinline__ void i8_job_load(const i8_job &j, i8_frag (&f)[NF], int sb0, int step,
                                             int nsb) {
     if (!j.live) return;
-    if (sb0 < nsb) i8_load(f[0], j.type, j.rg, j.rg8, sb0);
-    if (sb0 + step < nsb) i8_load(f[1], j.type, j.rg, j.rg8, sb0 + step);
+#pragma unroll
+    for (int c = 0; c < NF; c++)
+        if (sb0 + c * step < nsb) i8_load(f[c], j.type, j.rg, j.rg8, sb0 + c * step);
 }
 
-__device__ __forceinline__ void i8_job_dot(const i8_job &j, const i8_frag (&f)[2], int sb0,
+template <int NF>
+__device__ __forceinline__ void i8_job_dot(const i8_job &j, const i8_frag (&f)[NF], int sb0,
                                            int step, int nsb, const qg_i8_vec &xv, float &ag,
                                            float &ag8) {
     if (!j.live) return;
-    if (sb0 < nsb) i8_dot(f[0], j.type, xv, sb0, ag, ag8);
-    if (sb0 + step < nsb) i8_dot(f[1], j.type, xv, sb0 + step, ag, ag8);
-    for (int sb = sb0 + 2 * step; sb < nsb; sb += step) {
+#pragma unroll
+    for (int c = 0; c < NF; c++)
+        if (sb0 + c * step < nsb) i8_dot(f[c], j.type, xv, sb0 + c * step, ag, ag8);
+    for (int sb = sb0 + NF * step; sb < nsb; sb += step) {
         i8_frag h;
         i8_load(h, j.type, j.rg, j.rg8, sb);
         i8_dot(h, j.type, xv, sb, ag, ag8);
@@ -155,14 +159,14 @@ __device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int
     *r0 = I8_TILE * (tile - a.tiles[k]);
 }
 
-template <int NW>
-__global__ void __launch_bounds__(NW * 32) k_mv8(qg_i8_mv_args a) {
+template <int NW, int NF, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[NW][I8_TILE];
     __shared__ float cs[QG_SUMSQ_CHUNKS];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, T = a.tiles[a.nm];
     int tile = blockIdx.x, mi = 0, r0 = 0;
-    i8_frag f[2];
+    i8_frag f[NF];
     i8_job job = {};
     /* the weights are constant: the first tile's loads go out before the
      * previous kernel has finished (programmatic launch) */
@@ -212,8 +216,8 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int 
               : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
 }
 
-template <int NWH>
-__global__ void __launch_bounds__(2 * NWH * 32) k_gu8(qg_i8_gu_args a) {
+template <int NWH, int NF, int MINB>
+__global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[2 * NWH][I8_TILE];
     __shared__ float cs[QG_SUMSQ_CHUNKS];
@@ -221,7 +225,7 @@ __global__ void __launch_bounds__(2 * NWH * 32) k_gu8(qg_i8_gu_args a) {
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
     qg_pdl_wait();
     int tile = blockIdx.x;
-    i8_frag f[2];
+    i8_frag f[NF];
     i8_job job = {};
     /* the expert ids are known: the first tile's loads go out before x's
      * image is built */
@@ -379,10 +383,11 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     a.add = add;
     const int nsb = n / 256, T = a.tiles[nm];
     const size_t smem = qg_i8_image_bytes(n);
-    if (nsb <= 2) return qg_cu_launch(l, k_mv8<1>, dim3(i8_grid(T, l->o.n_sm, 16)), dim3(32), smem, a);
-    if (nsb <= 4) return qg_cu_launch(l, k_mv8<2>, dim3(i8_grid(T, l->o.n_sm, 8)), dim3(64), smem, a);
-    if (nsb <= 8) return qg_cu_launch(l, k_mv8<4>, dim3(i8_grid(T, l->o.n_sm, 8)), dim3(128), smem, a);
-    return qg_cu_launch(l, k_mv8<8>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
+    /* a warp takes NF super-blocks of a tile (NW warps: the row), the
+     * register cap keeps MINB blocks on a multiprocessor */
+    if (nsb <= 4) return qg_cu_launch(l, k_mv8<4, 1, 3>, dim3(i8_grid(T, l->o.n_sm, 6)), dim3(128), smem, a);
+    if (nsb <= 8) return qg_cu_launch(l, k_mv8<8, 1, 2>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
+    return qg_cu_launch(l, k_mv8<8, 2, 1>, dim3(i8_grid(T, l->o.n_sm, 3)), dim3(256), smem, a);
 }
 
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {
@@ -412,9 +417,9 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     a.h = h;
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = qg_i8_image_bytes(n);
-    if (nsb <= 2) return qg_cu_launch(l, k_gu8<1>, dim3(i8_grid(T, l->o.n_sm, 16)), dim3(64), smem, a);
-    if (nsb <= 4) return qg_cu_launch(l, k_gu8<2>, dim3(i8_grid(T, l->o.n_sm, 8)), dim3(128), smem, a);
-    return qg_cu_launch(l, k_gu8<4>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
+    if (nsb <= 4) return qg_cu_launch(l, k_gu8<4, 1, 2>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
+    if (nsb <= 8) return qg_cu_launch(l, k_gu8<8, 1, 1>, dim3(i8_grid(T, l->o.n_sm, 2)), dim3(512), smem, a);
+    return qg_cu_launch(l, k_gu8<8, 2, 1>, dim3(i8_grid(T, l->o.n_sm, 2)), dim3(512), smem, a);
 }
 
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K) {

@@ -206,6 +206,12 @@ __device__ __forceinline__ void qg_i8_q4k_dot(const qg_i8_q4k &f, const qg_i8_ve
         I[1] += d[1] * (int)s0;
         I[2] += d[2] * (int)s1;
         I[3] += d[3] * (int)s1;
+    }
+    /* the min terms: lane t takes sub-blocks 2t and 2t+1 (the 4-lane sum
+     * of the rows adds them up) */
+#pragma unroll
+    for (int jj = 0; jj < 2; jj++) {
+        const int j = 2 * t + jj, bsh = 8 * (j & 3);
         const float xs = sums[j];
         mt0 = fmaf((float)((((j < 4) ? ml[0] : mh[0]) >> bsh) & 0xFFu), xs, mt0);
         mt1 = fmaf((float)((((j < 4) ? ml[1] : mh[1]) >> bsh) & 0xFFu), xs, mt1);
@@ -215,9 +221,8 @@ __device__ __forceinline__ void qg_i8_q4k_dot(const qg_i8_q4k &f, const qg_i8_ve
     const float s = xv.scale[sb];
     const float d0 = qg_h2f(f.hd[0].x & 0xFFFFu), m0 = qg_h2f(f.hd[0].x >> 16);
     const float d1 = qg_h2f(f.hd[1].x & 0xFFFFu), m1 = qg_h2f(f.hd[1].x >> 16);
-    const float own = t == 0 ? 1.0f : 0.0f; /* the min term once per row */
-    acc_g += (d0 * s) * fmaf(wa, (float)I[0], wb * (float)I[1]) - own * m0 * mt0;
-    acc_g8 += (d1 * s) * fmaf(wa, (float)I[2], wb * (float)I[3]) - own * m1 * mt1;
+    acc_g += (d0 * s) * fmaf(wa, (float)I[0], wb * (float)I[1]) - m0 * mt0;
+    acc_g8 += (d1 * s) * fmaf(wa, (float)I[2], wb * (float)I[3]) - m1 * mt1;
 }
 
 /* ---- Q6_K: one super-block of a 16-row tile ------------------------------
