@@ -8,6 +8,8 @@
  *   rmsnorm -> moe_fused -> add  NORM in router and expert swiglu, RESID
  *                                in aggregate
  *   rmsnorm -> lm_head, rmsnorm -> router, rmsnorm -> swiglu (dense)
+ *   moe_fused's topk         the expert swiglu routes for itself
+ *   rope -> attention        one dispatch: rope, KV append, attention
  *
  * Each case is a one-token (decode) graph with random inputs, run on the
  * Vulkan executors with folds (subgroup reductions + validation layer,
@@ -123,14 +125,17 @@ typedef struct fx {
     int probes[4], n_probes; /* dropped intermediates: poisoned, read back */
 } fx;
 
-static void fx_init(fx *f) {
+/* A decode graph of a context of C rows. */
+static void fx_init_ctx(fx *f, int C) {
     memset(f, 0, sizeof *f);
-    f->g = qg_graph_new(QG_PHASE_DECODE, 1, 16);
+    f->g = qg_graph_new(QG_PHASE_DECODE, 1, C);
     assert_non_null(f->g);
     const int64_t n = QG_STEP_N;
     f->g->t_step = qg_graph_add_tensor(f->g, "step", QG_I32, QG_ROLE_INPUT, -1, 1, &n, NULL);
     f->host[f->g->t_step] = calloc(1, f->g->tensors[f->g->t_step].nbytes);
 }
+
+static void fx_init(fx *f) { fx_init_ctx(f, 16); }
 
 static void fx_free(fx *f) {
     for (int i = 0; i < f->g->n_tensors && i < MAXT; i++) free(f->host[i]);
@@ -184,11 +189,14 @@ static void fx_schedule(fx *f) {
         if (f->g->nodes[i].exec != 0) fail_msg("node %s not placed on vulkan", f->g->nodes[i].name);
 }
 
-/* Compile on e, write the inputs, poison outputs and probes, run one
- * token, read outputs and probes back, release. */
+/* Compile on e, write the inputs and KV tensors, poison outputs and
+ * probes, run one token, read outputs, probes and KV tensors back,
+ * release. */
 static void fx_run(fx *f, const qg_exec *e, const char *label) {
     qg_graph *g = f->g;
     qg_error err = {0};
+    if (g->kv_bytes[0] && e->i->kv_alloc(e->self, g->kv_bytes[0], &err))
+        fail_msg("%s: kv_alloc: %s", label, err.msg);
     if (e->i->compile(e->self, g, 0, &err)) fail_msg("%s: compile: %s", label, err.msg);
     const int32_t step[QG_STEP_N] = {1, 1, 0, 0};
     memcpy(f->host[g->t_step], step, sizeof step);
@@ -198,7 +206,7 @@ static void fx_run(fx *f, const qg_exec *e, const char *label) {
         for (int i = 0; i < f->n_outs; i++) out |= f->outs[i] == t;
         for (int i = 0; i < f->n_probes; i++) out |= f->probes[i] == t;
         if (out) memset(f->host[t], POISON, ts->nbytes);
-        else if (ts->role != QG_ROLE_INPUT) continue;
+        else if (ts->role != QG_ROLE_INPUT && ts->role != QG_ROLE_KV) continue;
         if (e->i->tensor_set(e->self, g, t, f->host[t], 0, ts->nbytes, &err))
             fail_msg("%s: tensor_set %s: %s", label, ts->name, err.msg);
     }
@@ -210,6 +218,10 @@ static void fx_run(fx *f, const qg_exec *e, const char *label) {
         if (e->i->tensor_get(e->self, g, t, f->host[t], 0, g->tensors[t].nbytes, &err))
             fail_msg("%s: tensor_get %s: %s", label, g->tensors[t].name, err.msg);
     }
+    for (int t = 0; t < g->n_tensors; t++)
+        if (g->tensors[t].role == QG_ROLE_KV &&
+            e->i->tensor_get(e->self, g, t, f->host[t], 0, g->tensors[t].nbytes, &err))
+            fail_msg("%s: tensor_get %s: %s", label, g->tensors[t].name, err.msg);
     e->i->release(e->self, g);
     if (e == &g_vk[0] && qg_exec_vulkan_messages(e))
         fail_msg("%s: %zu validation messages (see stderr)", label, qg_exec_vulkan_messages(e));
@@ -624,12 +636,183 @@ static void test_norm_moe_add(void **state) {
     }
 }
 
+/* ---- rope -> attention ------------------------------------------------------- */
+
+typedef struct ra_case {
+    fx f;
+    int q, k, v, qn, kn, pos, qr, kr, kc, vc, o;
+    int hd, nh, nkv, C;
+    qg_dtype ct;
+} ra_case;
+
+static double cache_at(const ra_case *c, int id, size_t i) {
+    return c->ct == QG_F16 ? (double)qg_f16_to_f32(((const uint16_t *)c->f.host[id])[i])
+                           : (double)((const float *)c->f.host[id])[i];
+}
+
+/* Rope outputs against qg_ref_rope: |y - ref| <= 1e-5 |(ref_i, ref_pair)|
+ * + 1e-6 (f32 norm and rotation; the ops test's bound).  Cache row pos:
+ * f16 / f32 of k_rope and v bit for bit; the other rows as written before
+ * the run (kc0, vc0).  o against qg_ref_attention over the caches as
+ * written: |o - ref| <= 2e-5 (1 + qk_abs) pv_abs + 1e-6 (test_vulkan_ops'
+ * bound). */
+static void ra_check(ra_case *c, const void *kc0, const void *vc0, const char *label) {
+    fx *f = &c->f;
+    const int hd = c->hd, half = hd / 2, Dq = hd * c->nh, Dkv = hd * c->nkv, p = I32(f, c->pos)[0];
+    double *qr = malloc(sizeof(double) * (size_t)Dq), *kr = malloc(sizeof(double) * (size_t)Dkv);
+    assert_true(qr && kr);
+    qg_ref_rope(F32(f, c->q), F32(f, c->k), F32(f, c->qn), F32(f, c->kn), &I32(f, c->pos)[0], 1, hd,
+                c->nh, c->nkv, 1e-6, 1e6, qr, kr);
+    for (int m = 0; m < 2; m++) {
+        const double *ref = m ? kr : qr;
+        const float *y = F32(f, m ? c->kr : c->qr);
+        for (int i = 0; i < (m ? Dkv : Dq); i++) {
+            const int j = (i % hd) < half ? i + half : i - half;
+            const double tol = 1e-5 * hypot(ref[i], ref[j]) + 1e-6;
+            if (!isfinite(y[i]) || fabs(y[i] - ref[i]) > tol)
+                fail_msg("%s: %s[%d] = %.9g, reference %.9g", label, m ? "k_rope" : "q_rope", i,
+                         (double)y[i], ref[i]);
+        }
+    }
+    const size_t es = c->ct == QG_F16 ? 2 : 4;
+    for (int m = 0; m < 2; m++) {
+        const unsigned char *now = f->host[m ? c->vc : c->kc], *before = m ? vc0 : kc0;
+        const float *src = F32(f, m ? c->v : c->kr);
+        for (int row = 0; row < c->C; row++)
+            for (int i = 0; i < Dkv; i++) {
+                const size_t off = ((size_t)row * (size_t)Dkv + (size_t)i) * es;
+                if (row != p) {
+                    if (memcmp(now + off, before + off, es))
+                        fail_msg("%s: cache row %d changed", label, row);
+                    continue;
+                }
+                bool ok;
+                if (c->ct == QG_F16) {
+                    uint16_t h;
+                    memcpy(&h, now + off, 2);
+                    ok = h == qg_f32_to_f16(src[i]);
+                } else {
+                    ok = !memcmp(now + off, &src[i], 4);
+                }
+                if (!ok) fail_msg("%s: %s cache row %d [%d] wrong", label, m ? "v" : "k", row, i);
+            }
+    }
+    const size_t nc = (size_t)Dkv * (size_t)c->C;
+    double *kd = malloc(sizeof(double) * nc), *vd = malloc(sizeof(double) * nc);
+    double *ref = malloc(sizeof(double) * (size_t)Dq), *pva = malloc(sizeof(double) * (size_t)Dq);
+    double *qka = malloc(sizeof(double) * (size_t)c->nh), *mag = malloc(sizeof(double) * (size_t)Dq);
+    assert_true(kd && vd && ref && pva && qka && mag);
+    for (size_t i = 0; i < nc; i++) {
+        kd[i] = cache_at(c, c->kc, i);
+        vd[i] = cache_at(c, c->vc, i);
+    }
+    qg_ref_attention(F32(f, c->qr), kd, vd, &I32(f, c->pos)[0], 1, hd, c->nh, c->nkv, ref, pva, qka);
+    for (int i = 0; i < Dq; i++) mag[i] = (1.0 + qka[i / hd]) * pva[i];
+    expect_close(label, "o", F32(f, c->o), ref, mag, Dq, 2e-5, 1e-6);
+    free(qr);
+    free(kr);
+    free(kd);
+    free(vd);
+    free(ref);
+    free(pva);
+    free(qka);
+    free(mag);
+}
+
+static void test_rope_attention(void **state) {
+    (void)state;
+    need_vulkan();
+    const int shapes[][3] = {{128, 8, 2}, {64, 4, 4}, {256, 2, 1}}; /* hd, nh, nkv */
+    for (int si = 0; si < 3; si++)
+        for (int ci = 0; ci < 2; ci++) {
+            ra_case c = {.hd = shapes[si][0], .nh = shapes[si][1], .nkv = shapes[si][2], .C = 80,
+                         .ct = ci ? QG_F32 : QG_F16};
+            fx *f = &c.f;
+            fx_init_ctx(f, c.C);
+            rng r = {0xf00d0400u + (uint64_t)(si * 2 + ci)};
+            const int Dq = c.hd * c.nh, Dkv = c.hd * c.nkv;
+            c.q = fx_tensor(f, "q", QG_F32, QG_ROLE_INPUT, 2, Dq, 1, 1);
+            c.k = fx_tensor(f, "k", QG_F32, QG_ROLE_INPUT, 2, Dkv, 1, 1);
+            c.v = fx_tensor(f, "v", QG_F32, QG_ROLE_INPUT, 2, Dkv, 1, 1);
+            c.qn = fx_weight(f, "q_norm", QG_F32, 1, c.hd, 1, 1, &r, 2.0f);
+            c.kn = fx_weight(f, "k_norm", QG_F32, 1, c.hd, 1, 1, &r, 2.0f);
+            c.pos = fx_tensor(f, "pos", QG_I32, QG_ROLE_INPUT, 1, 1, 1, 1);
+            f->g->t_pos = c.pos;
+            c.qr = fx_tensor(f, "q_rope", QG_F32, QG_ROLE_OUTPUT, 2, Dq, 1, 1);
+            c.kr = fx_tensor(f, "k_rope", QG_F32, QG_ROLE_OUTPUT, 2, Dkv, 1, 1);
+            c.kc = fx_tensor(f, "cache_k", c.ct, QG_ROLE_KV, 2, Dkv, c.C, 1);
+            c.vc = fx_tensor(f, "cache_v", c.ct, QG_ROLE_KV, 2, Dkv, c.C, 1);
+            c.o = fx_tensor(f, "o", QG_F32, QG_ROLE_OUTPUT, 2, Dq, 1, 1);
+            qg_op_params p = {.eps = 1e-6f, .rope_theta = 1e6f, .head_dim = c.hd, .n_head = c.nh,
+                              .n_head_kv = c.nkv};
+            qg_graph_add_node(f->g, QG_OP_ROPE, "rope", 0, (int[]){c.q, c.k, c.qn, c.kn, c.pos}, 5,
+                              (int[]){c.qr, c.kr}, 2, &p);
+            qg_graph_add_node(f->g, QG_OP_ATTENTION, "rope+attention", 0,
+                              (int[]){c.qr, c.kr, c.v, c.kc, c.vc, c.pos}, 6, (int[]){c.o}, 1, &p);
+            f->outs[f->n_outs++] = c.qr;
+            f->outs[f->n_outs++] = c.kr;
+            f->outs[f->n_outs++] = c.o;
+            fx_schedule(f);
+            const size_t cb = f->g->tensors[c.kc].nbytes;
+            void *kc0 = malloc(cb), *vc0 = malloc(cb), *got[5];
+            assert_true(kc0 && vc0);
+            const int positions[] = {0, 1, 31, 32, 79}; /* blocks of 32 (F16) and 16 (F32) rows */
+            for (int pi = 0; pi < 5; pi++)
+                for (int v = 0; v < N_VK; v++) {
+                    for (int i = 0; i < Dq; i++) F32(f, c.q)[i] = rng_unif(&r, -2, 2);
+                    for (int i = 0; i < Dkv; i++) {
+                        F32(f, c.k)[i] = rng_unif(&r, -2, 2);
+                        F32(f, c.v)[i] = rng_unif(&r, -1, 1);
+                    }
+                    I32(f, c.pos)[0] = positions[pi];
+                    for (size_t i = 0; i < cb / (c.ct == QG_F16 ? 2 : 4); i++) {
+                        const float a = rng_unif(&r, -1, 1), b = rng_unif(&r, -1, 1);
+                        if (c.ct == QG_F16) {
+                            ((uint16_t *)kc0)[i] = qg_f32_to_f16(a);
+                            ((uint16_t *)vc0)[i] = qg_f32_to_f16(b);
+                        } else {
+                            ((float *)kc0)[i] = a;
+                            ((float *)vc0)[i] = b;
+                        }
+                    }
+                    const int ids[5] = {c.qr, c.kr, c.o, c.kc, c.vc};
+                    for (int k = 0; k < 2; k++) {
+                        char label[160];
+                        snprintf(label, sizeof label, "rope+attention hd %d nh %d nkv %d %s pos %d %s %s",
+                                 c.hd, c.nh, c.nkv, ci ? "f32" : "f16", positions[pi],
+                                 v ? "shared-memory" : "subgroups", k ? "unfolded" : "folded");
+                        memcpy(f->host[c.kc], kc0, cb);
+                        memcpy(f->host[c.vc], vc0, cb);
+                        fx_run(f, &g_vk[k * N_VK + v], label);
+                        ra_check(&c, kc0, vc0, label);
+                        for (int i = 0; i < 5; i++) {
+                            const size_t nb = f->g->tensors[ids[i]].nbytes;
+                            if (k == 0) {
+                                got[i] = malloc(nb);
+                                assert_non_null(got[i]);
+                                memcpy(got[i], f->host[ids[i]], nb);
+                            } else {
+                                if (memcmp(got[i], f->host[ids[i]], nb))
+                                    fail_msg("%s: %s: folded and unfolded runs differ", label,
+                                             f->g->tensors[ids[i]].name);
+                                free(got[i]);
+                            }
+                        }
+                    }
+                }
+            free(kc0);
+            free(vc0);
+            fx_free(f);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_norm_qkv),
         cmocka_unit_test(test_matmul_add),
         cmocka_unit_test(test_norm_heads),
         cmocka_unit_test(test_norm_moe_add),
+        cmocka_unit_test(test_rope_attention),
     };
     if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);

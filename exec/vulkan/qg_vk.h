@@ -114,13 +114,14 @@ typedef enum qg_vk_shader {
     QG_VK_MOE_SORT,
     QG_VK_RMSNORM,
     QG_VK_ROPE,
+    QG_VK_ROPE_ATTN,
     QG_VK_ROPE_KV,
     QG_VK_SWIGLU,
     QG_VK_TOPK,
     QG_VK_SHADER_COUNT
 } qg_vk_shader;
 
-#define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
+#define QG_VK_MAX_BIND 13 /* storage buffers per dispatch, step included */
 #define QG_VK_MAX_SPEC 12 /* specialization constants, ids 0.. */
 #define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
 #define QG_VK_PUSH_BYTES 64

@@ -256,6 +256,8 @@ typedef struct fold {
     float eps;
     bool resid;
     qg_vk_loc res, y;    /* (m, 1) the add's other input, the add's output */
+    bool topk;           /* expert swiglu: route from the logits itself */
+    qg_vk_loc logits, ids, wts; /* (X, 1), (K, 1), (K, 1) */
 } fold;
 
 /* The tiled product of multi-token graphs (ops/vulkan/qg_gemm.glsl):
@@ -342,8 +344,8 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X,
                        const fold *f) {
     const int Tm = r->c->g->n_tok_max;
-    const bool norm = f && f->norm;
-    QG_ASSERT(!f || (Tm == 1 && !f->resid));
+    const bool norm = f && f->norm, topk = f && f->topk;
+    QG_ASSERT(!f || (Tm == 1 && !f->resid && (!topk || moe)));
     if (Tm > 1 && !moe) {
         rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1);
         return;
@@ -361,12 +363,15 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     d->spec[8] = norm ? (uint32_t)gt->ne[0] / 4 : 1;
     d->spec[9] = norm;
+    d->spec[10] = topk;
     bind(d, g, false);
     bind(d, u, false);
     bind(d, norm ? f->x_raw : x, false);
     bind(d, h, true);
-    bind(d, moe ? ids : r->c->step, false);
+    bind(d, moe ? ids : r->c->step, topk);
     bind(d, norm ? f->nw : x, false);
+    bind(d, topk ? f->logits : x, false);
+    bind(d, topk ? f->wts : x, topk);
     row_groups(d, div_up((uint64_t)gt->ne[1], L.nr));
     push(d, (uint32_t)gt->ne[0]);
     push(d, (uint32_t)gt->ne[1]);
@@ -482,11 +487,22 @@ static void rec_moe_fused(rec *r, const qg_node *nd, const fold *f) {
                      .eps = f ? f->eps : 0.0f};
     const fold fr = {.resid = f && f->resid, .res = f ? f->res : x, .y = f ? f->y : y};
     QG_ASSERT(!f || Tm == 1);
+    /* decode graphs with folds: the expert swiglu routes for itself, no
+     * topk dispatch (and barrier) between router and experts; where its
+     * shared memory (norm column, rows, routing) fits */
+    const int64_t n_sh = 4 * (fn.norm ? T[nd->in[0]].ne[0] : 1) + 16384;
+    const bool tk = Tm == 1 && r->c->fold &&
+                    n_sh <= (int64_t)r->c->d->props.limits.maxComputeSharedMemorySize;
+    fold fs = fn;
+    fs.topk = tk;
+    fs.logits = logits;
+    fs.ids = ids;
+    fs.wts = wts;
     rec_matmul(r, rt, tloc(r, nd->in[1]), x, logits, false, f ? &fn : NULL);
-    rec_topk(r, logits, X, K, ids, wts);
+    if (!tk) rec_topk(r, logits, X, K, ids, wts);
     if (Tm == 1) {
         rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X,
-                   f ? &fn : NULL);
+                   f || tk ? &fs : NULL);
         rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K, f ? &fr : NULL);
         return;
     }
@@ -753,6 +769,36 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
             rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false, NULL);
         return 1;
     case QG_OP_ROPE:
+        if (fused && c->fold && Tm == 1 &&
+            c->d->props.limits.maxPerStageDescriptorStorageBuffers >= 13) {
+            /* decode: rope, append and attention in one dispatch
+             * (rope_attn.comp), recorded as the attention node's */
+            const qg_node *at = next;
+            r.node = ni + 1;
+            d = new_dispatch(&r, QG_VK_ROPE_ATTN);
+            d->spec[1] = T[at->in[3]].type == QG_F16;
+            bind(d, IN(0), false);                     /* q */
+            bind(d, tloc(&r, at->in[3]), true);        /* k cache */
+            bind(d, tloc(&r, at->in[4]), true);        /* v cache */
+            bind(d, IN(4), false);                     /* pos */
+            bind(d, tloc(&r, at->out[0]), true);       /* o */
+            bind(d, IN(1), false);                     /* k */
+            bind(d, tloc(&r, at->in[2]), false);       /* v */
+            bind(d, IN(2), false);                     /* q norm */
+            bind(d, IN(3), false);                     /* k norm */
+            bind(d, c->rope_table(c->self, nd), false);
+            bind(d, OUT(0), true);                     /* q_rope */
+            bind(d, OUT(1), true);                     /* k_rope */
+            push(d, (uint32_t)p->head_dim);
+            push(d, (uint32_t)p->n_head);
+            push(d, (uint32_t)p->n_head_kv);
+            /* valid positions: rows of the cache and of the rope table */
+            push(d, (uint32_t)QG_MIN(T[at->in[3]].ne[1], (int64_t)g->n_ctx));
+            pushf(d, p->eps);
+            d->groups[0] = (uint32_t)p->n_head;
+            d->groups[1] = d->groups[2] = 1;
+            return 2;
+        }
         d = new_dispatch(&r, fused ? QG_VK_ROPE_KV : QG_VK_ROPE);
         for (int i = 0; i < 5; i++) bind(d, IN(i), false);
         bind(d, c->rope_table(c->self, nd), false);

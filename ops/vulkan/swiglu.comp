@@ -16,6 +16,12 @@
  *   produced x; each workgroup normalizes its token's column into shared
  *   memory first (qg_xnorm.glsl: binding 6 the norm weight, push eps,
  *   XN4 = n / 4).  Otherwise binding 6 is bound to x and unused.
+ * TOPK = 1 (MOE decode graphs: the executor dropped the topk dispatch):
+ *   each workgroup routes its token itself from the router logits (binding
+ *   7, (X, T)) with qg_topk.glsl, the rules and results of topk.comp, and
+ *   takes its expert k = z % K; the workgroups of row block 0 and k = 0
+ *   write the token's ids (binding 5) and weights (binding 8) for the
+ *   aggregate.  Otherwise bindings 7 and 8 are bound to x and unused.
  */
 #include "qg_common.glsl"
 
@@ -29,6 +35,7 @@ layout(constant_id = 6) const uint MOE = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u;
 layout(constant_id = 9) const uint NORM = 0u;
+layout(constant_id = 10) const uint TOPK = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
@@ -37,9 +44,11 @@ layout(std430, binding = 2) readonly buffer UBuf { uint ubuf[]; };
 layout(std430, binding = 2) readonly buffer UBuf4 { uvec4 ubuf4[]; };
 layout(std430, binding = 3) readonly buffer XBuf { vec4 x4[]; };   /* (n, T) */
 layout(std430, binding = 4) writeonly buffer HBuf { float h[]; };  /* (f, [K,] T) */
-layout(std430, binding = 5) readonly buffer IBuf { int ids[]; };   /* (K, T) */
+layout(std430, binding = 5) buffer IBuf { int ids[]; };            /* (K, T) */
 layout(std430, binding = 3) readonly buffer XBufS { float xs[]; }; /* (n, T) */
 layout(std430, binding = 6) readonly buffer NBuf { float nw[]; };  /* (n) NORM */
+layout(std430, binding = 7) readonly buffer LBuf { float lg[]; };  /* (X, T) TOPK */
+layout(std430, binding = 8) writeonly buffer WtBuf { float wts[]; }; /* (K, T) TOPK */
 
 layout(push_constant) uniform PC {
     uint n;        /* elements per row (n_embd) */
@@ -68,6 +77,8 @@ layout(push_constant) uniform PC {
 #include "qg_rows.glsl"
 #include "qg_reduce.glsl"
 #include "qg_xnorm.glsl"
+#define QG_TK_LOGIT(i) lg[i]
+#include "qg_topk.glsl"
 
 float dot32(float w[32], uint xo, uint e0, uint e1) {
     float s = 0.0;
@@ -92,7 +103,19 @@ void main() {
     bool bad = false;
     if (MOE != 0u) {
         if (z >= n_tok * pc.k || r0 >= pc.f) return;
-        const int e = ids[z];
+        int e;
+        if (TOPK != 0u) { /* route token z / K here; expert slot z % K */
+            const uint t = z / pc.k, kk = z % pc.k, l = gl_LocalInvocationIndex;
+            qg_topk_wg(t * pc.n_expert, pc.n_expert, pc.k);
+            e = qg_tk_id[kk];
+            if (r0 == 0u && kk == 0u)
+                for (uint i = l; i < pc.k; i += WG) {
+                    ids[t * pc.k + i] = qg_tk_id[i];
+                    wts[t * pc.k + i] = qg_tk_w[i];
+                }
+        } else {
+            e = ids[z];
+        }
         bad = e < 0 || uint(e) >= pc.n_expert;
         row0 = bad ? 0u : uint(e) * pc.f;
         nc = 1u;
