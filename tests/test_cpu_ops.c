@@ -434,10 +434,7 @@ static void check_attention(qg_optest_fx *f, const void *ctx, int n_tok, const c
     const int64_t Dkv = (int64_t)c->hd * c->nkv, Dq = (int64_t)c->hd * c->nh;
     const int32_t *pos = qg_optest_i32(f, c->pos);
     double *kd = qg_optest_dalloc(Dkv * c->C), *vd = qg_optest_dalloc(Dkv * c->C); /* (Dkv, C) */
-    for (size_t i = 0; i < (size_t)(Dkv * c->C); i++) {
-        kd[i] = qg_f16_to_f32(((const uint16_t *)f->host[c->kc])[i]);
-        vd[i] = qg_f16_to_f32(((const uint16_t *)f->host[c->vc])[i]);
-    }
+    qg_optest_read_kv(f, c, kd, vd);
     for (int t = 0; t < n_tok; t++)
         for (int64_t i = 0; i < Dkv; i++) {
             kd[(size_t)pos[t] * Dkv + i] = qg_optest_f32(f, c->k)[t * Dkv + i];

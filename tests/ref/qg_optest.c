@@ -422,14 +422,19 @@ static double cache_get(qg_dtype ct, const void *p, size_t i) {
                         : (double)((const float *)p)[i];
 }
 
-void qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
-                                const char *label, double rel, double abs_tol) {
-    const int64_t Dkv = (int64_t)c->hd * c->nkv, Dq = (int64_t)c->hd * c->nh;
-    double *kd = qg_optest_dalloc(Dkv * c->C), *vd = qg_optest_dalloc(Dkv * c->C); /* (Dkv, C) */
+void qg_optest_read_kv(qg_optest_fx *f, const qg_optest_attn *c, double *kd, double *vd) {
+    const int64_t Dkv = (int64_t)c->hd * c->nkv;
     for (size_t i = 0; i < (size_t)(Dkv * c->C); i++) {
         kd[i] = cache_get(c->ct, f->host[c->kc], i);
         vd[i] = cache_get(c->ct, f->host[c->vc], i);
     }
+}
+
+void qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
+                                const char *label, double rel, double abs_tol) {
+    const int64_t Dkv = (int64_t)c->hd * c->nkv, Dq = (int64_t)c->hd * c->nh;
+    double *kd = qg_optest_dalloc(Dkv * c->C), *vd = qg_optest_dalloc(Dkv * c->C); /* (Dkv, C) */
+    qg_optest_read_kv(f, c, kd, vd);
     double *ref = qg_optest_dalloc(Dq * n_tok),
            *pva = qg_optest_dalloc(Dq * n_tok);             /* (Dq, n_tok) */
     double *qka = qg_optest_dalloc((int64_t)c->nh * n_tok); /* (nh, n_tok) */

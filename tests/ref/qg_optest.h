@@ -243,6 +243,9 @@ void qg_optest_check_rope(qg_optest_fx *f, const void *ctx, int n_tok, const cha
  * qg_f32_to_f16 / the f32 value; every other row as in kc0 / vc0. */
 void qg_optest_expect_kv_written(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
                                  const char *label);
+/* The caches kc, vc (Dkv, C) of type ct as written, in double: kd, vd
+ * (Dkv, C). */
+void qg_optest_read_kv(qg_optest_fx *f, const qg_optest_attn *c, double *kd, double *vd);
 /* The attention output against the reference over the caches as written:
  * |o - ref| <= rel * (1 + qk_abs) * sum_j p_j |v_j| + abs_tol (qk_abs: the
  * head's sum |q k| / sqrt(hd) magnitude; the caller states rel and abs). */
