@@ -191,6 +191,8 @@ typedef struct qg_vk_rec_ctx {
     qg_vk_loc moe_scratch;                /* moe_fused's logits | h */
     bool fuse;                            /* peephole fusion of node pairs */
     bool fold;                            /* executor-level folds (decode) */
+    bool unroll;                          /* weight shaders: constant units per
+                                             lane (UPL), see qg_vk_record.c */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */

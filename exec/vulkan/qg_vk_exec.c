@@ -89,6 +89,8 @@ typedef struct vk_exec {
     bool no_fuse; /* QG_VK_NO_FUSE=1: one node, one set of dispatches */
     bool no_fold; /* QG_VK_NO_FOLD=1: no executor-level folds (norm prologues,
                      residual epilogues), the node-pair fusions still on */
+    bool no_unroll; /* QG_VK_NO_UNROLL=1: dynamic unit loops in the weight
+                       shaders (UPL 0) */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -494,7 +496,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
-                        .fuse = !x->no_fuse, .fold = !x->no_fold};
+                        .fuse = !x->no_fuse, .fold = !x->no_fold, .unroll = !x->no_unroll};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -807,6 +809,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     QG_VK_CHECK(vkCreateFence(x->d.dev, &fci, NULL, &x->fence));
     x->no_fuse = env_on("QG_VK_NO_FUSE");
     x->no_fold = x->no_fuse || env_on("QG_VK_NO_FOLD");
+    x->no_unroll = env_on("QG_VK_NO_UNROLL");
     if (qg_debug_enabled("vulkan")) fprintf(stderr, "vulkan: %s\n", x->d.desc);
     out->i = &VK_EXEC;
     out->self = x;

@@ -242,6 +242,15 @@ static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t nslot
     return r;
 }
 
+/* The UPL constant of the weight shaders: n_items over `lanes` lanes, as a
+ * constant loop bound the driver can unroll (all of a lane's weight loads
+ * in flight before the first is used), or 0 (a dynamic loop) when
+ * c->unroll is off or a lane would take more than 16 items. */
+static uint32_t upl_for(const qg_vk_rec_ctx *c, uint64_t n_items, uint32_t lanes) {
+    const uint64_t u = (n_items + lanes - 1) / lanes;
+    return c->unroll && u <= 16 ? (uint32_t)u : 0;
+}
+
 static uint32_t row_bytes(const qg_tensor *w) {
     return (uint32_t)qg_dtype_row_bytes(w->type, w->ne[0]);
 }
@@ -322,6 +331,7 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[5] = norm;
     d->spec[6] = resid;
     d->spec[8] = norm ? (uint32_t)wt->ne[0] / 4 : 1;
+    d->spec[9] = upl_for(r->c, (uint64_t)wt->ne[0] / 32, L.tpr);
     bind(d, w, false);
     bind(d, norm ? f->x_raw : x, false);
     bind(d, resid ? f->y : y, true);
@@ -364,6 +374,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     d->spec[8] = norm ? (uint32_t)gt->ne[0] / 4 : 1;
     d->spec[9] = norm;
     d->spec[10] = topk;
+    d->spec[11] = upl_for(r->c, (uint64_t)gt->ne[0] / 32, L.tpr);
     bind(d, g, false);
     bind(d, u, false);
     bind(d, norm ? f->x_raw : x, false);
@@ -408,6 +419,7 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     d->spec[2] = L.tpr;
     d->spec[3] = L.rpt;
     d->spec[4] = resid;
+    d->spec[5] = upl_for(r->c, (uint64_t)K * (uint64_t)(dt->ne[0] / 32), L.tpr);
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, dw, false);
     bind(d, h, false);

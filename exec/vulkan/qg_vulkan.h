@@ -14,6 +14,8 @@
  *                        prologues, residual epilogues); node pairs still
  *                        fuse.  QG_DEBUG=vulkan prints each compiled
  *                        graph's dispatch and barrier counts.
+ *   QG_VK_NO_UNROLL=1    the weight shaders loop over a row's units with a
+ *                        run-time bound instead of a constant one
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.

@@ -33,6 +33,7 @@ layout(constant_id = 5) const uint NORM = 0u;
 layout(constant_id = 6) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u;
+layout(constant_id = 9) const uint UPL = 0u;  /* units per lane, 0: dynamic */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -61,6 +62,36 @@ layout(push_constant) uniform PC {
 #include "qg_reduce.glsl"
 #include "qg_xnorm.glsl"
 
+/* Unit u of this group's RPT rows against the nc columns: acc[k*NT + t]
+ * += the partial dot products. */
+void mm_unit(uint u, uint r0, uint g, uint G, uint row0, uint nc, uint cols[8],
+             inout float acc[QG_ROWS_ACC]) {
+    /* the unit of each of this group's rows (rows past m repeat the
+     * last one; their sums are not written), then each column's x
+     * once for all of them */
+    float w[RPT_MAX][32];
+    uint e0, e1;
+    for (uint k = 0u; k < RPT; k++)
+        dq_w((row0 + min(r0 + g + k * G, pc.m - 1u)) * pc.rb, u, w[k], e0, e1);
+    for (uint t = 0u; t < NT; t++) {
+        if (t >= nc) break;
+        const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
+        const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
+        vec4 xv[8];
+        for (uint i = 0u; i < 4u; i++) {
+            xv[i] = NORM != 0u ? sh_x4[a + i] : x4[a + i];
+            xv[4u + i] = NORM != 0u ? sh_x4[b + i] : x4[b + i];
+        }
+        for (uint k = 0u; k < RPT; k++) {
+            float s = 0.0;
+            for (uint i = 0u; i < 8u; i++)
+                s += dot(vec4(w[k][4u * i], w[k][4u * i + 1u], w[k][4u * i + 2u], w[k][4u * i + 3u]),
+                         xv[i]);
+            acc[k * NT + t] += s;
+        }
+    }
+}
+
 void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
@@ -80,31 +111,14 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
-    for (uint u = lane; u < nu; u += lanes) {
-        /* the unit of each of this group's rows (rows past m repeat the
-         * last one; their sums are not written), then each column's x
-         * once for all of them */
-        float w[RPT_MAX][32];
-        uint e0, e1;
-        for (uint k = 0u; k < RPT; k++)
-            dq_w((row0 + min(r0 + g + k * G, pc.m - 1u)) * pc.rb, u, w[k], e0, e1);
-        for (uint t = 0u; t < NT; t++) {
-            if (t >= nc) break;
-            const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
-            const uint a = (xo + e0) >> 2, b = (xo + e1) >> 2;
-            vec4 xv[8];
-            for (uint i = 0u; i < 4u; i++) {
-                xv[i] = NORM != 0u ? sh_x4[a + i] : x4[a + i];
-                xv[4u + i] = NORM != 0u ? sh_x4[b + i] : x4[b + i];
-            }
-            for (uint k = 0u; k < RPT; k++) {
-                float s = 0.0;
-                for (uint i = 0u; i < 8u; i++)
-                    s += dot(vec4(w[k][4u * i], w[k][4u * i + 1u], w[k][4u * i + 2u], w[k][4u * i + 3u]),
-                             xv[i]);
-                acc[k * NT + t] += s;
-            }
-        }
+    /* UPL (units per lane, a constant): a loop the driver can unroll, all
+     * of a lane's weight loads issued before the first is used; the
+     * dynamic loop where the lanes are fewer than assumed */
+    if (UPL != 0u && UPL * lanes >= nu) {
+        for (uint i = 0u; i < UPL; i++)
+            if (lane + i * lanes < nu) mm_unit(lane + i * lanes, r0, g, G, row0, nc, cols, acc);
+    } else {
+        for (uint u = lane; u < nu; u += lanes) mm_unit(u, r0, g, G, row0, nc, cols, acc);
     }
     qg_rows_reduce(acc, RPT * NT);
     /* slot j: row k = j / NT, column t = j % NT of group gg */

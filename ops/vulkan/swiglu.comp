@@ -36,6 +36,7 @@ layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u;
 layout(constant_id = 9) const uint NORM = 0u;
 layout(constant_id = 10) const uint TOPK = 0u;
+layout(constant_id = 11) const uint UPL = 0u; /* units per lane, 0: dynamic */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
@@ -92,6 +93,26 @@ float dot32(float w[32], uint xo, uint e0, uint e1) {
     return s;
 }
 
+/* Unit u of this group's RPT rows of gate and up against the nc columns:
+ * acc[2(k*NT + t)] (gate), acc[2(k*NT + t) + 1] (up) += partial dots. */
+void sw_unit(uint u, uint r0, uint g, uint G, uint row0, uint nc, uint cols[8],
+             inout float acc[QG_ROWS_ACC]) {
+    for (uint k = 0u; k < RPT; k++) {
+        const uint r = r0 + g + k * G;
+        if (r >= pc.f) break;
+        float wg_[32], wu[32];
+        uint e0, e1, f0, f1;
+        dq_g((row0 + r) * pc.rbg, u, wg_, e0, e1);
+        dq_u((row0 + r) * pc.rbu, u, wu, f0, f1);
+        for (uint t = 0u; t < NT; t++) {
+            if (t >= nc) break;
+            const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
+            acc[2u * (k * NT + t)] += dot32(wg_, xo, e0, e1);
+            acc[2u * (k * NT + t) + 1u] += dot32(wu, xo, f0, f1);
+        }
+    }
+}
+
 void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
@@ -134,21 +155,14 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
-    for (uint u = lane; u < nu; u += lanes) {
-        for (uint k = 0u; k < RPT; k++) {
-            const uint r = r0 + g + k * G;
-            if (r >= pc.f) break;
-            float wg_[32], wu[32];
-            uint e0, e1, f0, f1;
-            dq_g((row0 + r) * pc.rbg, u, wg_, e0, e1);
-            dq_u((row0 + r) * pc.rbu, u, wu, f0, f1);
-            for (uint t = 0u; t < NT; t++) {
-                if (t >= nc) break;
-                const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
-                acc[2u * (k * NT + t)] += dot32(wg_, xo, e0, e1);
-                acc[2u * (k * NT + t) + 1u] += dot32(wu, xo, f0, f1);
-            }
-        }
+    /* UPL (units per lane, a constant): a loop the driver can unroll, all
+     * of a lane's weight loads issued before the first is used; the
+     * dynamic loop where the lanes are fewer than assumed */
+    if (UPL != 0u && UPL * lanes >= nu) {
+        for (uint i = 0u; i < UPL; i++)
+            if (lane + i * lanes < nu) sw_unit(lane + i * lanes, r0, g, G, row0, nc, cols, acc);
+    } else {
+        for (uint u = lane; u < nu; u += lanes) sw_unit(u, r0, g, G, row0, nc, cols, acc);
     }
     /* partial 2j is gate, 2j+1 up of slot j: row k = j / NT, column t = j % NT */
     qg_rows_reduce(acc, 2u * RPT * NT);
