@@ -3,6 +3,10 @@
 # file: 10 prompts x 64 tokens, with the F16 and the F32 KV cache.
 #   tools/agree-device.sh QMOE_GRAPH_BINARY BACKEND OUTFILE
 # AGREE_KV="f16" (default "f16 f32") limits the KV cache types.
+# BACKEND "cpu-avx2" is the control: the CPU executor with its AVX2 kernels
+# (QG_SIMD=avx2: other summation orders, same numerics class) against the
+# default AVX-512 ones, i.e. how far two correct f32 executors part on this
+# model.
 # A run that fails or prints nothing counts as a disagreement and is
 # reported with the end of its stderr; the script exits 1 then.
 set -uo pipefail
@@ -30,7 +34,11 @@ gen() {
 for kv in ${AGREE_KV:-f16 f32}; do
   same=0
   for p in "${prompts[@]}"; do
-    a=$(gen "$kv" --backend "$backend") || { bad=1; continue; }
+    if [ "$backend" = cpu-avx2 ]; then
+      a=$(QG_SIMD=avx2 gen "$kv" -t 16) || { bad=1; continue; }
+    else
+      a=$(gen "$kv" --backend "$backend") || { bad=1; continue; }
+    fi
     b=$(gen "$kv" -t 16) || { bad=1; continue; }
     if [ "$a" == "$b" ]; then
       same=$((same+1))

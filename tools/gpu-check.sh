@@ -13,6 +13,7 @@
 #   6. optional: QG_GPU_LAB=1 runs the kernel lab (tools/kernels),
 #      QG_GPU_GREEDY=1 the 64-token greedy CUDA-vs-CPU check on the big file,
 #      QG_GPU_AGREE="f16 [f32]" the same through the CLI (agree-device.sh),
+#      with QG_GPU_AGREE_CONTROL=1 also CPU AVX2 vs CPU AVX-512 (control),
 #      QG_GPU_PROFILE=1 `qmoe-graph profile` (per-op GPU times),
 #      QG_GPU_AB="VAR=value ..." one more tg128 bench under that environment
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
@@ -161,6 +162,11 @@ if [ -n "${QG_GPU_AGREE:-}" ] && [ -f "$MODEL" ]; then
     # QG_GPU_AGREE (e.g. "f16" or "f16 f32")
     step "greedy agreement vs CPU (KV $QG_GPU_AGREE)" 500 env AGREE_KV="$QG_GPU_AGREE" \
         tools/agree-device.sh "$QG" cuda "$BUILD/agree.txt"
+    if [ "${QG_GPU_AGREE_CONTROL:-0}" = 1 ]; then
+        # the control: two CPU executors (AVX-512 and AVX2 kernels)
+        step "greedy agreement, CPU AVX2 vs AVX-512 (control)" 500 env AGREE_KV="$QG_GPU_AGREE" \
+            tools/agree-device.sh "$QG" cpu-avx2 "$BUILD/agree.txt"
+    fi
     sed 's/^/   /' "$BUILD/agree.txt" 2>/dev/null
     while read -r l; do note "$l"; done < "$BUILD/agree.txt"
 fi

@@ -418,8 +418,9 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
     for (int j = 0; j < g->n_nodes; j++)
         if (post[j] >= 0) cg->L[j].post_add = cg->dev[post[j]];
     free(post);
-    /* rope -> attention: the rope kernel appends the KV rows */
-    int n_app = 0;
+    /* rope -> attention: in decode graphs the attention kernel does the
+     * rope node's work; otherwise the rope kernel appends the KV rows */
+    int n_app = 0, n_rope = 0;
     for (int i = 0; i < g->n_nodes; i++) {
         const qg_node *n = &g->nodes[i];
         if (n->exec != e || cg->skip[i] || n->op != QG_OP_ROPE) continue;
@@ -430,6 +431,20 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
             !qg_cuda_op_can_fold_append(g, n, a))
             continue;
         const qg_tensor *kc = &g->tensors[a->in[3]];
+        if (sole_consumer(g, n->out[0]) == j && qg_cuda_op_can_fold_rope(g, n, a)) {
+            /* decode: the attention kernel does the rope node's work */
+            cg->skip[i] = true;
+            cg->L[j].rope_fold = true;
+            cg->L[j].rope_q = cg->dev[n->in[0]];
+            cg->L[j].rope_k = cg->dev[n->in[1]];
+            cg->L[j].rope_qn = cg->dev[n->in[2]];
+            cg->L[j].rope_kn = cg->dev[n->in[3]];
+            cg->L[j].rope_eps = n->p.eps;
+            cg->L[j].rope_freq = cg->L[i].rope_freq;
+            cg->L[j].skip_append = true;
+            n_rope++;
+            continue;
+        }
         cg->L[i].kv_k = cg->dev[a->in[3]];
         cg->L[i].kv_v = cg->dev[a->in[4]];
         cg->L[i].kv_vsrc = cg->dev[a->in[2]];
@@ -441,8 +456,10 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
     if (c->log)
         fprintf(stderr,
                 "cuda: %s graph: folded %d rmsnorm and %d add nodes into neighbours (%d add "
-                "outputs moved to a buffer of their own), %d KV appends into rope\n",
-                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own, n_app);
+                "outputs moved to a buffer of their own), %d KV appends into rope, %d rope nodes "
+                "into attention\n",
+                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own, n_app,
+                n_rope);
     return QG_OK;
 }
 

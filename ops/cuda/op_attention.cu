@@ -152,7 +152,46 @@ struct at_args {
     int *counters; /* (nh / gw) */
     int gw;        /* q heads per CTA */
     int ns_max, nsp, min_chunk;
+    /* rope folded in (decode): raw q / k / v of this step, norms, table */
+    bool rope;
+    const float *rq, *rk, *rv, *qn, *kn;
+    const double *freq;
+    float eps;
+    void *kcw, *vcw; /* the caches, for the append */
 };
+
+/* One warp: rmsnorm(src) * w then RoPE at position p into dst (hd floats,
+ * shared or global), k_rope's arithmetic exactly; round: each output
+ * rounded as the cache stores it (CT), for this step's K row. */
+template <typename CT>
+__device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
+                                          const double *__restrict__ freq, int hd, float eps,
+                                          int p, bool round, float *dst) {
+    const int lane = threadIdx.x & 31;
+    float ss = 0.0f;
+    for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
+    ss = qg_warp_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
+    const int half = hd / 2;
+    for (int r = lane; r < half; r += 32) {
+        const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
+        const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
+        double sd, cd;
+        sincos((double)p * freq[r], &sd, &cd);
+        const float c = (float)cd, s = (float)sd;
+        float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
+        float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
+        if (round) {
+            CT t0, t1;
+            cache_put(&t0, o0);
+            cache_put(&t1, o1);
+            o0 = cache_get(&t0);
+            o1 = cache_get(&t1);
+        }
+        dst[r] = o0;
+        dst[r + half] = o1;
+    }
+}
 
 #define AD_ROWS 32
 
@@ -186,7 +225,34 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
     const bool active = warp < a.gw;
     const int h = blockIdx.x * a.gw + warp, kvh = blockIdx.x * a.gw / (a.nh / a.nkv);
-    if (active) {
+    /* rope folded in: this step's row (rows - 1) is held here, k' and v
+     * rounded as the cache stores them, by the CTA whose chunk holds it */
+    __shared__ __align__(16) float Kn[HD], Vn[HD];
+    const int pn = rows - 1;
+    const bool has_new = a.rope && pn >= j0 && pn < j1;
+    if (a.rope) {
+        if (active) warp_rope<CT>(a.rq + (size_t)h * HD, a.qn, a.freq, HD, a.eps, pn, false, Qs[warp]);
+        if (has_new) {
+            if (warp == 7) warp_rope<CT>(a.rk + (size_t)kvh * HD, a.kn, a.freq, HD, a.eps, pn, true, Kn);
+            if (warp == 6)
+                for (int i = lane; i < HD; i += 32) {
+                    CT t;
+                    cache_put(&t, a.rv[(size_t)kvh * HD + i]);
+                    Vn[i] = cache_get(&t);
+                }
+        }
+        __syncthreads();
+        /* the first CTA of the KV head appends the row (the others read
+         * it from shared memory, never from the cache) */
+        if (has_new && (blockIdx.x * a.gw) % (a.nh / a.nkv) == 0) {
+            CT *kw = (CT *)a.kcw + (size_t)pn * a.Dkv + (size_t)kvh * HD;
+            CT *vw = (CT *)a.vcw + (size_t)pn * a.Dkv + (size_t)kvh * HD;
+            for (int i = tid; i < HD; i += 256) {
+                cache_put(kw + i, Kn[i]);
+                cache_put(vw + i, Vn[i]);
+            }
+        }
+    } else if (active) {
         float qv[DPL];
 #pragma unroll
         for (int i = 0; i < DPL; i++) qv[i] = a.q[(size_t)h * HD + lane + 32 * i];
@@ -214,6 +280,13 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
             const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
             const int r = rem / (HD / 4), q4 = rem - r * (HD / 4);
             *(float4 *)(mat ? &Vs[r][4 * q4] : &Ks[r][4 * q4]) = buf[k];
+        }
+        if (has_new && pn >= t0 && pn < t0 + R) {
+            __syncthreads();
+            for (int i = tid; i < HD; i += 256) {
+                Ks[pn - t0][i] = Kn[i];
+                Vs[pn - t0][i] = Vn[i];
+            }
         }
         __syncthreads();
         if (t0 + R < j1) load_tile(t0 + R);
@@ -484,6 +557,19 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
     a.scale = 1.0f / sqrtf((float)hd);
     a.o = qg_cu_out_ptr<float>(l, 0);
     const int dpl = hd / 32;
+    if (l->rope_fold) {
+        if (T != 1 || !l->rope_freq) return cudaErrorInvalidValue; /* the executor never asks */
+        a.rope = true;
+        a.rq = l->rope_q;
+        a.rk = l->rope_k;
+        a.rv = qg_cu_in_ptr<const float>(l, 2);
+        a.qn = l->rope_qn;
+        a.kn = l->rope_kn;
+        a.freq = l->rope_freq;
+        a.eps = l->rope_eps;
+        a.kcw = kc;
+        a.vcw = vc;
+    }
     if (T == 1) {
         a.gw = attn_gw(p);
         a.part = (float *)l->scratch;

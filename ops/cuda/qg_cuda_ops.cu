@@ -157,6 +157,13 @@ extern "C" bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r,
            g->tensors[a->in[2]].producer < (int)(r - g->nodes);
 }
 
+extern "C" bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, const qg_node *a) {
+    const int hd = a->p.head_dim;
+    return g->n_tok_max == 1 && qg_cuda_op_can_fold_append(g, r, a) && a->in[0] == r->out[0] &&
+           hd % 32 == 0 && hd <= 128 && r->p.n_head == a->p.n_head &&
+           g->tensors[r->in[2]].type == QG_F32 && g->tensors[r->in[3]].type == QG_F32;
+}
+
 extern "C" int qg_cuda_ops_prepare(void) { return (int)qg_cu_gemm_prepare(); }
 
 extern "C" int qg_cuda_op_launch(const qg_cuda_launch *l) {

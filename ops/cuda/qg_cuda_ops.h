@@ -82,6 +82,15 @@ typedef struct qg_cuda_launch {
     qg_dtype kv_type;
     int kv_ctx;
     bool skip_append;      /* attention: the rope node appended */
+    /* rope folded into decode attention (the rope node is skipped): the
+     * attention kernel normalizes and rotates q and this step's k itself
+     * (k_rope's arithmetic, rope_freq its table), uses k' and v of this
+     * step from shared memory, rounded as the cache stores them, and
+     * appends them; in[0] and in[1] of the attention node are not read. */
+    bool rope_fold;
+    const float *rope_q, *rope_k;   /* raw q (Dq), k (Dkv) */
+    const float *rope_qn, *rope_kn; /* q_norm, k_norm weights (head_dim) */
+    float rope_eps;
 } qg_cuda_launch;
 
 /* Does the CUDA executor implement node n (op, dtypes, shapes)? */
@@ -99,6 +108,8 @@ bool qg_cuda_op_can_pre_norm(const qg_graph *g, const qg_node *n);
 bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
 /* Can rope node r append the KV rows of attention node a? */
 bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r, const qg_node *a);
+/* Can decode attention node a do rope node r's work itself (rope_fold)? */
+bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, const qg_node *a);
 
 /* Set the kernels' launch attributes on the current device (shared memory
  * above the default limit).  Call before launching, outside any stream
