@@ -122,7 +122,7 @@ typedef enum qg_vk_shader {
 } qg_vk_shader;
 
 #define QG_VK_MAX_BIND 13 /* storage buffers per dispatch, step included */
-#define QG_VK_MAX_SPEC 12 /* specialization constants, ids 0.. */
+#define QG_VK_MAX_SPEC 14 /* specialization constants, ids 0.. */
 #define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
 #define QG_VK_PUSH_BYTES 64
 

@@ -337,6 +337,7 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     bind(d, resid ? f->y : y, true);
     bind(d, norm ? f->nw : x, false);
     bind(d, resid ? f->res : x, false);
+    for (int i = 0; i < 4; i++) bind(d, x, false); /* NMAT 3's W2, W3, y2, y3: unused */
     row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
@@ -344,8 +345,63 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     push(d, last_only ? 1 : 0);
     push(d, d->groups[0]);
     pushf(d, norm ? f->eps : 0.0f);
+    for (int i = 0; i < 6; i++) push(d, 0); /* NMAT 3's m2, m3, rb2, rb3, g1, g2 */
     if (last_only) d->groups[2] = 1;
     else tok_groups(d, Tm, 1, NT);
+}
+
+/* The qkv node of a decode graph as one matmul dispatch over its three
+ * matrices (NMAT 3: each workgroup computes rows of one of them, as
+ * rec_matmul's dispatch would, with the larger matrices' rows per group);
+ * f: a norm fold or NULL. */
+static void rec_qkv3(rec *r, const qg_node *nd, const fold *f) {
+    const qg_tensor *T = r->c->g->tensors;
+    const qg_tensor *wt[3] = {&T[nd->in[1]], &T[nd->in[2]], &T[nd->in[3]]};
+    const bool norm = f && f->norm;
+    QG_ASSERT(r->c->g->n_tok_max == 1 && !(f && f->resid));
+    uint32_t RPT = 1;
+    for (int i = 0; i < 3; i++)
+        if (wt[i]->ne[1] >= 4096) RPT = 2;
+    const rows L = rows_for(r->c->d, wt[0]->ne[0], RPT, RPT, RPT);
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
+    const qg_vk_loc x = tloc(r, nd->in[0]);
+    d->spec[0] = L.wg;
+    d->spec[1] = (uint32_t)wt[0]->type;
+    d->spec[2] = L.tpr;
+    d->spec[3] = 1;
+    d->spec[4] = L.rpt;
+    d->spec[5] = norm;
+    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[8] = norm ? (uint32_t)wt[0]->ne[0] / 4 : 1;
+    d->spec[9] = upl_for(r->c, (uint64_t)wt[0]->ne[0] / 32, L.tpr);
+    d->spec[10] = 3;
+    d->spec[11] = (uint32_t)wt[1]->type;
+    d->spec[12] = (uint32_t)wt[2]->type;
+    bind(d, tloc(r, nd->in[1]), false);
+    bind(d, norm ? f->x_raw : x, false);
+    bind(d, tloc(r, nd->out[0]), true);
+    bind(d, norm ? f->nw : x, false);
+    bind(d, x, false); /* no residual */
+    bind(d, tloc(r, nd->in[2]), false);
+    bind(d, tloc(r, nd->in[3]), false);
+    bind(d, tloc(r, nd->out[1]), true);
+    bind(d, tloc(r, nd->out[2]), true);
+    uint32_t g[3];
+    for (int i = 0; i < 3; i++) g[i] = div_up((uint64_t)wt[i]->ne[1], L.nr);
+    row_groups(d, (uint64_t)g[0] + g[1] + g[2]);
+    push(d, (uint32_t)wt[0]->ne[0]);
+    push(d, (uint32_t)wt[0]->ne[1]);
+    push(d, row_bytes(wt[0]));
+    push(d, 0);
+    push(d, d->groups[0]);
+    pushf(d, norm ? f->eps : 0.0f);
+    push(d, (uint32_t)wt[1]->ne[1]);
+    push(d, (uint32_t)wt[2]->ne[1]);
+    push(d, row_bytes(wt[1]));
+    push(d, row_bytes(wt[2]));
+    push(d, g[0]);
+    push(d, g[1]);
+    d->groups[2] = 1;
 }
 
 /* h = silu(G x) * (U x); moe: experts chosen by ids (K per token); f:
@@ -681,7 +737,7 @@ static int record_folded(rec *r, int ni, int end) {
 #define CT(i) (&T[cn->in[i]])
     switch (cn->op) {
     case QG_OP_QKV:
-        for (int i = 0; i < 3; i++) rec_matmul(r, CT(1 + i), CIN(1 + i), CIN(0), COUT(i), false, &f);
+        rec_qkv3(r, cn, &f);
         break;
     case QG_OP_MATMUL:
         rec_matmul(r, CT(0), CIN(0), CIN(1), COUT(0), false, &f);
@@ -777,6 +833,10 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         tok_groups(d, (int)Tm, 1, 1);
         return 1;
     case QG_OP_QKV:
+        if (Tm == 1 && c->fold) {
+            rec_qkv3(&r, nd, NULL);
+            return 1;
+        }
         for (int i = 0; i < 3; i++)
             rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false, NULL);
         return 1;

@@ -20,6 +20,14 @@
  *   RESID = 1: y = r + W x, r (m, T) at binding 5: the residual add that
  *     read this product (same f32 add as add.comp).
  * Unused fold bindings are bound to x.
+ *
+ * NMAT = 3 (the qkv node of decode graphs, one dispatch for its three
+ * products): matrices W (binding 1, type WTYPE, m rows), W2 (binding 6,
+ * WTYPE2, m2 rows), W3 (binding 7, WTYPE3, m3 rows) over the same x, into
+ * y, y2 (binding 8), y3 (binding 9).  Row groups [0, g1) are W's, the
+ * next g2 W2's, the rest W3's; each workgroup computes rows of one matrix
+ * exactly as a dispatch of its own would.  NMAT = 1: those bindings are
+ * bound to x and unused.
  */
 #include "qg_common.glsl"
 
@@ -34,6 +42,9 @@ layout(constant_id = 6) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u;
 layout(constant_id = 9) const uint UPL = 0u;  /* units per lane, 0: dynamic */
+layout(constant_id = 10) const uint NMAT = 1u;
+layout(constant_id = 11) const int WTYPE2 = 0;
+layout(constant_id = 12) const int WTYPE3 = 0;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -43,6 +54,12 @@ layout(std430, binding = 2) readonly buffer XBufS { float xs[]; };     /* (n, T)
 layout(std430, binding = 3) writeonly buffer YBuf { float y[]; };      /* (m, T) */
 layout(std430, binding = 4) readonly buffer NBuf { float nw[]; };      /* (n) NORM */
 layout(std430, binding = 5) readonly buffer RBuf { float res[]; };     /* (m, T) RESID */
+layout(std430, binding = 6) readonly buffer W2Buf { uint w2buf[]; };   /* (n, m2) NMAT 3 */
+layout(std430, binding = 6) readonly buffer W2Buf4 { uvec4 w2buf4[]; };
+layout(std430, binding = 7) readonly buffer W3Buf { uint w3buf[]; };   /* (n, m3) NMAT 3 */
+layout(std430, binding = 7) readonly buffer W3Buf4 { uvec4 w3buf4[]; };
+layout(std430, binding = 8) writeonly buffer Y2Buf { float y2[]; };    /* (m2, T) NMAT 3 */
+layout(std430, binding = 9) writeonly buffer Y3Buf { float y3[]; };    /* (m3, T) NMAT 3 */
 
 layout(push_constant) uniform PC {
     uint n;         /* elements per row, a multiple of 32 */
@@ -51,6 +68,9 @@ layout(push_constant) uniform PC {
     uint last_only;
     uint gx;        /* workgroups along x */
     float eps;      /* NORM */
+    uint m2, m3;    /* NMAT 3: rows of W2, W3 */
+    uint rb2, rb3;  /* their bytes per row */
+    uint g1, g2;    /* row groups of W, W2 */
 } pc;
 
 #define DQ_FN dq_w
@@ -58,21 +78,43 @@ layout(push_constant) uniform PC {
 #define DQ_BUF4 wbuf4
 #define DQ_TYPE WTYPE
 #include "qg_dequant.glsl"
+#undef DQ_FN
+#undef DQ_BUF
+#undef DQ_BUF4
+#undef DQ_TYPE
+#define DQ_FN dq_w2
+#define DQ_BUF w2buf
+#define DQ_BUF4 w2buf4
+#define DQ_TYPE WTYPE2
+#include "qg_dequant.glsl"
+#undef DQ_FN
+#undef DQ_BUF
+#undef DQ_BUF4
+#undef DQ_TYPE
+#define DQ_FN dq_w3
+#define DQ_BUF w3buf
+#define DQ_BUF4 w3buf4
+#define DQ_TYPE WTYPE3
+#include "qg_dequant.glsl"
 #include "qg_rows.glsl"
 #include "qg_reduce.glsl"
 #include "qg_xnorm.glsl"
 
 /* Unit u of this group's RPT rows against the nc columns: acc[k*NT + t]
  * += the partial dot products. */
-void mm_unit(uint u, uint r0, uint g, uint G, uint row0, uint nc, uint cols[8],
-             inout float acc[QG_ROWS_ACC]) {
+void mm_unit(uint u, uint mat, uint m, uint rb, uint r0, uint g, uint G, uint row0, uint nc,
+             uint cols[8], inout float acc[QG_ROWS_ACC]) {
     /* the unit of each of this group's rows (rows past m repeat the
      * last one; their sums are not written), then each column's x
      * once for all of them */
     float w[RPT_MAX][32];
     uint e0, e1;
-    for (uint k = 0u; k < RPT; k++)
-        dq_w((row0 + min(r0 + g + k * G, pc.m - 1u)) * pc.rb, u, w[k], e0, e1);
+    for (uint k = 0u; k < RPT; k++) {
+        const uint o = (row0 + min(r0 + g + k * G, m - 1u)) * rb;
+        if (NMAT == 1u || mat == 0u) dq_w(o, u, w[k], e0, e1);
+        else if (mat == 1u) dq_w2(o, u, w[k], e0, e1);
+        else dq_w3(o, u, w[k], e0, e1);
+    }
     for (uint t = 0u; t < NT; t++) {
         if (t >= nc) break;
         const uint xo = NORM != 0u ? 0u : cols[t] * pc.n;
@@ -95,8 +137,22 @@ void mm_unit(uint u, uint r0, uint g, uint G, uint row0, uint nc, uint cols[8],
 void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
-    const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
-    if (r0 >= pc.m) return;
+    /* the matrix of this workgroup (NMAT 3), its rows and row bytes */
+    uint wgi = gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x, mat = 0u, m = pc.m, rb = pc.rb;
+    if (NMAT == 3u && wgi >= pc.g1) {
+        wgi -= pc.g1;
+        mat = 1u;
+        m = pc.m2;
+        rb = pc.rb2;
+        if (wgi >= pc.g2) {
+            wgi -= pc.g2;
+            mat = 2u;
+            m = pc.m3;
+            rb = pc.rb3;
+        }
+    }
+    const uint r0 = wgi * NR;
+    if (r0 >= m) return;
     uint cols[8]; /* x and y column of each of the nc columns */
     uint nc, row0 = 0u;
     const uint n_tok = uint(N_TOK);
@@ -116,9 +172,10 @@ void main() {
      * dynamic loop where the lanes are fewer than assumed */
     if (UPL != 0u && UPL * lanes >= nu) {
         for (uint i = 0u; i < UPL; i++)
-            if (lane + i * lanes < nu) mm_unit(lane + i * lanes, r0, g, G, row0, nc, cols, acc);
+            if (lane + i * lanes < nu)
+                mm_unit(lane + i * lanes, mat, m, rb, r0, g, G, row0, nc, cols, acc);
     } else {
-        for (uint u = lane; u < nu; u += lanes) mm_unit(u, r0, g, G, row0, nc, cols, acc);
+        for (uint u = lane; u < nu; u += lanes) mm_unit(u, mat, m, rb, r0, g, G, row0, nc, cols, acc);
     }
     qg_rows_reduce(acc, RPT * NT);
     /* slot j: row k = j / NT, column t = j % NT of group gg */
@@ -126,9 +183,11 @@ void main() {
     if (qg_rows_slot(RPT * NT, j, gg)) {
         const uint t = j % NT, r = r0 + gg + (j / NT) * G;
         const uint yc = c0 + t;
-        if (r < pc.m && t < nc) {
+        if (r < m && t < nc) {
             const float v = qg_rows_sum(acc, j, gg);
-            y[yc * pc.m + r] = RESID != 0u ? res[yc * pc.m + r] + v : v;
+            if (NMAT == 1u || mat == 0u) y[yc * m + r] = RESID != 0u ? res[yc * m + r] + v : v;
+            else if (mat == 1u) y2[yc * m + r] = v;
+            else y3[yc * m + r] = v;
         }
     }
 }
