@@ -203,9 +203,10 @@ typedef struct prod {
 static prod dot_ref(const double *w, const float *x, int64_t n) {
     prod p = {0, 0, 0};
     for (int64_t b = 0; b < n; b += 256) {
+        const int64_t be = b + 256 < n ? b + 256 : n; /* rows of 96 (Q8_0) end inside a block */
         double mb = 0;
-        for (int64_t i = b; i < b + 256; i++) mb = fmax(mb, fabs((double)x[i]));
-        for (int64_t i = b; i < b + 256; i++) {
+        for (int64_t i = b; i < be; i++) mb = fmax(mb, fabs((double)x[i]));
+        for (int64_t i = b; i < be; i++) {
             p.v += w[i] * x[i];
             p.mag += fabs(w[i] * x[i]);
             p.img += fabs(w[i]) * mb;
