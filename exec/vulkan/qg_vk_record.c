@@ -649,10 +649,12 @@ static int norm_input(const qg_node *n) {
     }
 }
 
-/* Does a norm prologue over n floats fit the device's shared memory (the
- * staged column next to the row reductions' ~9.5 KB)? */
-static bool norm_fits(const qg_vk_dev *d, int64_t n) {
-    return n % 4 == 0 && 4 * n + 10240 <= (int64_t)d->props.limits.maxComputeSharedMemorySize;
+/* Does a norm prologue over n floats fit the device's shared memory in
+ * consumer cn (the staged column next to the row reductions' 9.5 KiB, and
+ * in swiglu.comp also the routing's 5.5 KiB)? */
+static bool norm_fits(const qg_vk_dev *d, const qg_node *cn, int64_t n) {
+    const int64_t other = cn->op == QG_OP_SWIGLU || cn->op == QG_OP_MOE_FUSED ? 16384 : 10240;
+    return n % 4 == 0 && 4 * n + other <= (int64_t)d->props.limits.maxComputeSharedMemorySize;
 }
 
 static bool overlap(qg_vk_loc a, qg_vk_loc b) {
@@ -707,7 +709,8 @@ static int record_folded(rec *r, int ni, int end) {
         const qg_node *cn = &g->nodes[ni + 1];
         const int xi = norm_input(cn);
         if (xi < 0 || cn->in[xi] != nd->out[0] || readers(g, nd->out[0]) != 1 ||
-            !norm_fits(r->c->d, T[nd->in[0]].ne[0]) || T[nd->in[0]].ne[0] != T[nd->out[0]].ne[0])
+            !norm_fits(r->c->d, cn, T[nd->in[0]].ne[0]) ||
+            T[nd->in[0]].ne[0] != T[nd->out[0]].ne[0])
             return 0;
         f.norm = true;
         f.x_raw = tloc(r, nd->in[0]);
