@@ -112,10 +112,12 @@ void qg_topk_wg(uint base, uint X, uint K) {
         }
         if (be % WG == l) qg_tk_p[be] = -1.0; /* its owner: seen by its next scan */
     }
-    if (l == 0u) {
+    if (l == 0u) { /* the sum in choice order, then the divisions in parallel */
         float wsum = 0.0;
         for (uint kk = 0u; kk < K; kk++) wsum += qg_tk_w[kk];
-        for (uint kk = 0u; kk < K; kk++) qg_tk_w[kk] = qg_div_rn(qg_tk_w[kk], wsum);
+        qg_tk_s[0] = wsum;
     }
+    barrier();
+    for (uint kk = l; kk < K; kk += WG) qg_tk_w[kk] = qg_div_rn(qg_tk_w[kk], qg_tk_s[0]);
     barrier();
 }
