@@ -352,6 +352,8 @@ template <int DT> static cudaError_t gm_prepare_dt() {
 }
 
 cudaError_t qg_cu_gemm_prepare(void) {
+    const cudaError_t ei = qg_i8g_prepare();
+    if (ei != cudaSuccess) return ei;
     const qg_dtype all[] = {QG_F32, QG_F16, QG_BF16, QG_Q8_0, QG_Q4_0, QG_Q4_K, QG_Q5_K, QG_Q6_K};
     for (qg_dtype t : all) {
         cudaError_t e = cudaSuccess;
@@ -399,6 +401,21 @@ cudaError_t qg_cu_gemm_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const 
     const gm_args a = gm_make(l, w, w2, n, x, ldx, add);
     const int T = l->g->n_tok_max;
     return gm_launch(l, w->type, w2 != nullptr, a, (T + 63) / 64, (T + 31) / 32);
+}
+
+cudaError_t qg_cu_gemm_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n,
+                             const float *x, int ldx, const float *add) {
+    bool i8 = nm >= 1 && nm <= 3;
+    for (int i = 0; i < nm && i8; i++) i8 = gm_i8(l, &mats[i], nullptr, n, x, ldx);
+    if (i8) {
+        uint8_t *img = qg_i8g_image(l, (size_t)l->g->n_tok_max * qg_i8p_col_bytes(n));
+        if (img) return qg_i8g_multi(l, mats, nm, n, x, ldx, add, img);
+    }
+    for (int i = 0; i < nm; i++) {
+        const cudaError_t e = qg_cu_gemm_dense(l, &mats[i], nullptr, n, x, ldx, i == 0 ? add : nullptr);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
 }
 
 cudaError_t qg_cu_gemm_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,

@@ -22,11 +22,15 @@
  *                  Q6_K  m16n8k16 per 16-element sub-block, int8 scales
  *                The step's integer sums (|I| < 2^24 for Q4_K, < 2^27 for
  *                Q6_K) go to f32 as d * s_col * (65536 Ia + 256 Ib + Ic).
- * Variant 1 (lab_gemm v3; the product runs QG_I8G_VARIANT) stages each
+ * A grid may cover up to three matrices over the same image (qkv: q, k, v
+ * in one launch): blockIdx.x walks the row tiles of each in turn, and a
+ * grid whose matrices differ in type (I8G_MIXED) branches per CTA.
+ * Variant 1 (lab_gemm v3; the product's default) stages each
  * step's B of the CTA's 32 columns in shared memory instead (cp.async,
  * double-buffered, one barrier per step): the 8 columns of a fragment load
  * are 8 different image lines in global memory, one padded shared row each
- * here.
+ * here.  Variants 2 / 3 (k_gemm_i8a, lab v4 / v5) stage the weights too,
+ * a super-block at a time (see there).
  * Fragment layouts (PTX ISA, mma.m16n8k32 / m16n8k16 .s8, g = lane / 4,
  * t = lane % 4): A a0 (row g, k 4t..4t+3), a1 (row g+8, same k), a2 / a3
  * (rows g / g+8, k 16+4t..) for k32; B b0 (k 4t.., column g), b1 (k 16+4t..);
@@ -267,20 +271,137 @@ __device__ __forceinline__ void i8g_tile(const i8g_q6 &f, int h, const uint8_t *
     }
 }
 
+/* ---- fragments from shared memory (variant 2) ---------------------------- */
+
+/* As i8g_load, from a shared-memory copy of the rows' super-block (r0, r8:
+ * the copies of rows g and g+8; Q6_K copies may start at any even byte). */
+__device__ __forceinline__ void i8g_load_s(i8g_q4 &f, const uint8_t *r0, const uint8_t *r8, int h) {
+    const int t = threadIdx.x & 3;
+    const uint8_t *r[2] = {r0, r8};
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        f.hd[k] = *(const uint4 *)r[k];
+#pragma unroll
+        for (int cc = 0; cc < 2; cc++) {
+            const uint8_t *qs = r[k] + 16 + 32 * (2 * h + cc) + 4 * t;
+            f.q[k][cc][0] = *(const uint32_t *)qs;
+            f.q[k][cc][1] = *(const uint32_t *)(qs + 16);
+        }
+    }
+}
+
+/* 4 bytes of shared memory at a 2-byte aligned address. */
+__device__ __forceinline__ uint32_t i8g_lds_a2(const uint8_t *p) {
+    return (uint32_t)*(const uint16_t *)p | ((uint32_t)*(const uint16_t *)(p + 2) << 16);
+}
+
+__device__ __forceinline__ void i8g_load_s(i8g_q6 &f, const uint8_t *r0, const uint8_t *r8, int h) {
+    const int t = threadIdx.x & 3;
+    const uint8_t *r[2] = {r0, r8};
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            f.ql[k][0][i] = i8g_lds_a2(r[k] + 64 * h + 16 * i + 4 * t);
+            f.ql[k][1][i] = i8g_lds_a2(r[k] + 64 * h + 32 + 16 * i + 4 * t);
+            f.qh[k][i] = i8g_lds_a2(r[k] + 128 + 32 * h + 16 * i + 4 * t);
+        }
+        f.sc[k][0] = i8g_lds_a2(r[k] + 192 + 8 * h);
+        f.sc[k][1] = i8g_lds_a2(r[k] + 196 + 8 * h);
+        f.d[k] = *(const uint16_t *)(r[k] + 208);
+    }
+}
+
 /* ---- the product --------------------------------------------------------- */
 
-struct i8g_args {
-    const uint8_t *w, *w2;
-    size_t rb, rb2, es, es2;
-    int n, m;
-    const uint8_t *img; /* images, qg_i8p_col_bytes(n) apart */
+/* One matrix of a launch: m rows (per expert: es bytes apart) of rb bytes,
+ * Q4_K or Q6_K; output y (m, cols), ldy floats per column; residual add
+ * (same layout as y) or NULL. */
+struct i8g_mat {
+    const uint8_t *w;
+    size_t rb, es;
+    int m, type;
     float *y;
     int ldy;
     const float *add;
+};
+
+/* Most matrices of one grid (qkv: q, k, v). */
+#define I8G_MAT_MAX 3
+/* Kernel type parameter of grids whose matrices differ in type: each CTA
+ * branches (uniformly) on its matrix's type. */
+#define I8G_MIXED (-1)
+
+struct i8g_args {
+    i8g_mat mt[I8G_MAT_MAX]; /* row tiles tile0[i] .. tile0[i+1]-1 (blockIdx.x) are mt[i]'s */
+    int tile0[I8G_MAT_MAX + 1];
+    int nm;
+    const uint8_t *w2; /* dual (nm == 1): the up matrix, mt[0]'s type and shape */
+    size_t rb2, es2;
+    int n;
+    const uint8_t *img; /* images, qg_i8p_col_bytes(n) apart */
     const int32_t *step;
     const int32_t *tiles, *asg; /* grouped: device tile list; NULL: dense */
     int xdiv;
 };
+
+/* This CTA's matrix (index into a.mt) and row tile within it. */
+__device__ __forceinline__ int i8g_job(const i8g_args &a, int *tile) {
+    int mi = 0;
+#pragma unroll
+    for (int i = 1; i < I8G_MAT_MAX; i++)
+        if (i < a.nm && (int)blockIdx.x >= a.tile0[i]) mi = i;
+    *tile = (int)blockIdx.x - a.tile0[mi];
+    return mi;
+}
+
+/* The CTA's BN columns: s_img[j] the image column (a live one, also past
+ * the end), s_y[j] the output column or -1; *e the expert (0: dense).
+ * false: no work (uniform over the block; nothing written). */
+template <int BN>
+__device__ __forceinline__ bool i8g_columns(const i8g_args &a, int *s_img, int *s_y, int *e) {
+    if (a.tiles) {
+        if ((int)blockIdx.y >= a.tiles[0]) return false;
+        const int32_t *tl = a.tiles + 1 + 3 * blockIdx.y;
+        const int off = tl[1], cnt = tl[2];
+        *e = tl[0];
+        for (int j = threadIdx.x; j < BN; j += blockDim.x) {
+            const int as = a.asg[off + (j < cnt ? j : 0)];
+            s_img[j] = as / a.xdiv;
+            s_y[j] = j < cnt ? as : -1;
+        }
+    } else {
+        const int nt = a.step[QG_STEP_N_TOK], c0 = blockIdx.y * BN;
+        if (c0 >= nt) return false;
+        *e = 0;
+        for (int j = threadIdx.x; j < BN; j += blockDim.x) {
+            s_img[j] = min(c0 + j, nt - 1);
+            s_y[j] = c0 + j < nt ? c0 + j : -1;
+        }
+    }
+    return true;
+}
+
+/* Write lane's outputs acc[j][i] (rows r0 + g (+8), columns 8j + 2t (+1))
+ * of matrix M; dual: silu(acc) * up, up from s_up (the up warps' results,
+ * (4, NW, 4, 32) floats, this warp's slot (warp & 3)). */
+template <int NW, bool DUAL>
+__device__ __forceinline__ void i8g_store(const i8g_mat &M, int r0, const int *s_y, const float *s_up,
+                                          const float (&acc)[NW][4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, wq = (threadIdx.x >> 5) & 3;
+#pragma unroll
+    for (int j = 0; j < NW; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = r0 + g + 8 * (i >> 1), c = s_y[8 * j + 2 * t + (i & 1)];
+            if (c < 0 || row >= M.m) continue;
+            float v = acc[j][i];
+            if (DUAL) v = qg_silu(v) * s_up[((wq * NW + j) * 4 + i) * 32 + lane];
+            const size_t o = (size_t)c * M.ldy + row;
+            if (M.add) v = M.add[o] + v;
+            M.y[o] = v;
+        }
+}
 
 /* Threads of k_gemm_i8: 4 warps, or 8 when dual (warps 0-3 gate, 4-7 up,
  * the same 64 rows). */
@@ -298,6 +419,8 @@ __device__ __forceinline__ void i8g_cp16(void *dst, const void *src) {
 }
 __device__ __forceinline__ void i8g_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void i8g_cp_wait() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+/* All but the most recent group landed. */
+__device__ __forceinline__ void i8g_cp_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 /* SMB: the CTA copies step s's B of its BN columns into sb (16 bytes per
  * thread per turn, all in flight). */
@@ -311,46 +434,26 @@ __device__ __forceinline__ void i8g_stage(const uint8_t *img, size_t cb, const i
     i8g_cp_commit();
 }
 
-/* SMB: B read from a double-buffered shared-memory copy of each step
- * (every warp of the CTA meets a barrier per step), else straight from the
- * image in global memory (warps independent). */
+/* Variants 0 / 1, the rows of one CTA (row tile `tile` of matrix M, expert
+ * e): SMB: B read from a double-buffered shared-memory copy of each step
+ * (every warp of the CTA meets a barrier per step; s_b: 2 x BN x
+ * I8G_SB_LD bytes), else straight from the image in global memory (warps
+ * independent).  s_up: dual only. */
 template <int DT, bool DUAL, int NW, bool SMB>
-__global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g_args a) {
+__device__ __forceinline__ void i8g_body(const i8g_args &a, const i8g_mat &M, int e, int tile,
+                                         const int *s_img, const int *s_y, float *s_up, uint8_t *s_b) {
     constexpr int BN = 8 * NW;
     using frag = typename std::conditional<DT == QG_Q4_K, i8g_q4, i8g_q6>::type;
-    __shared__ int s_img[BN], s_y[BN];
-    __shared__ float s_up[DUAL ? 4 : 1][NW][4][32]; /* dual: the up warps' results */
-    __shared__ __align__(16) uint8_t s_b[SMB ? 2 : 1][SMB ? BN : 1][SMB ? I8G_SB_LD : 16];
-    qg_pdl_wait();
     const int warp = threadIdx.x >> 5, mat = DUAL ? warp >> 2 : 0;
-    const uint8_t *w = mat ? a.w2 : a.w;
-    const size_t rb = mat ? a.rb2 : a.rb;
-    if (a.tiles) {
-        if ((int)blockIdx.y >= a.tiles[0]) return;
-        const int32_t *tl = a.tiles + 1 + 3 * blockIdx.y;
-        const int e = tl[0], off = tl[1], cnt = tl[2];
-        w += (size_t)e * (mat ? a.es2 : a.es);
-        for (int j = threadIdx.x; j < BN; j += blockDim.x) {
-            const int as = a.asg[off + (j < cnt ? j : 0)];
-            s_img[j] = as / a.xdiv;
-            s_y[j] = j < cnt ? as : -1;
-        }
-    } else {
-        const int nt = a.step[QG_STEP_N_TOK], c0 = blockIdx.y * BN;
-        if (c0 >= nt) return;
-        for (int j = threadIdx.x; j < BN; j += blockDim.x) {
-            s_img[j] = min(c0 + j, nt - 1);
-            s_y[j] = c0 + j < nt ? c0 + j : -1;
-        }
-    }
-    __syncthreads();
+    const uint8_t *w = (mat ? a.w2 : M.w) + (size_t)e * (mat ? a.es2 : M.es);
+    const size_t rb = mat ? a.rb2 : M.rb;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int r0 = blockIdx.x * I8G_BM + (warp & 3) * 16;
+    const int r0 = tile * I8G_BM + (warp & 3) * 16;
     /* warps past the rows: nothing to do (those that meet barriers below
      * still take part in them and in the copies) */
-    if (!DUAL && !SMB && r0 >= a.m) return;
-    const bool live = r0 < a.m;
-    const int rg = min(r0 + g, a.m - 1), rg8 = min(r0 + g + 8, a.m - 1);
+    if (!DUAL && !SMB && r0 >= M.m) return;
+    const bool live = r0 < M.m;
+    const int rg = min(r0 + g, M.m - 1), rg8 = min(r0 + g + 8, M.m - 1);
     const uint8_t *wr0 = w + (size_t)rg * rb, *wr8 = w + (size_t)rg8 * rb;
     const size_t cb = qg_i8p_col_bytes(a.n);
     const int S = (live || SMB) ? a.n / I8G_STEP : 0, G = a.n / 32;
@@ -359,7 +462,7 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
     for (int j = 0; j < NW; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
-    if (SMB) i8g_stage<BN>(a.img, cb, s_img, 0, &s_b[0][0][0]);
+    if (SMB) i8g_stage<BN>(a.img, cb, s_img, 0, s_b);
 #if I8G_PREFETCH
     frag f, fn;
     if (S > 0 && live) i8g_load(f, wr0, wr8, 0);
@@ -368,7 +471,7 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
         if (SMB) {
             i8g_cp_wait();
             __syncthreads(); /* step s landed; step s-1's buffer is free */
-            if (s + 1 < S) i8g_stage<BN>(a.img, cb, s_img, s + 1, &s_b[(s + 1) & 1][0][0]);
+            if (s + 1 < S) i8g_stage<BN>(a.img, cb, s_img, s + 1, s_b + ((s + 1) & 1) * BN * I8G_SB_LD);
             if (!live) continue;
         }
 #if I8G_PREFETCH
@@ -380,7 +483,7 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
         const int sb = s >> 1, h = s & 1, g0 = 4 * s; /* first group of the step */
 #pragma unroll
         for (int j = 0; j < NW; j++) {
-            const uint8_t *bp = SMB ? &s_b[s & 1][8 * j + g][8 * t]
+            const uint8_t *bp = SMB ? s_b + ((s & 1) * BN + 8 * j + g) * I8G_SB_LD + 8 * t
                                     : a.img + (size_t)s_img[8 * j + g] * cb + (size_t)g0 * 96 + 8 * t;
             const float *c0 = (const float *)(a.img + (size_t)s_img[8 * j + 2 * t] * cb + (size_t)3 * a.n);
             const float *c1 = (const float *)(a.img + (size_t)s_img[8 * j + 2 * t + 1] * cb + (size_t)3 * a.n);
@@ -403,24 +506,196 @@ __global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g
 #pragma unroll
             for (int j = 0; j < NW; j++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) s_up[DUAL ? warp & 3 : 0][j][i][lane] = acc[j][i];
+                for (int i = 0; i < 4; i++) s_up[(((warp & 3) * NW + j) * 4 + i) * 32 + lane] = acc[j][i];
         }
         __syncthreads();
         if (mat == 1) return;
     }
     if (!live) return;
+    i8g_store<NW, DUAL>(M, r0, s_y, s_up, acc);
+}
+
+/* Variants 0 / 1: a CTA of 4 warps (8 when dual) over 64 rows x 8 NW
+ * columns.  DT I8G_MIXED: the matrices of the grid differ in type. */
+template <int DT, bool DUAL, int NW, bool SMB>
+__global__ void __launch_bounds__(i8g_threads(DUAL), DUAL ? 2 : 4) k_gemm_i8(i8g_args a) {
+    constexpr int BN = 8 * NW;
+    __shared__ int s_img[BN], s_y[BN];
+    __shared__ float s_up[DUAL ? 4 * NW * 4 * 32 : 1]; /* dual: the up warps' results */
+    __shared__ __align__(16) uint8_t s_b[SMB ? 2 * BN * I8G_SB_LD : 16];
+    qg_pdl_wait();
+    int e = 0, tile = 0;
+    const int mi = i8g_job(a, &tile);
+    if (!i8g_columns<BN>(a, s_img, s_y, &e)) return;
+    __syncthreads();
+    const i8g_mat &M = a.mt[mi];
+    if (DT == QG_Q4_K || (DT == I8G_MIXED && M.type == QG_Q4_K))
+        i8g_body<QG_Q4_K, DUAL, NW, SMB>(a, M, e, tile, s_img, s_y, s_up, s_b);
+    else
+        i8g_body<QG_Q6_K, DUAL, NW, SMB>(a, M, e, tile, s_img, s_y, s_up, s_b);
+}
+
+/* ---- variant 2: every operand of a super-block staged -------------------
+ * A CTA of 8 warps (I8A_WARPS) takes BN = 32 columns and 128 rows (dual: 64
+ * rows of gate, warps 0-3, and of up, warps 4-7).  Per super-block (256
+ * elements, two steps) all of it lands in shared memory by cp.async, the
+ * next super-block's copies in flight during this one's mmas (two stages,
+ * two barriers per super-block): B's planes (768 bytes per column), the
+ * column's group sums and scale, and the weights of the CTA's rows (Q4_K:
+ * the 144-byte block; Q6_K: the 16-byte chunks covering the 210-byte block,
+ * which starts at any even byte).  No global load waits in the mma loop. */
+#define I8A_WARPS 8
+#define I8A_BN 32
+/* Bytes between columns of a stage's planes: 200 words, 8 mod 32 (as
+ * I8G_SB_LD). */
+#define I8A_BLD 800
+
+/* Weight bytes per row of a stage (16-byte multiple) and 16-byte chunks
+ * copied per row: Q4_K 144 / 9; Q6_K 240 / 14 (60 words a row: the eight
+ * rows of a fragment load fall in distinct banks). */
+__host__ __device__ constexpr int i8a_ald(int dt) { return dt == QG_Q4_K ? 144 : 240; }
+__host__ __device__ constexpr int i8a_ach(int dt) { return dt == QG_Q4_K ? 9 : 14; }
+
+/* One stage: planes (I8A_BN, I8A_BLD) | sums (I8A_BN, 8) f32 | scale
+ * chunks (I8A_BN, 4) f32 | weights (NR, ALD).  NR = 16 * warps. */
+__host__ __device__ constexpr int i8a_bbytes() { return I8A_BN * (I8A_BLD + 32 + 16); }
+__host__ __device__ constexpr int i8a_stage_bytes(int dt, int warps) {
+    return i8a_bbytes() + 16 * warps * (dt == I8G_MIXED ? i8a_ald(QG_Q6_K) : i8a_ald(dt));
+}
+/* Dynamic shared memory of k_gemm_i8a<DT, ., W>: two stages. */
+__host__ __device__ constexpr int i8a_smem(int dt, int warps) { return 2 * i8a_stage_bytes(dt, warps); }
+
+/* Output rows per CTA. */
+__host__ __device__ constexpr int i8a_bm(bool dual, int warps) { return dual ? 8 * warps : 16 * warps; }
+
+/* Copy super-block sb of the CTA's operands into stage st (commits one
+ * cp.async group).  w / w2: the CTA's matrices (expert applied), rows
+ * row0.. (clamped to m - 1). */
+template <int DT, bool DUAL, int W>
+__device__ __forceinline__ void i8a_stage(const i8g_args &a, const uint8_t *w, size_t rb,
+                                          const uint8_t *w2, size_t rb2, int m, int row0,
+                                          const int *s_img, size_t cb, int sb, uint8_t *st) {
+    constexpr int NT = 32 * W, NR = 16 * W, BM = i8a_bm(DUAL, W), ALD = i8a_ald(DT), ACH = i8a_ach(DT);
+    constexpr int BS = DT == QG_Q4_K ? 144 : 210;
+    uint8_t *sp = st, *ss = st + I8A_BN * I8A_BLD, *sc = ss + I8A_BN * 32, *sa = st + i8a_bbytes();
+    const size_t sums = (size_t)3 * a.n, scl = sums + (size_t)a.n / 8;
+    for (int i = threadIdx.x; i < I8A_BN * 51; i += NT) {
+        const int c = i / 51, k = i - c * 51;
+        const uint8_t *col = a.img + (size_t)s_img[c] * cb;
+        if (k < 48)
+            i8g_cp16(sp + c * I8A_BLD + 16 * k, col + (size_t)sb * 768 + 16 * k);
+        else if (k < 50)
+            i8g_cp16(ss + c * 32 + 16 * (k - 48), col + sums + 32 * sb + 16 * (k - 48));
+        else
+            i8g_cp16(sc + c * 16, col + scl + 16 * (sb >> 2));
+    }
+    for (int i = threadIdx.x; i < NR * ACH; i += NT) {
+        const int r = i / ACH, k = i - r * ACH;
+        const int mat = DUAL ? r / BM : 0, gr = min(row0 + (DUAL ? r - mat * BM : r), m - 1);
+        const uint8_t *src = (mat ? w2 + (size_t)gr * rb2 : w + (size_t)gr * rb) + (size_t)sb * BS;
+        if (DT == QG_Q6_K) src = (const uint8_t *)((uintptr_t)src & ~(uintptr_t)15);
+        i8g_cp16(sa + r * ALD + 16 * k, src + 16 * k);
+    }
+    i8g_cp_commit();
+}
+
+template <int DT, bool DUAL, int W>
+__device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, int e, int tile,
+                                         const int *s_img, const int *s_y, float *s_up, uint8_t *smem) {
+    constexpr int NW = I8A_BN / 8, BM = i8a_bm(DUAL, W), ALD = i8a_ald(DT);
+    constexpr int SS = i8a_stage_bytes(DT, W), BS = DT == QG_Q4_K ? 144 : 210;
+    using frag = typename std::conditional<DT == QG_Q4_K, i8g_q4, i8g_q6>::type;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint8_t *w = M.w + (size_t)e * M.es, *w2 = DUAL ? a.w2 + (size_t)e * a.es2 : nullptr;
+    const int row0 = tile * BM;
+    /* this warp's rows within the stage's weights, and within the matrix */
+    const int ri = 16 * warp, mat = DUAL ? warp / (W / 2) : 0;
+    const int r0 = row0 + (DUAL ? ri - mat * BM : ri);
+    /* Q6_K: the byte offsets mod 16 of rows g, g+8 (their copies start at
+     * the block's offset mod 16) */
+    int ob0 = 0, ob8 = 0;
+    if (DT == QG_Q6_K) {
+        const uint8_t *wm = mat ? w2 : w;
+        const size_t rbm = mat ? a.rb2 : M.rb;
+        ob0 = (int)((uintptr_t)(wm + (size_t)min(r0 + g, M.m - 1) * rbm) & 15);
+        ob8 = (int)((uintptr_t)(wm + (size_t)min(r0 + g + 8, M.m - 1) * rbm) & 15);
+    }
+    const size_t cb = qg_i8p_col_bytes(a.n);
+    const int NSB = a.n / 256;
+    float acc[NW][4];
 #pragma unroll
     for (int j = 0; j < NW; j++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = r0 + g + 8 * (i >> 1), c = s_y[8 * j + 2 * t + (i & 1)];
-            if (c < 0 || row >= a.m) continue;
-            float v = acc[j][i];
-            if (DUAL) v = qg_silu(v) * s_up[DUAL ? warp & 3 : 0][j][i][lane];
-            const size_t o = (size_t)c * a.ldy + row;
-            if (a.add) v = a.add[o] + v;
-            a.y[o] = v;
+        for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
+    i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, 0, smem);
+    for (int sb = 0; sb < NSB; sb++) {
+        if (sb + 1 < NSB)
+            i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, sb + 1,
+                                   smem + ((sb + 1) & 1) * SS);
+        else
+            i8g_cp_commit(); /* an empty group: "all but the latest" is then super-block sb */
+        i8g_cp_wait1();
+        __syncthreads(); /* super-block sb landed for every thread's copies */
+        const uint8_t *st = smem + (sb & 1) * SS;
+        const uint8_t *sp = st, *sa = st + i8a_bbytes();
+        const float *ss = (const float *)(st + I8A_BN * I8A_BLD), *sc = ss + I8A_BN * 8;
+        /* the copies of rows g, g+8 (Q6_K: at the block's offset mod 16) */
+        const int o0 = DT == QG_Q6_K ? (ob0 + BS * sb) & 15 : 0;
+        const int o8 = DT == QG_Q6_K ? (ob8 + BS * sb) & 15 : 0;
+        const uint8_t *ra = sa + (ri + g) * ALD + o0, *ra8 = sa + (ri + g + 8) * ALD + o8;
+#pragma unroll 1
+        for (int h = 0; h < 2; h++) {
+            frag f;
+            i8g_load_s(f, ra, ra8, h);
+#pragma unroll
+            for (int j = 0; j < NW; j++) {
+                const int c0 = 8 * j + 2 * t;
+                const uint8_t *bp = sp + (8 * j + g) * I8A_BLD + 384 * h + 8 * t;
+                const float sx[2] = {sc[4 * c0 + (sb & 3)], sc[4 * c0 + 4 + (sb & 3)]};
+                float4 sm[2];
+                if (DT == QG_Q4_K) {
+                    sm[0] = *(const float4 *)(ss + 8 * c0 + 4 * h);
+                    sm[1] = *(const float4 *)(ss + 8 * c0 + 8 + 4 * h);
+                } else {
+                    sm[0] = sm[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+                i8g_tile<true>(f, h, bp, sx, sm, acc[j]);
+            }
         }
+        __syncthreads(); /* the stage is free for super-block sb + 2 */
+    }
+    if (DUAL) {
+        if (mat == 1) {
+#pragma unroll
+            for (int j = 0; j < NW; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s_up[(((warp & 3) * NW + j) * 4 + i) * 32 + lane] = acc[j][i];
+        }
+        __syncthreads();
+        if (mat == 1) return;
+    }
+    if (r0 >= M.m) return;
+    i8g_store<NW, DUAL>(M, r0, s_y, s_up, acc);
+}
+
+/* Variant 2 (W = 8) and 3 (W = 4, not dual): see above; dynamic shared
+ * memory i8a_smem(DT, W). */
+template <int DT, bool DUAL, int W>
+__global__ void __launch_bounds__(32 * W, 16 / W) k_gemm_i8a(i8g_args a) {
+    static_assert(!DUAL || W == 8, "dual: 4 warps per matrix");
+    extern __shared__ __align__(128) uint8_t smem[];
+    __shared__ int s_img[I8A_BN], s_y[I8A_BN];
+    __shared__ float s_up[DUAL ? 4 * (I8A_BN / 8) * 4 * 32 : 1];
+    qg_pdl_wait();
+    int e = 0, tile = 0;
+    const int mi = i8g_job(a, &tile);
+    if (!i8g_columns<I8A_BN>(a, s_img, s_y, &e)) return;
+    __syncthreads();
+    const i8g_mat &M = a.mt[mi];
+    if (DT == QG_Q4_K || (DT == I8G_MIXED && M.type == QG_Q4_K))
+        i8a_body<QG_Q4_K, DUAL, W>(a, M, e, tile, s_img, s_y, s_up, smem);
+    else
+        i8a_body<QG_Q6_K, DUAL, W>(a, M, e, tile, s_img, s_y, s_up, smem);
 }
 
 /* ---- host side ------------------------------------------------------------ */
@@ -495,26 +770,44 @@ bool qg_i8g_ok(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
            (!w2 || w2->type == w->type) && n % 256 == 0 && n > 0;
 }
 
-static i8g_args i8g_make(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
-                         const uint8_t *img, const float *add) {
+static i8g_mat i8g_mat_of(const qg_cu_mat *w, const float *add) {
+    i8g_mat m = {};
+    m.w = w->w;
+    m.rb = w->rb;
+    m.es = w->es;
+    m.m = w->m;
+    m.type = (int)w->type;
+    m.y = w->y;
+    m.ldy = w->ldy;
+    m.add = add;
+    return m;
+}
+
+/* Arguments of a launch over nm matrices (add: matrix 0's residual) or one
+ * dual pair (w2). */
+static i8g_args i8g_make(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, const qg_cu_mat *w2,
+                         int n, const uint8_t *img, const float *add) {
     i8g_args a = {};
-    a.w = w->w;
-    a.rb = w->rb;
-    a.es = w->es;
+    for (int i = 0; i < nm; i++) a.mt[i] = i8g_mat_of(&mats[i], i == 0 ? add : nullptr);
+    a.nm = nm;
     if (w2) {
         a.w2 = w2->w;
         a.rb2 = w2->rb;
         a.es2 = w2->es;
     }
     a.n = n;
-    a.m = w->m;
     a.img = img;
-    a.y = w->y;
-    a.ldy = w->ldy;
-    a.add = add;
     a.step = l->step;
     a.xdiv = 1;
     return a;
+}
+
+/* Row tiles of bm rows of every matrix into a.tile0; returns their total. */
+static int i8g_tiles(i8g_args *a, int bm) {
+    a->tile0[0] = 0;
+    for (int i = 0; i < I8G_MAT_MAX; i++)
+        a->tile0[i + 1] = a->tile0[i] + (i < a->nm ? (a->mt[i].m + bm - 1) / bm : 0);
+    return a->tile0[a->nm];
 }
 
 /* Enqueue the image of n_tok * cpt columns of x (grid for n_tok_max). */
@@ -525,51 +818,121 @@ static cudaError_t i8g_images(const qg_cuda_launch *l, const float *x, int ldx, 
     return qg_cu_launch(l, k_i8p_image, dim3(blocks), dim3(256), 0, x, ldx, n, cpt, l->step, img);
 }
 
+/* Kernel configuration of a launch: variant, dual, columns per CTA (8 NW,
+ * variants 0 / 1). */
+struct i8g_cfg {
+    int variant;
+    bool dual;
+    int nw;
+};
+
+/* Output rows per CTA of configuration c. */
+static int i8g_cfg_bm(const i8g_cfg &c) {
+    if (c.variant == 2) return i8a_bm(c.dual, 8);
+    if (c.variant == 3) return c.dual ? i8a_bm(true, 8) : i8a_bm(false, 4);
+    return I8G_BM;
+}
+
+/* Columns per CTA of configuration c. */
+static int i8g_cfg_bn(const i8g_cfg &c) { return c.variant >= 2 ? I8A_BN : 8 * c.nw; }
+
 template <int DT>
-static cudaError_t i8g_launch_dt(const qg_cuda_launch *l, int nm, int nw, bool smb, dim3 grid,
-                                 const i8g_args &a) {
+static cudaError_t i8g_launch_dt(const qg_cuda_launch *l, const i8g_cfg &c, dim3 grid, const i8g_args &a) {
     const dim3 b1(i8g_threads(false)), b2(i8g_threads(true));
-    if (smb) {
-        if (nm == 2) return qg_cu_launch(l, k_gemm_i8<DT, true, 4, true>, grid, b2, 0, a);
+    if (c.variant >= 2) {
+        if (c.dual || c.variant == 2) {
+            if (DT != I8G_MIXED && c.dual)
+                return qg_cu_launch(l, k_gemm_i8a<DT == I8G_MIXED ? QG_Q4_K : DT, true, 8>, grid,
+                                    dim3(256), (size_t)i8a_smem(DT, 8), a);
+            if (c.dual) return cudaErrorInvalidValue;
+            return qg_cu_launch(l, k_gemm_i8a<DT, false, 8>, grid, dim3(256), (size_t)i8a_smem(DT, 8), a);
+        }
+        return qg_cu_launch(l, k_gemm_i8a<DT, false, 4>, grid, dim3(128), (size_t)i8a_smem(DT, 4), a);
+    }
+    if (c.variant == 1) {
+        if (c.dual) {
+            if (DT == I8G_MIXED) return cudaErrorInvalidValue;
+            return qg_cu_launch(l, k_gemm_i8<DT == I8G_MIXED ? QG_Q4_K : DT, true, 4, true>, grid, b2, 0, a);
+        }
         return qg_cu_launch(l, k_gemm_i8<DT, false, 4, true>, grid, b1, 0, a);
     }
-    if (nm == 2) return qg_cu_launch(l, k_gemm_i8<DT, true, 4, false>, grid, b2, 0, a);
-    if (nw == 8) return qg_cu_launch(l, k_gemm_i8<DT, false, 8, false>, grid, b1, 0, a);
+    if (c.dual) {
+        if (DT == I8G_MIXED) return cudaErrorInvalidValue;
+        return qg_cu_launch(l, k_gemm_i8<DT == I8G_MIXED ? QG_Q4_K : DT, true, 4, false>, grid, b2, 0, a);
+    }
+    if (c.nw == 8) return qg_cu_launch(l, k_gemm_i8<DT, false, 8, false>, grid, b1, 0, a);
     return qg_cu_launch(l, k_gemm_i8<DT, false, 4, false>, grid, b1, 0, a);
 }
 
-static cudaError_t i8g_launch(const qg_cuda_launch *l, qg_dtype t, int nm, int nw, bool smb,
-                              dim3 grid, const i8g_args &a) {
-    if (t == QG_Q4_K) return i8g_launch_dt<QG_Q4_K>(l, nm, nw, smb, grid, a);
-    if (t == QG_Q6_K) return i8g_launch_dt<QG_Q6_K>(l, nm, nw, smb, grid, a);
+/* Launch configuration c over a's matrices (row tiles filled in here) and
+ * col_tiles column tiles. */
+static cudaError_t i8g_launch(const qg_cuda_launch *l, const i8g_cfg &c, i8g_args a, int col_tiles) {
+    int t = a.mt[0].type;
+    for (int i = 1; i < a.nm; i++)
+        if (a.mt[i].type != t) t = I8G_MIXED;
+    const dim3 grid(i8g_tiles(&a, i8g_cfg_bm(c)), col_tiles);
+    if (t == QG_Q4_K) return i8g_launch_dt<QG_Q4_K>(l, c, grid, a);
+    if (t == QG_Q6_K) return i8g_launch_dt<QG_Q6_K>(l, c, grid, a);
+    if (t == I8G_MIXED) return i8g_launch_dt<I8G_MIXED>(l, c, grid, a);
     return cudaErrorInvalidValue;
+}
+
+template <int DT> static cudaError_t i8g_prepare_dt() {
+    cudaError_t e = cudaFuncSetAttribute((const void *)k_gemm_i8a<DT, false, 8>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, i8a_smem(DT, 8));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute((const void *)k_gemm_i8a<DT, false, 4>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, i8a_smem(DT, 4));
+    if (e == cudaSuccess && DT != I8G_MIXED)
+        e = cudaFuncSetAttribute((const void *)k_gemm_i8a<DT == I8G_MIXED ? QG_Q4_K : DT, true, 8>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, i8a_smem(DT, 8));
+    return e;
+}
+
+cudaError_t qg_i8g_prepare(void) {
+    cudaError_t e = i8g_prepare_dt<QG_Q4_K>();
+    if (e == cudaSuccess) e = i8g_prepare_dt<QG_Q6_K>();
+    if (e == cudaSuccess) e = i8g_prepare_dt<I8G_MIXED>();
+    return e;
+}
+
+cudaError_t qg_i8g_multi_v(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, const qg_cu_mat *w2,
+                           int n, const float *x, int ldx, const float *add, uint8_t *img, int variant) {
+    if (nm < 1 || nm > I8G_MAT_MAX || (w2 && (nm != 1 || w2->type != mats[0].type)) || variant < 0 ||
+        variant > 3)
+        return cudaErrorInvalidValue;
+    cudaError_t e = i8g_images(l, x, ldx, n, 1, img);
+    if (e != cudaSuccess) return e;
+    const int T = l->g->n_tok_max;
+    const i8g_cfg c = {variant, w2 != nullptr, (!w2 && T >= 64 && variant == 0) ? 8 : 4};
+    const int bn = i8g_cfg_bn(c);
+    return i8g_launch(l, c, i8g_make(l, mats, nm, w2, n, img, add), (T + bn - 1) / bn);
 }
 
 cudaError_t qg_i8g_dense_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const float *add, uint8_t *img,
                            int variant) {
-    cudaError_t e = i8g_images(l, x, ldx, n, 1, img);
-    if (e != cudaSuccess) return e;
-    const i8g_args a = i8g_make(l, w, w2, n, img, add);
-    const bool smb = variant == 1;
-    const int T = l->g->n_tok_max, nm = w2 ? 2 : 1, nw = (nm == 1 && T >= 64 && !smb) ? 8 : 4;
-    const dim3 grid((w->m + I8G_BM - 1) / I8G_BM, (T + 8 * nw - 1) / (8 * nw));
-    return i8g_launch(l, w->type, nm, nw, smb, grid, a);
+    return qg_i8g_multi_v(l, w, 1, w2, n, x, ldx, add, img, variant);
 }
 
 cudaError_t qg_i8g_grouped_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                              int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img,
                              int variant) {
     const int K = qg_i8g_node_k(l->g, l->n);
-    if (K <= 0 || gr->xdiv <= 0 || K % gr->xdiv) return cudaErrorInvalidValue;
+    if (K <= 0 || gr->xdiv <= 0 || K % gr->xdiv || variant < 0 || variant > 3) return cudaErrorInvalidValue;
     cudaError_t e = i8g_images(l, x, ldx, n, K / gr->xdiv, img);
     if (e != cudaSuccess) return e;
-    i8g_args a = i8g_make(l, w, w2, n, img, nullptr);
+    i8g_args a = i8g_make(l, w, 1, w2, n, img, nullptr);
     a.tiles = gr->tiles;
     a.asg = gr->asg;
     a.xdiv = gr->xdiv;
-    const dim3 grid((w->m + I8G_BM - 1) / I8G_BM, gr->max_tiles);
-    return i8g_launch(l, w->type, w2 ? 2 : 1, 4, variant == 1, grid, a);
+    const i8g_cfg c = {variant, w2 != nullptr, 4};
+    return i8g_launch(l, c, a, gr->max_tiles);
+}
+
+cudaError_t qg_i8g_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n, const float *x,
+                         int ldx, const float *add, uint8_t *img) {
+    return qg_i8g_multi_v(l, mats, nm, nullptr, n, x, ldx, add, img, QG_I8G_VARIANT);
 }
 
 cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
@@ -579,5 +942,5 @@ cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_c
 
 cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img) {
-    return qg_i8g_grouped_v(l, w, w2, n, x, ldx, gr, img, QG_I8G_VARIANT);
+    return qg_i8g_grouped_v(l, w, w2, n, x, ldx, gr, img, QG_I8G_VARIANT_GROUPED);
 }

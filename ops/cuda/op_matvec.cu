@@ -226,11 +226,12 @@ cudaError_t qg_cu_product(const qg_cuda_launch *l, const qg_cu_mat *mats, int n_
                           const float *x, int ldx, bool last_col, const float *add) {
     if (qg_cu_decode(l->g) || last_col) return matvec_all(l, mats, n_mats, n, x, last_col, add);
     if (l->pre_norm) return cudaErrorInvalidValue; /* decode-only fusion */
-    for (int i = 0; i < n_mats; i++) {
-        cudaError_t e = qg_cu_gemm_dense(l, &mats[i], nullptr, n, x, ldx, i == 0 ? add : nullptr);
-        if (e != cudaSuccess) return e;
-    }
-    return cudaSuccess;
+    /* all matrices in one grid over one image where the integer path takes
+     * them, else one tiled product each (op_gemm.cu; declared in
+     * qg_cuda_gemm_i8.cuh) */
+    cudaError_t qg_cu_gemm_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n,
+                                 const float *x, int ldx, const float *add);
+    return qg_cu_gemm_multi(l, mats, n_mats, n, x, ldx, add);
 }
 
 /* ---- gate / up: h = silu(gate x) * (up x), per expert ------------------ */

@@ -65,17 +65,46 @@ cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_c
 cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img);
 
-/* The same with a kernel variant (the kernel lab's versions): 0 B read
- * straight from the image (warps independent), 1 B staged per step in
- * shared memory (cp.async, double-buffered, one barrier per step).  The
- * product uses QG_I8G_VARIANT. */
-#define QG_I8G_VARIANT 0
+/* Dense products of nm <= 3 matrices over the same x (qkv) in one grid
+ * over all their row tiles, from one image: mats[i].y = mats[i] x, each
+ * matrix its own type (Q4_K or Q6_K, qg_i8g_ok for each); add (or NULL)
+ * is added to matrix 0's outputs only. */
+cudaError_t qg_i8g_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n, const float *x,
+                         int ldx, const float *add, uint8_t *img);
+
+/* Dense (nm matrices, or one dual pair w, w2) and grouped products with a
+ * kernel variant (the kernel lab's versions):
+ *   0  B read straight from the image (warps independent), 64 rows x 32 or
+ *      64 columns per CTA
+ *   1  B staged per step in shared memory (cp.async, double-buffered, one
+ *      barrier per step), 64 rows x 32 columns
+ *   2  every operand of a super-block staged (weights, B, column sums and
+ *      scales; cp.async, two stages), 8 warps: 128 rows (dual: 64 rows of
+ *      each matrix) x 32 columns
+ *   3  as 2 with 4 warps and 64 rows (dual: as 2)
+ * The product uses QG_I8G_VARIANT (dense, qkv) and QG_I8G_VARIANT_GROUPED
+ * (experts).  cudaErrorInvalidValue: bad arguments (nothing enqueued). */
+#define QG_I8G_VARIANT 1
+#define QG_I8G_VARIANT_GROUPED 1
+cudaError_t qg_i8g_multi_v(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, const qg_cu_mat *w2,
+                           int n, const float *x, int ldx, const float *add, uint8_t *img, int variant);
 cudaError_t qg_i8g_dense_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const float *add, uint8_t *img,
                            int variant);
 cudaError_t qg_i8g_grouped_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                              int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img,
                              int variant);
+
+/* Kernel attributes of the integer products (dynamic shared memory above
+ * 48 KiB for variants 2 and 3); called by qg_cu_gemm_prepare. */
+cudaError_t qg_i8g_prepare(void);
+
+/* Several dense products over the same x (qkv; op_gemm.cu): the integer
+ * path's qg_i8g_multi when every matrix takes it, else qg_cu_gemm_dense
+ * per matrix; add applies to matrix 0.  (op_matvec.cu's qg_cu_product
+ * declares it locally: it does not include this header.) */
+cudaError_t qg_cu_gemm_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n,
+                             const float *x, int ldx, const float *add);
 
 /* Experts per token of a grouped node (expert_swiglu, aggregate,
  * moe_fused), 0 for other ops. */
