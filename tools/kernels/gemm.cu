@@ -14,7 +14,15 @@
  *       warp reads its B fragments straight from the image (L1)
  *   v3  the same, variant 1: each step's B staged in shared memory by the
  *       CTA (cp.async, double-buffered), 32-column tiles
- * (the product runs variant QG_I8G_VARIANT of qg_cuda_gemm_i8.cuh)
+ *   v4  variant 2: weights, B, column sums and scales of each super-block
+ *       staged by cp.async (two stages), 8 warps, 128 rows (dual: 64 of
+ *       gate and of up) x 32 columns
+ *   v5  variant 3: as v4 with 4 warps and 64 rows (dual: as v4)
+ * (the product runs variants QG_I8G_VARIANT / QG_I8G_VARIANT_GROUPED of
+ * qg_cuda_gemm_i8.cuh)
+ * The "qkv one launch" line times q, k and v together: v1 three f16
+ * products, v2..v5 one integer grid over all three (qg_i8g_multi_v, one
+ * image); compare it with the sum of the three qkv lines above it.
  * Each version is checked against a float64 reference before it is timed:
  * the output is poisoned (0xFF bytes: NaN), every live output must be
  * written and finite, and sampled outputs (every row of a few columns, every
@@ -101,6 +109,7 @@ struct shape {
 
 #define LAB_X 128 /* experts of the grouped shapes' weights */
 #define LAB_K 8   /* experts per token */
+#define LAB_NV 5  /* versions */
 
 /* The graph context a launch needs: a prefill graph with one node of the
  * product's op (its scratch layout), a device step input and the scratch. */
@@ -200,7 +209,7 @@ static lists lists_new(int T, int rot) {
     return L;
 }
 
-/* Enqueue one product of version v (1: f16, 2 / 3: integer variants 0 / 1). */
+/* Enqueue one product of version v (1: f16, 2..5: integer variants 0..3). */
 static cudaError_t launch(int v, const shape &s, const ctx &c, const qg_cuda_opts &o, const uint8_t *w,
                           const uint8_t *w2, const float *x, float *y, const float *add,
                           const lists *L, cudaStream_t st) {
@@ -328,7 +337,7 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
         for (int r = 0; r < copies; r++) L.push_back(lists_new(T, r));
     ctx c = ctx_new(s, T, o);
     const double flop = 2.0 * s.m * s.n * (double)ycols * nmat;
-    for (int v = 1; v <= 3; v++) {
+    for (int v = 1; v <= LAB_NV; v++) {
         char name[8];
         snprintf(name, sizeof name, "v%d", v);
         auto wp = [&](int i) { return W + (s.grouped ? 0 : (size_t)i * mat * nmat); };
@@ -381,6 +390,109 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
     cudaFree(add);
 }
 
+/* q (Q4_K 2048 -> 4096), k (Q4_K -> 512), v (Q6_K -> 512) over 512 tokens:
+ * v1 three f16 products, v2..v5 one integer grid of variant v - 2. */
+static void run_qkv(int reps, const qg_cuda_opts &o) {
+    const int n = 2048, T = 512, ms[3] = {4096, 512, 512};
+    const qg_dtype ts[3] = {QG_Q4_K, QG_Q4_K, QG_Q6_K};
+    size_t off[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 3; i++) off[i + 1] = off[i] + qg_align_up(qg_dtype_row_bytes(ts[i], n) * ms[i], 256);
+    const size_t set = off[3];
+    const int copies = (int)QG_MAX((size_t)1, ((size_t)512 << 20) / set);
+    std::vector<uint8_t> hw(set);
+    for (int i = 0; i < 3; i++) fill_blocks(ts[i], hw.data() + off[i], ms[i], n);
+    uint8_t *W;
+    CK(cudaMalloc(&W, set * copies));
+    for (int i = 0; i < copies; i++) CK(cudaMemcpy(W + i * set, hw.data(), set, cudaMemcpyHostToDevice));
+    std::vector<float> hx((size_t)T * n);
+    for (float &v : hx) v = rndf();
+    float *x, *y[3];
+    CK(cudaMalloc(&x, sizeof(float) * hx.size()));
+    CK(cudaMemcpy(x, hx.data(), sizeof(float) * hx.size(), cudaMemcpyHostToDevice));
+    for (int i = 0; i < 3; i++) CK(cudaMalloc(&y[i], sizeof(float) * (size_t)T * ms[i]));
+    const shape s = {"qkv", QG_Q4_K, n, ms[0], false, false, 0, T, false};
+    ctx c = ctx_new(s, T, o); /* a matmul node over n inputs: the same image bytes */
+    auto enqueue = [&](int v, int copy, cudaStream_t st) -> cudaError_t {
+        qg_cuda_launch l = {};
+        l.g = c.g;
+        l.n = &c.g->nodes[c.node];
+        l.step = c.step;
+        l.scratch = v >= 2 ? c.scratch : nullptr;
+        l.scratch_bytes = v >= 2 ? c.scratch_bytes : 0;
+        l.stream = st;
+        l.o = o;
+        qg_cu_mat m[3] = {};
+        for (int i = 0; i < 3; i++) {
+            m[i].type = ts[i];
+            m[i].w = W + (size_t)copy * set + off[i];
+            m[i].rb = qg_dtype_row_bytes(ts[i], n);
+            m[i].m = ms[i];
+            m[i].y = y[i];
+            m[i].ldy = ms[i];
+        }
+        if (v == 1) {
+            for (int i = 0; i < 3; i++) {
+                const cudaError_t e = qg_cu_gemm_dense(&l, &m[i], nullptr, n, x, n, nullptr);
+                if (e != cudaSuccess) return e;
+            }
+            return cudaSuccess;
+        }
+        uint8_t *img = qg_i8g_image(&l, (size_t)T * qg_i8p_col_bytes(n));
+        if (!img) return cudaErrorInvalidValue;
+        return qg_i8g_multi_v(&l, m, 3, nullptr, n, x, n, nullptr, img, v - 2);
+    };
+    double flop = 0;
+    for (int i = 0; i < 3; i++) flop += 2.0 * ms[i] * n * (double)T;
+    for (int v = 1; v <= LAB_NV; v++) {
+        char name[8];
+        snprintf(name, sizeof name, "v%d", v);
+        for (int i = 0; i < 3; i++) CK(cudaMemset(y[i], 0xFF, sizeof(float) * (size_t)T * ms[i]));
+        CK(enqueue(v, 0, 0));
+        CK(cudaDeviceSynchronize());
+        bool ok = true;
+        for (int i = 0; i < 3 && ok; i++) {
+            std::vector<float> hy((size_t)T * ms[i]);
+            CK(cudaMemcpy(hy.data(), y[i], sizeof(float) * hy.size(), cudaMemcpyDeviceToHost));
+            const shape si = {"qkv", ts[i], n, ms[i], false, false, 0, T, false};
+            ok = check(si, T, hw.data() + off[i], nullptr, hx.data(), nullptr, hy.data(), name);
+        }
+        cudaStream_t st;
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        cudaGraph_t gr;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < copies; i++) CK(enqueue(v, i, st));
+        CK(cudaStreamEndCapture(st, &gr));
+        CK(cudaGraphInstantiate(&ge, gr, 0));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        std::vector<float> t(reps);
+        for (int r = 0; r < reps; r++) {
+            CK(cudaEventRecord(e0, st));
+            CK(cudaGraphLaunch(ge, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&t[r], e0, e1));
+        }
+        std::sort(t.begin(), t.end());
+        const double us = t[reps / 2] * 1e3 / copies;
+        printf("  %-34s %-5s %-3s %10.2f %9.1f  %s\n", "qkv one launch q+k+v, 512 tok", "mixed", name, us,
+               flop / us / 1e6, ok ? "ok" : "WRONG");
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(gr);
+        cudaStreamDestroy(st);
+    }
+    ctx_free(c);
+    cudaFree(W);
+    cudaFree(x);
+    for (int i = 0; i < 3; i++) cudaFree(y[i]);
+}
+
 int main(int argc, char **argv) {
     const int reps = argc > 1 ? atoi(argv[1]) : 21;
     int n_dev = 0;
@@ -410,6 +522,8 @@ int main(int argc, char **argv) {
         {"down 768->2048 x8, 64 tok/exp", QG_Q4_K, 768, 2048, false, false, 64, 0, true},
     };
     printf("  %-34s %-5s %-3s %10s %9s  %s\n", "shape", "type", "ver", "us", "TFLOP/s", "check");
-    for (const shape &s : shapes) run_shape(s, reps, o);
+    for (int i = 0; i < 3; i++) run_shape(shapes[i], reps, o);
+    run_qkv(reps, o);
+    for (size_t i = 3; i < sizeof shapes / sizeof shapes[0]; i++) run_shape(shapes[i], reps, o);
     return 0;
 }
