@@ -15,10 +15,15 @@
  *
  * Cases: dense matmul (Q4_K, Q6_K; rows not a multiple of the 64-row tile;
  * live tokens 1, 3, 17, 64, 512), matmul with a residual add folded into it,
- * qkv with Q4_K q / k and a Q6_K v, dense swiglu (same and mixed gate / up
- * types), and expert_swiglu + aggregate grouped by expert (experts with 0,
- * 1 and many assignments, more than one 32-column tile; same and mixed
- * gate / up types; Q6_K and Q4_K down).
+ * qkv as one grid over its three matrices (Q4_K q / k and a Q6_K v; and
+ * Q6_K / Q4_K / Q6_K with 630-byte Q6_K rows, so blocks start at every even
+ * offset mod 16, and row counts that end inside a tile), dense swiglu (same
+ * and mixed gate / up types), and expert_swiglu + aggregate grouped by
+ * expert (experts with 0, 1 and many assignments, more than one 32-column
+ * tile; same and mixed gate / up types; Q6_K and Q4_K down).  Every case
+ * runs under each integer kernel variant (qg_cuda_gemm_i8.cuh: the
+ * product's default, then 0, 2 and 3, chosen through QG_CUDA_I8G_VARIANT and
+ * QG_CUDA_I8G_VARIANT_GROUPED).
  *
  * Tolerance of one product y = sum_i w_i x_i (qg_cuda_gemm_i8.cuh): the
  * image of x is within 1.5 s_b of x per element, s_b = M_b / 8257536 with
@@ -59,6 +64,24 @@ static bool g_have_device;
             skip();                                                           \
         }                                                                     \
     } while (0)
+
+/* The integer kernel variants each case runs under (NULL: the product's
+ * default). */
+static const char *const k_variants[] = {NULL, "0", "2", "3"};
+#define N_VARIANTS ((int)(sizeof k_variants / sizeof k_variants[0]))
+
+/* Select variant v for the products compiled from now on. */
+static void set_variant(int v) {
+    const char *s = k_variants[v];
+    if (s) {
+        setenv("QG_CUDA_I8G_VARIANT", s, 1);
+        setenv("QG_CUDA_I8G_VARIANT_GROUPED", s, 1);
+    } else {
+        unsetenv("QG_CUDA_I8G_VARIANT");
+        unsetenv("QG_CUDA_I8G_VARIANT_GROUPED");
+    }
+    printf("integer kernel variant: %s\n", s ? s : "default");
+}
 
 /* ---- random data -------------------------------------------------------- */
 
@@ -297,20 +320,23 @@ static void test_matmul(void **state) {
     NEED_DEVICE();
     const int live512[] = {512, 1, 3, 17, 64};
     const int live64[] = {64, 17, 3, 1};
-    matmul_case(QG_Q4_K, 768, 200, 512, live512, 5, false);  /* 200 rows: partial tile */
-    matmul_case(QG_Q6_K, 512, 100, 64, live64, 4, false);
-    matmul_case(QG_Q4_K, 256, 16, 64, live64, 2, false);
-    matmul_case(QG_Q6_K, 1024, 40, 64, live64 + 1, 2, true);  /* residual epilogue */
-    matmul_case(QG_Q4_K, 512, 72, 64, live64, 2, true);
+    for (int v = 0; v < N_VARIANTS; v++) {
+        set_variant(v);
+        matmul_case(QG_Q4_K, 768, 200, 512, live512, 5, false); /* 200 rows: partial tile */
+        matmul_case(QG_Q6_K, 512, 100, 64, live64, 4, false);
+        matmul_case(QG_Q6_K, 768, 130, 64, live64, 2, false); /* 630-byte rows */
+        matmul_case(QG_Q4_K, 256, 16, 64, live64, 2, false);
+        matmul_case(QG_Q6_K, 1024, 40, 64, live64 + 1, 2, true); /* residual epilogue */
+        matmul_case(QG_Q4_K, 512, 72, 64, live64, 2, true);
+    }
+    set_variant(0);
 }
 
 /* ---- qkv ---------------------------------------------------------------------- */
 
-static void test_qkv(void **state) {
-    (void)state;
-    NEED_DEVICE();
-    const int n = 512, T = 64, ms[3] = {128, 32, 32};
-    const qg_dtype ts[3] = {QG_Q4_K, QG_Q4_K, QG_Q6_K};
+/* qkv node over x (n, T): three matrices of types ts, rows ms, in one grid;
+ * runs with T and then live1 tokens. */
+static void qkv_case(int n, const int ms[3], const qg_dtype ts[3], int T, int live1) {
     fx f;
     fx_init(&f, T);
     const int x = fx_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
@@ -320,7 +346,7 @@ static void test_qkv(void **state) {
     qg_op_params p = {0};
     qg_graph_add_node(f.g, QG_OP_QKV, "qkv", 0, in, 4, y, 3, &p);
     fx_compile(&f);
-    const int live[2] = {T, 17};
+    const int live[2] = {T, live1};
     for (int k = 0; k < 2; k++) {
         const int nt = live[k];
         fx_fill_x(&f, x, (int64_t)n * nt);
@@ -331,14 +357,27 @@ static void test_qkv(void **state) {
             for (int c = 0; c < nt; c++)
                 for (int i = 0; i < ms[j]; i++) {
                     const prod pr = dot_ref(wd + (size_t)i * n, xv + (size_t)c * n, n);
-                    EXPECT(yv[(size_t)c * ms[j] + i], pr.v, tol_of(pr), "qkv output %d (%s) live %d: [%d, %d]",
-                           j, qg_dtype_name(ts[j]), nt, i, c);
+                    EXPECT(yv[(size_t)c * ms[j] + i], pr.v, tol_of(pr), "qkv n %d output %d (%s) live %d: [%d, %d]",
+                           n, j, qg_dtype_name(ts[j]), nt, i, c);
                 }
             expect_poison(&f, y[j], sizeof(float) * (size_t)ms[j] * nt);
             free(wd);
         }
     }
     fx_free(&f);
+}
+
+static void test_qkv(void **state) {
+    (void)state;
+    NEED_DEVICE();
+    const int ms1[3] = {128, 32, 32}, ms2[3] = {200, 40, 72};
+    const qg_dtype ts1[3] = {QG_Q4_K, QG_Q4_K, QG_Q6_K}, ts2[3] = {QG_Q6_K, QG_Q4_K, QG_Q6_K};
+    for (int v = 0; v < N_VARIANTS; v++) {
+        set_variant(v);
+        qkv_case(512, ms1, ts1, 64, 17);
+        qkv_case(768, ms2, ts2, 64, 33); /* 630-byte Q6_K rows, partial tiles */
+    }
+    set_variant(0);
 }
 
 /* ---- gate / up ------------------------------------------------------------------ */
@@ -380,10 +419,14 @@ static void swiglu_case(qg_dtype tg, qg_dtype tu, int n, int F, int T, int nt) {
 static void test_swiglu(void **state) {
     (void)state;
     NEED_DEVICE();
-    swiglu_case(QG_Q4_K, QG_Q4_K, 512, 200, 64, 64); /* dual kernel */
-    swiglu_case(QG_Q6_K, QG_Q6_K, 256, 40, 64, 3);
-    swiglu_case(QG_Q4_K, QG_Q6_K, 512, 72, 64, 17); /* mixed: two products */
-    swiglu_case(QG_Q4_K, QG_Q4_K, 256, 48, 64, 1);
+    for (int v = 0; v < N_VARIANTS; v++) {
+        set_variant(v);
+        swiglu_case(QG_Q4_K, QG_Q4_K, 512, 200, 64, 64); /* dual kernel */
+        swiglu_case(QG_Q6_K, QG_Q6_K, 256, 40, 64, 3);
+        swiglu_case(QG_Q4_K, QG_Q6_K, 512, 72, 64, 17); /* mixed: two products */
+        swiglu_case(QG_Q4_K, QG_Q4_K, 256, 48, 64, 1);
+    }
+    set_variant(0);
 }
 
 /* ---- experts: expert_swiglu + aggregate, grouped ---------------------------------- */
@@ -473,11 +516,18 @@ static void experts_case(qg_dtype tg, qg_dtype tu, qg_dtype td, int E, int F, in
 static void test_experts(void **state) {
     (void)state;
     NEED_DEVICE();
-    experts_case(QG_Q4_K, QG_Q4_K, QG_Q6_K, 512, 256, 64, 64); /* expert 7: 63 assignments */
-    /* mixed gate / up, 96 rows (not a multiple of the 64-row tile); the
-     * down matrix then has 96-element rows, which no K-quant allows: Q8_0 */
-    experts_case(QG_Q4_K, QG_Q6_K, QG_Q8_0, 256, 96, 64, 40);
-    experts_case(QG_Q6_K, QG_Q6_K, QG_Q6_K, 256, 256, 16, 3);
+    for (int v = 0; v < N_VARIANTS; v++) {
+        set_variant(v);
+        experts_case(QG_Q4_K, QG_Q4_K, QG_Q6_K, 512, 256, 64, 64); /* expert 7: 63 assignments */
+        /* mixed gate / up, 96 rows (not a multiple of the 64-row tile); the
+         * down matrix then has 96-element rows, which no K-quant allows: Q8_0 */
+        experts_case(QG_Q4_K, QG_Q6_K, QG_Q8_0, 256, 96, 64, 40);
+        experts_case(QG_Q6_K, QG_Q6_K, QG_Q6_K, 256, 256, 16, 3);
+        /* 768-element down rows: 630-byte Q6_K rows (blocks at every even
+         * offset mod 16) */
+        experts_case(QG_Q4_K, QG_Q4_K, QG_Q6_K, 256, 768, 64, 64);
+    }
+    set_variant(0);
 }
 
 /* ---- main ------------------------------------------------------------------------ */

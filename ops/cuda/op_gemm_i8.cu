@@ -40,6 +40,7 @@
 #include "qg_cuda_gemm_i8.cuh"
 #include "qg_cuda_i8.cuh"
 
+#include <stdlib.h>
 #include <type_traits>
 
 /* Rows per CTA (4 warps x 16). */
@@ -930,17 +931,27 @@ cudaError_t qg_i8g_grouped_v(const qg_cuda_launch *l, const qg_cu_mat *w, const 
     return i8g_launch(l, c, a, gr->max_tiles);
 }
 
+/* The variant a product launches: environment variable `env` when it is
+ * one digit 0..3 (A/B runs, tests), else def.  Read when the launch is
+ * enqueued (graph capture), so a compiled graph keeps its variant. */
+static int i8g_variant(const char *env, int def) {
+    const char *v = getenv(env);
+    return (v && v[0] >= '0' && v[0] <= '3' && v[1] == '\0') ? v[0] - '0' : def;
+}
+
 cudaError_t qg_i8g_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, int n, const float *x,
                          int ldx, const float *add, uint8_t *img) {
-    return qg_i8g_multi_v(l, mats, nm, nullptr, n, x, ldx, add, img, QG_I8G_VARIANT);
+    return qg_i8g_multi_v(l, mats, nm, nullptr, n, x, ldx, add, img,
+                          i8g_variant("QG_CUDA_I8G_VARIANT", QG_I8G_VARIANT));
 }
 
 cudaError_t qg_i8g_dense(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2, int n,
                          const float *x, int ldx, const float *add, uint8_t *img) {
-    return qg_i8g_dense_v(l, w, w2, n, x, ldx, add, img, QG_I8G_VARIANT);
+    return qg_i8g_dense_v(l, w, w2, n, x, ldx, add, img, i8g_variant("QG_CUDA_I8G_VARIANT", QG_I8G_VARIANT));
 }
 
 cudaError_t qg_i8g_grouped(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const qg_cu_groups *gr, uint8_t *img) {
-    return qg_i8g_grouped_v(l, w, w2, n, x, ldx, gr, img, QG_I8G_VARIANT_GROUPED);
+    return qg_i8g_grouped_v(l, w, w2, n, x, ldx, gr, img,
+                            i8g_variant("QG_CUDA_I8G_VARIANT_GROUPED", QG_I8G_VARIANT_GROUPED));
 }

@@ -83,7 +83,8 @@ cudaError_t qg_i8g_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm,
  *      each matrix) x 32 columns
  *   3  as 2 with 4 warps and 64 rows (dual: as 2)
  * The product uses QG_I8G_VARIANT (dense, qkv) and QG_I8G_VARIANT_GROUPED
- * (experts).  cudaErrorInvalidValue: bad arguments (nothing enqueued). */
+ * (experts), or the digit in the environment variables
+ * QG_CUDA_I8G_VARIANT / QG_CUDA_I8G_VARIANT_GROUPED at capture time.  cudaErrorInvalidValue: bad arguments (nothing enqueued). */
 #define QG_I8G_VARIANT 1
 #define QG_I8G_VARIANT_GROUPED 1
 cudaError_t qg_i8g_multi_v(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, const qg_cu_mat *w2,
