@@ -265,6 +265,8 @@ typedef struct fold {
     float eps;
     bool resid;
     qg_vk_loc res, y;    /* (m, 1) the add's other input, the add's output */
+    bool xout;           /* matmul with norm: also store the normalized x */
+    qg_vk_loc xo;        /* (n, 1) there (the dropped rmsnorm's output) */
     bool topk;           /* expert swiglu: route from the logits itself */
     qg_vk_loc logits, ids, wts; /* (X, 1), (K, 1), (K, 1) */
 } fold;
@@ -332,12 +334,17 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[6] = resid;
     d->spec[8] = norm ? (uint32_t)wt->ne[0] / 4 : 1;
     d->spec[9] = upl_for(r->c, (uint64_t)wt->ne[0] / 32, L.tpr);
+    /* unused bindings get the x actually read (x may be XOUT's target) */
+    const qg_vk_loc xr = norm ? f->x_raw : x;
     bind(d, w, false);
-    bind(d, norm ? f->x_raw : x, false);
+    bind(d, xr, false);
     bind(d, resid ? f->y : y, true);
-    bind(d, norm ? f->nw : x, false);
-    bind(d, resid ? f->res : x, false);
-    for (int i = 0; i < 4; i++) bind(d, x, false); /* NMAT 3's W2, W3, y2, y3: unused */
+    bind(d, norm ? f->nw : xr, false);
+    bind(d, resid ? f->res : xr, false);
+    for (int i = 0; i < 4; i++) bind(d, xr, false); /* NMAT 3's W2, W3, y2, y3: unused */
+    QG_ASSERT(!(f && f->xout) || norm);
+    d->spec[13] = f && f->xout;
+    bind(d, f && f->xout ? f->xo : xr, f && f->xout);
     row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
@@ -386,6 +393,7 @@ static void rec_qkv3(rec *r, const qg_node *nd, const fold *f) {
     bind(d, tloc(r, nd->in[3]), false);
     bind(d, tloc(r, nd->out[1]), true);
     bind(d, tloc(r, nd->out[2]), true);
+    bind(d, x, false); /* no XOUT */
     uint32_t g[3];
     for (int i = 0; i < 3; i++) g[i] = div_up((uint64_t)wt[i]->ne[1], L.nr);
     row_groups(d, (uint64_t)g[0] + g[1] + g[2]);
@@ -551,18 +559,19 @@ static void rec_moe_fused(rec *r, const qg_node *nd, const fold *f) {
     const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
     const qg_vk_loc x = tloc(r, nd->in[0]), y = tloc(r, nd->out[0]);
     const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
+    /* a folded norm runs in the router, whose first workgroup also stores
+     * the normalized x where the rmsnorm would have (x, this node's
+     * input) for the expert swiglu */
     const fold fn = {.norm = f && f->norm, .x_raw = f ? f->x_raw : x, .nw = f ? f->nw : x,
-                     .eps = f ? f->eps : 0.0f};
+                     .eps = f ? f->eps : 0.0f, .xout = f && f->norm, .xo = x};
     const fold fr = {.resid = f && f->resid, .res = f ? f->res : x, .y = f ? f->y : y};
     QG_ASSERT(!f || Tm == 1);
     /* decode graphs with folds: the expert swiglu routes for itself, no
      * topk dispatch (and barrier) between router and experts; where its
      * shared memory (norm column, rows, routing) fits */
-    const int64_t n_sh = 4 * (fn.norm ? T[nd->in[0]].ne[0] : 1) + 16384;
     const bool tk = Tm == 1 && r->c->fold &&
-                    n_sh <= (int64_t)r->c->d->props.limits.maxComputeSharedMemorySize;
-    fold fs = fn;
-    fs.topk = tk;
+                    16400 <= (int64_t)r->c->d->props.limits.maxComputeSharedMemorySize;
+    fold fs = {.topk = tk};
     fs.logits = logits;
     fs.ids = ids;
     fs.wts = wts;
@@ -570,7 +579,7 @@ static void rec_moe_fused(rec *r, const qg_node *nd, const fold *f) {
     if (!tk) rec_topk(r, logits, X, K, ids, wts);
     if (Tm == 1) {
         rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X,
-                   f || tk ? &fs : NULL);
+                   tk ? &fs : NULL);
         rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K, f ? &fr : NULL);
         return;
     }
@@ -651,9 +660,10 @@ static int norm_input(const qg_node *n) {
 
 /* Does a norm prologue over n floats fit the device's shared memory in
  * consumer cn (the staged column next to the row reductions' 9.5 KiB, and
- * in swiglu.comp also the routing's 5.5 KiB)? */
+ * in swiglu.comp also the routing's 5.5 KiB; moe_fused normalizes in its
+ * router matmul)? */
 static bool norm_fits(const qg_vk_dev *d, const qg_node *cn, int64_t n) {
-    const int64_t other = cn->op == QG_OP_SWIGLU || cn->op == QG_OP_MOE_FUSED ? 16384 : 10240;
+    const int64_t other = cn->op == QG_OP_SWIGLU ? 16384 : 10240;
     return n % 4 == 0 && 4 * n + other <= (int64_t)d->props.limits.maxComputeSharedMemorySize;
 }
 

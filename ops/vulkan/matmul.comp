@@ -19,6 +19,9 @@
  *     (qg_xnorm.glsl: binding 4 the norm weight, push eps, XN4 = n / 4);
  *   RESID = 1: y = r + W x, r (m, T) at binding 5: the residual add that
  *     read this product (same f32 add as add.comp).
+ *   XOUT = 1 (with NORM): workgroup 0 also stores the normalized column
+ *     at binding 10 (the dropped rmsnorm's output, for the other
+ *     consumers: moe_fused's router hands it to the expert swiglu).
  * Unused fold bindings are bound to x.
  *
  * NMAT = 3 (the qkv node of decode graphs, one dispatch for its three
@@ -45,6 +48,7 @@ layout(constant_id = 9) const uint UPL = 0u;  /* units per lane, 0: dynamic */
 layout(constant_id = 10) const uint NMAT = 1u;
 layout(constant_id = 11) const int WTYPE2 = 0;
 layout(constant_id = 12) const int WTYPE3 = 0;
+layout(constant_id = 13) const uint XOUT = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -60,6 +64,7 @@ layout(std430, binding = 7) readonly buffer W3Buf { uint w3buf[]; };   /* (n, m3
 layout(std430, binding = 7) readonly buffer W3Buf4 { uvec4 w3buf4[]; };
 layout(std430, binding = 8) writeonly buffer Y2Buf { float y2[]; };    /* (m2, T) NMAT 3 */
 layout(std430, binding = 9) writeonly buffer Y3Buf { float y3[]; };    /* (m3, T) NMAT 3 */
+layout(std430, binding = 10) writeonly buffer XoBuf { float xout[]; }; /* (n) XOUT */
 
 layout(push_constant) uniform PC {
     uint n;         /* elements per row, a multiple of 32 */
@@ -164,6 +169,8 @@ void main() {
     for (uint t = 0u; t < 8u; t++) cols[t] = xc0 + t;
     const uint nu = pc.n / 32u;
     if (NORM != 0u) qg_xnorm_stage(xc0 * pc.n, pc.n, pc.eps); /* NT == 1 */
+    if (XOUT != 0u && gl_WorkGroupID.x == 0u && gl_WorkGroupID.y == 0u)
+        for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) xout[i] = sh_x4[i >> 2][i & 3u];
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
