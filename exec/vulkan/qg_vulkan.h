@@ -13,7 +13,8 @@
  *   QG_VK_NO_FOLD=1      no executor-level folds in decode graphs (norm
  *                        prologues, residual epilogues); node pairs still
  *                        fuse.  QG_DEBUG=vulkan prints each compiled
- *                        graph's dispatch and barrier counts.
+ *                        graph's dispatch and barrier counts,
+ *                        QG_DEBUG=vulkan,vulkan-dispatch every dispatch.
  *   QG_VK_NO_UNROLL=1    the weight shaders loop over a row's units with a
  *                        run-time bound instead of a constant one
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
