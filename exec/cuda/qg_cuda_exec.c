@@ -30,6 +30,7 @@
  * products exact f32, QG_CUDA_I8=0 turns off the integer tensor-core decode
  * products (Q4_K / Q6_K decode then runs the f32 kernels).
  */
+#include "../../graph/qg_rope.h"
 #include "../../ops/cuda/qg_cuda_ops.h"
 #include "../qg_exec.h"
 
@@ -98,6 +99,9 @@ typedef struct cuda_graph {
     int32_t *step_dev;     /* the step input as the kernels read it */
     bool step_own;         /* step_dev is ours (the step tensor lives elsewhere) */
     double *rope;          /* device rope tables, (head_dim/2) per rope node */
+    float *rope_cs;        /* (head_dim, n_ctx): the CPU's cos | sin table of
+                              every position, for the rope nodes with the
+                              first rope node's base and head_dim */
     void *extra;           /* outputs of folded adds that need their own memory */
     qg_cuda_launch *L;     /* (n_nodes) */
     bool *skip;            /* (n_nodes) folded into a neighbour */
@@ -441,6 +445,8 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
             cg->L[j].rope_kn = cg->dev[n->in[3]];
             cg->L[j].rope_eps = n->p.eps;
             cg->L[j].rope_freq = cg->L[i].rope_freq;
+            cg->L[j].rope_cs = cg->L[i].rope_cs;
+            cg->L[j].rope_cs_n = cg->L[i].rope_cs_n;
             cg->L[j].skip_append = true;
             n_rope++;
             continue;
@@ -521,6 +527,7 @@ static void cuda_release(void *self, qg_graph *g) {
     cudaFree(cg->counters);
     if (cg->step_own) cudaFree(cg->step_dev);
     cudaFree(cg->rope);
+    cudaFree(cg->rope_cs);
     cudaFree(cg->extra);
     cudaGetLastError();
     drop_pools(c, cg);
@@ -530,6 +537,41 @@ static void cuda_release(void *self, qg_graph *g) {
     free(cg->gexec);
     free(cg->ev);
     memset(cg, 0, sizeof *cg);
+}
+
+/* The CPU's cos | sin table of every position (graph/qg_rope.h) on the
+ * device, for the rope nodes that share the first rope node's base and
+ * head_dim (all of them in Qwen3): their kernels read it instead of
+ * computing sin / cos, so RoPE is bit-identical to the CPU executor's. */
+static qg_status rope_cos_sin(cuda_graph *cg, qg_error *err) {
+    const qg_graph *g = cg->g;
+    const qg_node *first = NULL;
+    for (int i = 0; i < g->n_nodes && !first; i++)
+        if (g->nodes[i].op == QG_OP_ROPE && cg->L[i].rope_freq) first = &g->nodes[i];
+    if (!first || g->n_ctx <= 0) return QG_OK;
+    const int hd = first->p.head_dim;
+    const size_t n = (size_t)hd * (size_t)g->n_ctx;
+    float *host = malloc(sizeof(float) * n);
+    if (!host) return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
+    for (int p = 0; p < g->n_ctx; p++) qg_rope_cos_sin(host + (size_t)p * hd, hd, p, first->p.rope_theta);
+    cudaError_t ce = cudaMalloc((void **)&cg->rope_cs, sizeof(float) * n);
+    if (ce == cudaSuccess) ce = cudaMemcpy(cg->rope_cs, host, sizeof(float) * n, cudaMemcpyHostToDevice);
+    free(host);
+    if (ce != cudaSuccess) {
+        cudaGetLastError();
+        cg->rope_cs = NULL;
+        return qg_error_set(err, QG_ERR_NOMEM, "cuda: cannot allocate the %.1f MiB rope table",
+                            sizeof(float) * n / 1048576.0);
+    }
+    for (int i = 0; i < g->n_nodes; i++) {
+        const qg_node *n2 = &g->nodes[i];
+        if (n2->op == QG_OP_ROPE && cg->L[i].rope_freq && n2->p.head_dim == hd &&
+            n2->p.rope_theta == first->p.rope_theta) {
+            cg->L[i].rope_cs = cg->rope_cs;
+            cg->L[i].rope_cs_n = g->n_ctx;
+        }
+    }
+    return QG_OK;
 }
 
 static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error *err) {
@@ -643,6 +685,7 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
                                     cudaMemcpyHostToDevice);
         free(rope_host);
         QG_CUDA_TRY(ce);
+        if ((st = rope_cos_sin(cg, err))) goto fail;
     }
     if (c->fuse && (st = fold_nodes(c, cg, err))) goto fail;
     /* the zeroing memsets above run on the legacy stream, which does not

@@ -11,19 +11,7 @@
  */
 #include "qg_cpu_internal.h"
 
-/* cs[0..hd/2): cos, cs[hd/2..hd): sin of the angles at position pos.  The
- * frequencies base^(-2i/hd) come from repeated multiplication in double
- * (relative error ~ i * 2^-53, far below the f32 rounding of the result). */
-static void rope_table(float *cs, int hd, int32_t pos, double base) {
-    const int half = hd / 2;
-    const double step = pow(base, -2.0 / hd);
-    double freq = 1.0;
-    for (int i = 0; i < half; i++, freq *= step) {
-        const double theta = (double)pos * freq;
-        cs[i] = (float)cos(theta);
-        cs[half + i] = (float)sin(theta);
-    }
-}
+#include "../../graph/qg_rope.h"
 
 size_t qg_cpu_rope_scratch(int head_dim) { return (size_t)head_dim; }
 
@@ -51,7 +39,7 @@ void qg_cpu_rope(const qg_cpu_op_args *a, int ith, int nth) {
         const int64_t t = i / per_tok;
         const int j = (int)(i % per_tok);
         if (t != t_table) {
-            rope_table(cs, hd, pos[t], p->rope_theta);
+            qg_rope_cos_sin(cs, hd, pos[t], p->rope_theta);
             t_table = t;
         }
         const float *src, *w;

@@ -51,11 +51,28 @@ __device__ __forceinline__ void kv_put(const rope_kv &kv, bool isv, size_t i, fl
     else cache_put((float *)c + i, x);
 }
 
+/* cos and sin of angle r at position p: from the CPU's table (csp: the
+ * position's row, cos | sin) when there is one, else float64 sincos of
+ * p * freq[r] rounded to f32. */
+__device__ __forceinline__ void rope_angle(const float *csp, const double *freq, int p, int r,
+                                           int half, float *c, float *s) {
+    if (csp) {
+        *c = csp[r];
+        *s = csp[half + r];
+        return;
+    }
+    double sd, cd;
+    sincos((double)p * freq[r], &sd, &cd);
+    *c = (float)cd;
+    *s = (float)sd;
+}
+
 __global__ void __launch_bounds__(128)
 k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ qn,
        const float *__restrict__ kn, const int32_t *__restrict__ pos,
-       const int32_t *__restrict__ step, const double *__restrict__ freq, int hd, int nh, int nkv,
-       float eps, float *__restrict__ qo, float *__restrict__ ko, rope_kv kv) {
+       const int32_t *__restrict__ step, const double *__restrict__ freq,
+       const float *__restrict__ cs, int ncs, int hd, int nh, int nkv, float eps,
+       float *__restrict__ qo, float *__restrict__ ko, rope_kv kv) {
     qg_pdl_wait();
     qg_pdl_trigger();
     const int t = blockIdx.x, lane = threadIdx.x & 31;
@@ -77,13 +94,13 @@ k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__
     ss = qg_warp_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
     const int half = hd / 2;
-    const double p = (double)pos[t];
+    const int pi = pos[t];
+    const float *csp = cs && pi >= 0 && pi < ncs ? cs + (size_t)pi * hd : nullptr;
     for (int r = lane; r < half; r += 32) {
         const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
         const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
-        double sd, cd;
-        sincos(p * freq[r], &sd, &cd);
-        const float c = (float)cd, s = (float)sd;
+        float c, s;
+        rope_angle(csp, freq, pi, r, half, &c, &s);
         const float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
         const float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
         dst[r] = o0;
@@ -115,7 +132,8 @@ cudaError_t qg_cu_rope(const qg_cuda_launch *l) {
     return qg_cu_launch(l, k_rope, grid, dim3(128), 0, qg_cu_in_ptr<const float>(l, 0),
                         qg_cu_in_ptr<const float>(l, 1), qg_cu_in_ptr<const float>(l, 2),
                         qg_cu_in_ptr<const float>(l, 3), qg_cu_in_ptr<const int32_t>(l, 4), l->step,
-                        l->rope_freq, p->head_dim, p->n_head, p->n_head_kv, p->eps,
+                        l->rope_freq, l->rope_cs, l->rope_cs_n, p->head_dim, p->n_head,
+                        p->n_head_kv, p->eps,
                         qg_cu_out_ptr<float>(l, 0), qg_cu_out_ptr<float>(l, 1), kv);
 }
 
@@ -156,6 +174,8 @@ struct at_args {
     bool rope;
     const float *rq, *rk, *rv, *qn, *kn;
     const double *freq;
+    const float *cs; /* the CPU's cos | sin table (hd, ncs), or NULL */
+    int ncs;
     float eps;
     void *kcw, *vcw; /* the caches, for the append */
 };
@@ -165,7 +185,8 @@ struct at_args {
  * rounded as the cache stores it (CT), for this step's K row. */
 template <typename CT>
 __device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
-                                          const double *__restrict__ freq, int hd, float eps,
+                                          const double *__restrict__ freq,
+                                          const float *__restrict__ cs, int ncs, int hd, float eps,
                                           int p, bool round, float *dst) {
     const int lane = threadIdx.x & 31;
     float ss = 0.0f;
@@ -173,12 +194,12 @@ __device__ __forceinline__ void warp_rope(const float *__restrict__ src, const f
     ss = qg_warp_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
     const int half = hd / 2;
+    const float *csp = cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr;
     for (int r = lane; r < half; r += 32) {
         const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
         const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
-        double sd, cd;
-        sincos((double)p * freq[r], &sd, &cd);
-        const float c = (float)cd, s = (float)sd;
+        float c, s;
+        rope_angle(csp, freq, p, r, half, &c, &s);
         float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
         float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
         if (round) {
@@ -231,9 +252,11 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     const int pn = rows - 1;
     const bool has_new = a.rope && pn >= j0 && pn < j1;
     if (a.rope) {
-        if (active) warp_rope<CT>(a.rq + (size_t)h * HD, a.qn, a.freq, HD, a.eps, pn, false, Qs[warp]);
+        if (active)
+            warp_rope<CT>(a.rq + (size_t)h * HD, a.qn, a.freq, a.cs, a.ncs, HD, a.eps, pn, false, Qs[warp]);
         if (has_new) {
-            if (warp == 7) warp_rope<CT>(a.rk + (size_t)kvh * HD, a.kn, a.freq, HD, a.eps, pn, true, Kn);
+            if (warp == 7)
+                warp_rope<CT>(a.rk + (size_t)kvh * HD, a.kn, a.freq, a.cs, a.ncs, HD, a.eps, pn, true, Kn);
             if (warp == 6)
                 for (int i = lane; i < HD; i += 32) {
                     CT t;
@@ -566,6 +589,8 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.qn = l->rope_qn;
         a.kn = l->rope_kn;
         a.freq = l->rope_freq;
+        a.cs = l->rope_cs;
+        a.ncs = l->rope_cs_n;
         a.eps = l->rope_eps;
         a.kcw = kc;
         a.vcw = vc;

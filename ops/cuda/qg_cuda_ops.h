@@ -65,6 +65,9 @@ typedef struct qg_cuda_launch {
     int *counters;         /* qg_cuda_op_needs counters, zero between runs
                               (kernels that use one restore it to 0) */
     const double *rope_freq; /* rope: (head_dim/2) base^(-2i/hd), float64 */
+    const float *rope_cs;  /* rope: (head_dim, rope_cs_n) cos | sin of each
+                              position (the CPU's table), or NULL */
+    int rope_cs_n;
     void *stream;          /* cudaStream_t */
     qg_cuda_opts o;
     /* Executor-level fusions (set by the executor; NULL / 0 when off):
