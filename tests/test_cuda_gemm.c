@@ -98,9 +98,19 @@ static float rndf(void) { return (float)((double)(rnd() >> 11) * 0x1p-52 - 1.0);
 /* Random valid blocks of type t (Q4_K / Q6_K) for rows x n: random payload
  * bits, positive f16 super-scales of 1e-3..2e-3 (d) and 5e-3..1e-2 (dmin). */
 static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
+    /* random payload bits; the scales (Q4_K d, dmin; Q6_K d; Q8_0 d) set to
+     * small positive values so no block is Inf or NaN */
     const size_t rb = qg_dtype_row_bytes(t, n), nb = rb * (size_t)rows;
     for (size_t i = 0; i < nb; i++) p[i] = (uint8_t)rnd();
     const size_t bs = qg_dtype_get((uint32_t)t)->type_size;
+    if (t == QG_Q8_0) { /* 32-element blocks, the f16 scale first */
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint16_t d = qg_f32_to_f16(1e-2f * (1.0f + (float)(rnd() % 1000) / 1000.0f));
+                memcpy(p + (size_t)r * rb + (size_t)b * bs, &d, 2);
+            }
+        return;
+    }
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < n / 256; b++) {
             uint8_t *blk = p + (size_t)r * rb + (size_t)b * bs;

@@ -85,8 +85,11 @@ cudaError_t qg_i8g_multi(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm,
  * The product uses QG_I8G_VARIANT (dense, qkv) and QG_I8G_VARIANT_GROUPED
  * (experts), or the digit in the environment variables
  * QG_CUDA_I8G_VARIANT / QG_CUDA_I8G_VARIANT_GROUPED at capture time.  cudaErrorInvalidValue: bad arguments (nothing enqueued). */
-#define QG_I8G_VARIANT 1
-#define QG_I8G_VARIANT_GROUPED 1
+/* Variant 2 measured best on an H100 (2026-11-22): pp512 8321 tok/s with
+ * it for the experts against 7768 with variant 1 and 8098 with 3; lab_gemm:
+ * attn_output 108 against 137 us, q+k+v 166 against 172 us. */
+#define QG_I8G_VARIANT 2
+#define QG_I8G_VARIANT_GROUPED 2
 cudaError_t qg_i8g_multi_v(const qg_cuda_launch *l, const qg_cu_mat *mats, int nm, const qg_cu_mat *w2,
                            int n, const float *x, int ldx, const float *add, uint8_t *img, int variant);
 cudaError_t qg_i8g_dense_v(const qg_cuda_launch *l, const qg_cu_mat *w, const qg_cu_mat *w2,
