@@ -23,9 +23,7 @@
  * (q k and p v, two flops per multiply-add), not the split operands' extra
  * products.
  */
-#if defined(__cplusplus) && !defined(_Noreturn)
-#define _Noreturn [[noreturn]]
-#endif
+#include "lab_common.cuh"
 
 /* qg_graph.h is C: included with C linkage before qg_cuda_ops.h (which
  * includes it outside its extern "C" block) */
@@ -34,30 +32,6 @@ extern "C" {
 }
 #include "../../ops/cuda/qg_cuda_common.cuh"
 #include "../../ops/cuda/qg_cuda_ops.h"
-
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                 \
-                    cudaGetErrorString(e_));                                              \
-            exit(1);                                                                      \
-        }                                                                                 \
-    } while (0)
-
-static uint64_t g_rng = 0x5eed;
-static float rnd_unif(float lo, float hi) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return lo + (hi - lo) * (float)((z >> 40) * (1.0 / 16777216.0));
-}
 
 /* One attention node of the prefill graph and its device tensors. */
 struct lab {
@@ -72,7 +46,7 @@ struct lab {
     int32_t *hpos;   /* (T) */
 };
 
-static lab lab_new(qg_dtype ct, int T, int p0, int hd, int nh, int nkv) {
+static lab lab_new(lab_rng *rng, qg_dtype ct, int T, int p0, int hd, int nh, int nkv) {
     lab L;
     memset(&L, 0, sizeof L);
     L.T = T;
@@ -102,7 +76,7 @@ static lab lab_new(qg_dtype ct, int T, int p0, int hd, int nh, int nkv) {
     for (int id = 0; id <= o; id++) CK(cudaMalloc(&L.dev[id], L.g->tensors[id].nbytes));
     /* inputs */
     L.hq = (float *)malloc(sizeof(float) * Dq * T);
-    for (int64_t i = 0; i < Dq * T; i++) L.hq[i] = rnd_unif(-2, 2);
+    for (int64_t i = 0; i < Dq * T; i++) L.hq[i] = lab_unif(rng, -2, 2);
     CK(cudaMemcpy(L.dev[q], L.hq, sizeof(float) * Dq * T, cudaMemcpyHostToDevice));
     L.hpos = (int32_t *)malloc(sizeof(int32_t) * T);
     for (int t = 0; t < T; t++) L.hpos[t] = p0 + t;
@@ -113,7 +87,7 @@ static lab lab_new(qg_dtype ct, int T, int p0, int hd, int nh, int nkv) {
     L.vd = (double *)malloc(sizeof(double) * n);
     void *hk = malloc(n * 4), *hv = malloc(n * 4);
     for (size_t i = 0; i < n; i++) {
-        const float a = rnd_unif(-1, 1), b = rnd_unif(-1, 1);
+        const float a = lab_unif(rng, -1, 1), b = lab_unif(rng, -1, 1);
         if (ct == QG_F16) {
             ((uint16_t *)hk)[i] = qg_f32_to_f16(a);
             ((uint16_t *)hv)[i] = qg_f32_to_f16(b);
@@ -208,9 +182,9 @@ static double check(const lab *L, const float *o) {
     return worst;
 }
 
-static void run(qg_dtype ct, int p0, int reps, int n_sm) {
+static void run(lab_rng *rng, qg_dtype ct, int p0, int reps, int n_sm) {
     const int T = 512, hd = 128, nh = 32, nkv = 4;
-    lab L = lab_new(ct, T, p0, hd, nh, nkv);
+    lab L = lab_new(rng, ct, T, p0, hd, nh, nkv);
     const int64_t Dq = (int64_t)hd * nh;
     double work = 0;
     for (int t = 0; t < T; t++) work += 4.0 * hd * nh * (L.hpos[t] + 1);
@@ -246,18 +220,14 @@ static void run(qg_dtype ct, int p0, int reps, int n_sm) {
 
 int main(int argc, char **argv) {
     const int reps = argc > 1 ? atoi(argv[1]) : 50;
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        printf("no CUDA device: nothing to measure\n");
-        return 0;
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
+    if (!lab_device(&prop)) return 0;
+    lab_rng rng = {0x5eed};
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
     printf("prefill attention, 32/4 heads, head_dim 128 (us per launch; TFLOP/s of the causal work)\n");
     printf("  %-4s %-18s %-3s %-3s %10s %9s   %s\n", "kv", "shape", "ver", "", "us", "TFLOP/s", "check");
     const qg_dtype cts[2] = {QG_F16, QG_F32};
     for (int c = 0; c < 2; c++)
-        for (int p0 = 0; p0 <= 512; p0 += 512) run(cts[c], p0, reps, prop.multiProcessorCount);
+        for (int p0 = 0; p0 <= 512; p0 += 512) run(&rng, cts[c], p0, reps, prop.multiProcessorCount);
     return 0;
 }

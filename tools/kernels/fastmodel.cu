@@ -19,28 +19,14 @@
  * router's logits keep the synth spread (std 3), so routing is decisive
  * as in the synth file.
  */
-#if defined(__cplusplus) && !defined(_Noreturn)
-#define _Noreturn [[noreturn]]
-#endif
+#include "lab_common.cuh"
 
 extern "C" {
 #include "../../frontends/qg_gguf.h"
 #include "../../frontends/qg_synth.h"
-#include "../../ops/quant/qg_quant.h"
 }
 
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <thread>
-#include <vector>
-
-static inline uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* Irwin-Hall(4) standard variate from one 64-bit word. */
 static inline float ih4(uint64_t u) {
@@ -55,10 +41,10 @@ static void gen_range(const qg_synth_tensor *t, uint64_t key, int64_t r0, int64_
     const size_t rb = qg_dtype_row_bytes(t->type, n);
     uint8_t *out = dst + (size_t)r0 * rb;
     if (t->type == QG_Q4_K || t->type == QG_Q6_K) {
-        uint64_t s = mix(key ^ (uint64_t)r0 * 0x9e3779b97f4a7c15ull);
+        uint64_t s = lab_mix(key ^ (uint64_t)r0 * 0x9e3779b97f4a7c15ull);
         for (size_t i = 0; i < (size_t)(r1 - r0) * rb; i += 8) {
             s += 0x9e3779b97f4a7c15ull;
-            const uint64_t v = mix(s);
+            const uint64_t v = lab_mix(s);
             memcpy(out + i, &v, QG_MIN((size_t)8, (size_t)(r1 - r0) * rb - i));
         }
         const int bs = qg_dtype_get((uint32_t)t->type)->type_size;
@@ -66,20 +52,14 @@ static void gen_range(const qg_synth_tensor *t, uint64_t key, int64_t r0, int64_
         const uint16_t dm = qg_f32_to_f16(7.5f * t->std / 257.0f);
         for (int64_t r = r0; r < r1; r++)
             for (int64_t b = 0; b < n / 256; b++) {
-                uint8_t *blk = dst + (size_t)r * rb + (size_t)b * bs;
-                if (t->type == QG_Q4_K) {
-                    memcpy(blk, &d, 2);
-                    memcpy(blk + 2, &dm, 2);
-                } else {
-                    memcpy(blk + 208, &d, 2);
-                }
+                lab_block_scales(t->type, dst + (size_t)r * rb + (size_t)b * bs, d, dm);
             }
         return;
     }
     std::vector<float> row((size_t)n);
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t i = 0; i < n; i++)
-            row[(size_t)i] = t->mean + t->std * ih4(mix(key + (uint64_t)(r * n + i) * 0x9e3779b97f4a7c15ull));
+            row[(size_t)i] = t->mean + t->std * ih4(lab_mix(key + (uint64_t)(r * n + i) * 0x9e3779b97f4a7c15ull));
         uint8_t *o = dst + (size_t)r * rb;
         if (t->type == QG_F32) memcpy(o, row.data(), (size_t)n * 4);
         else if (t->type == QG_F16 || t->type == QG_BF16)

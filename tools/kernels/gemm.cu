@@ -33,9 +33,7 @@
  * HBM as in a 48-layer prefill; replayed `reps` times, median per product;
  * TFLOP/s = 2 * rows * n * columns (x2 for gate + up) / time.
  */
-#if defined(__cplusplus) && !defined(_Noreturn)
-#define _Noreturn [[noreturn]]
-#endif
+#include "lab_common.cuh"
 
 #include "../../ops/cuda/qg_cuda_common.cuh"
 #include "../../ops/cuda/qg_cuda_gemm_i8.cuh"
@@ -43,56 +41,6 @@
 
 extern "C" {
 #include "../../graph/qg_graph.h"
-#include "../../ops/quant/qg_quant.h"
-}
-
-#include <algorithm>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <vector>
-
-#define CK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                 \
-                    cudaGetErrorString(e_));                                              \
-            exit(1);                                                                      \
-        }                                                                                 \
-    } while (0)
-
-static uint64_t g_rng = 0x7654321;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static float rndf(void) { return (float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f; }
-
-/* Random but valid blocks of type t for rows x n (random payload, small
- * positive f16 super-scales). */
-static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
-    const size_t rb = qg_dtype_row_bytes(t, n);
-    for (size_t i = 0; i < rb * (size_t)rows; i += 8) {
-        uint64_t v = rnd();
-        memcpy(p + i, &v, QG_MIN((size_t)8, rb * (size_t)rows - i));
-    }
-    const int bs = qg_dtype_get((uint32_t)t)->type_size;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t b = 0; b < n / 256; b++) {
-            uint8_t *blk = p + r * rb + b * bs;
-            const uint16_t d = qg_f32_to_f16(1e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
-            const uint16_t m = qg_f32_to_f16(5e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
-            if (t == QG_Q4_K) {
-                memcpy(blk, &d, 2);
-                memcpy(blk + 2, &m, 2);
-            } else if (t == QG_Q6_K) {
-                memcpy(blk + 208, &d, 2);
-            }
-        }
 }
 
 /* One product shape. */
@@ -273,15 +221,9 @@ static bool check(const shape &s, int T, const uint8_t *hw, const uint8_t *hw2, 
                 if (s.dual) qg_dequant_row_f64(s.t, hw2 + eo + (size_t)r * rb, wr2.data(), s.n);
             }
             const float *xv = hx + (size_t)xc * s.n;
-            double a = 0, am = 0, b = 0, bm = 0;
-            for (int i = 0; i < s.n; i++) {
-                a += wr[i] * xv[i];
-                am += fabs(wr[i] * xv[i]);
-                if (s.dual) {
-                    b += wr2[i] * xv[i];
-                    bm += fabs(wr2[i] * xv[i]);
-                }
-            }
+            double am, bm = 0;
+            const double a = lab_dot_f64(wr.data(), xv, s.n, &am);
+            const double b = s.dual ? lab_dot_f64(wr2.data(), xv, s.n, &bm) : 0;
             double ref = a, tol = 1e-5 * am + 1e-6;
             if (s.dual) {
                 /* |d silu(a)/da| <= 1.1: tol(silu(a) * b) from those of a, b */
@@ -301,7 +243,7 @@ static bool check(const shape &s, int T, const uint8_t *hw, const uint8_t *hw2, 
     return true;
 }
 
-static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
+static void run_shape(lab_rng *rng, const shape &s, int reps, const qg_cuda_opts &o) {
     const int T = s.grouped ? s.grouped : s.T;
     const size_t rb = qg_dtype_row_bytes(s.t, s.n);
     const int X = s.grouped ? LAB_X : 1;
@@ -311,8 +253,8 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
                                  : (int)QG_MAX((size_t)1, ((size_t)512 << 20) / (mat * nmat));
     /* host weights: one copy (grouped: all experts) */
     std::vector<uint8_t> hw(mat * nmat);
-    fill_blocks(s.t, hw.data(), (int64_t)s.m * X, s.n);
-    if (s.dual) fill_blocks(s.t, hw.data() + mat, (int64_t)s.m * X, s.n);
+    lab_fill_blocks(rng, s.t, hw.data(), (int64_t)s.m * X, s.n);
+    if (s.dual) lab_fill_blocks(rng, s.t, hw.data() + mat, (int64_t)s.m * X, s.n);
     uint8_t *W;
     const int dcopies = s.grouped ? 1 : copies;
     CK(cudaMalloc(&W, mat * nmat * dcopies));
@@ -321,14 +263,14 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
     const int xcols = s.grouped && s.down ? T * LAB_K : T;
     const int ycols = s.grouped ? T * LAB_K : T;
     std::vector<float> hx((size_t)xcols * s.n), hy((size_t)ycols * s.m), hadd;
-    for (float &v : hx) v = rndf();
+    for (float &v : hx) v = lab_rndf(rng);
     float *x, *y, *add = nullptr;
     CK(cudaMalloc(&x, sizeof(float) * hx.size()));
     CK(cudaMalloc(&y, sizeof(float) * hy.size()));
     CK(cudaMemcpy(x, hx.data(), sizeof(float) * hx.size(), cudaMemcpyHostToDevice));
     if (s.add) {
         hadd.resize(hy.size());
-        for (float &v : hadd) v = rndf();
+        for (float &v : hadd) v = lab_rndf(rng);
         CK(cudaMalloc(&add, sizeof(float) * hadd.size()));
         CK(cudaMemcpy(add, hadd.data(), sizeof(float) * hadd.size(), cudaMemcpyHostToDevice));
     }
@@ -347,37 +289,11 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
         CK(cudaMemcpy(hy.data(), y, sizeof(float) * hy.size(), cudaMemcpyDeviceToHost));
         const bool ok = check(s, T, hw.data(), hw.data() + mat, hx.data(), s.add ? hadd.data() : nullptr,
                               hy.data(), name);
-        cudaStream_t st;
-        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        cudaGraph_t gr;
-        cudaGraphExec_t ge;
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < copies; i++)
-            CK(launch(v, s, c, o, wp(i), wp(i) + mat, x, y, add, s.grouped ? &L[i] : nullptr, st));
-        CK(cudaStreamEndCapture(st, &gr));
-        CK(cudaGraphInstantiate(&ge, gr, 0));
-        CK(cudaGraphLaunch(ge, st));
-        CK(cudaStreamSynchronize(st));
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        std::vector<float> t(reps);
-        for (int r = 0; r < reps; r++) {
-            CK(cudaEventRecord(e0, st));
-            CK(cudaGraphLaunch(ge, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&t[r], e0, e1));
-        }
-        std::sort(t.begin(), t.end());
-        const double us = t[reps / 2] * 1e3 / copies;
+        const double us = lab_graph_us(copies, reps, true, [&](int i, cudaStream_t st) {
+            return launch(v, s, c, o, wp(i), wp(i) + mat, x, y, add, s.grouped ? &L[i] : nullptr, st);
+        });
         printf("  %-34s %-5s %-3s %10.2f %9.1f  %s\n", s.what, qg_dtype_name(s.t), name, us,
                flop / us / 1e6, ok ? "ok" : "WRONG");
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(gr);
-        cudaStreamDestroy(st);
     }
     for (lists &l : L) {
         cudaFree(l.tiles);
@@ -392,7 +308,7 @@ static void run_shape(const shape &s, int reps, const qg_cuda_opts &o) {
 
 /* q (Q4_K 2048 -> 4096), k (Q4_K -> 512), v (Q6_K -> 512) over 512 tokens:
  * v1 three f16 products, v2..v5 one integer grid of variant v - 2. */
-static void run_qkv(int reps, const qg_cuda_opts &o) {
+static void run_qkv(lab_rng *rng, int reps, const qg_cuda_opts &o) {
     const int n = 2048, T = 512, ms[3] = {4096, 512, 512};
     const qg_dtype ts[3] = {QG_Q4_K, QG_Q4_K, QG_Q6_K};
     size_t off[4] = {0, 0, 0, 0};
@@ -400,12 +316,12 @@ static void run_qkv(int reps, const qg_cuda_opts &o) {
     const size_t set = off[3];
     const int copies = (int)QG_MAX((size_t)1, ((size_t)512 << 20) / set);
     std::vector<uint8_t> hw(set);
-    for (int i = 0; i < 3; i++) fill_blocks(ts[i], hw.data() + off[i], ms[i], n);
+    for (int i = 0; i < 3; i++) lab_fill_blocks(rng, ts[i], hw.data() + off[i], ms[i], n);
     uint8_t *W;
     CK(cudaMalloc(&W, set * copies));
     for (int i = 0; i < copies; i++) CK(cudaMemcpy(W + i * set, hw.data(), set, cudaMemcpyHostToDevice));
     std::vector<float> hx((size_t)T * n);
-    for (float &v : hx) v = rndf();
+    for (float &v : hx) v = lab_rndf(rng);
     float *x, *y[3];
     CK(cudaMalloc(&x, sizeof(float) * hx.size()));
     CK(cudaMemcpy(x, hx.data(), sizeof(float) * hx.size(), cudaMemcpyHostToDevice));
@@ -456,36 +372,10 @@ static void run_qkv(int reps, const qg_cuda_opts &o) {
             const shape si = {"qkv", ts[i], n, ms[i], false, false, 0, T, false};
             ok = check(si, T, hw.data() + off[i], nullptr, hx.data(), nullptr, hy.data(), name);
         }
-        cudaStream_t st;
-        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        cudaGraph_t gr;
-        cudaGraphExec_t ge;
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < copies; i++) CK(enqueue(v, i, st));
-        CK(cudaStreamEndCapture(st, &gr));
-        CK(cudaGraphInstantiate(&ge, gr, 0));
-        CK(cudaGraphLaunch(ge, st));
-        CK(cudaStreamSynchronize(st));
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        std::vector<float> t(reps);
-        for (int r = 0; r < reps; r++) {
-            CK(cudaEventRecord(e0, st));
-            CK(cudaGraphLaunch(ge, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&t[r], e0, e1));
-        }
-        std::sort(t.begin(), t.end());
-        const double us = t[reps / 2] * 1e3 / copies;
+        const double us =
+            lab_graph_us(copies, reps, true, [&](int i, cudaStream_t st) { return enqueue(v, i, st); });
         printf("  %-34s %-5s %-3s %10.2f %9.1f  %s\n", "qkv one launch q+k+v, 512 tok", "mixed", name, us,
                flop / us / 1e6, ok ? "ok" : "WRONG");
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(gr);
-        cudaStreamDestroy(st);
     }
     ctx_free(c);
     cudaFree(W);
@@ -495,13 +385,9 @@ static void run_qkv(int reps, const qg_cuda_opts &o) {
 
 int main(int argc, char **argv) {
     const int reps = argc > 1 ? atoi(argv[1]) : 21;
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        printf("no CUDA device: nothing to measure\n");
-        return 0;
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
+    if (!lab_device(&prop)) return 0;
+    lab_rng rng = {0x7654321};
     printf("device: %s, %d SMs, L2 %.0f MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
     CK(qg_cu_gemm_prepare());
     qg_cuda_opts o = {};
@@ -522,8 +408,8 @@ int main(int argc, char **argv) {
         {"down 768->2048 x8, 64 tok/exp", QG_Q4_K, 768, 2048, false, false, 64, 0, true},
     };
     printf("  %-34s %-5s %-3s %10s %9s  %s\n", "shape", "type", "ver", "us", "TFLOP/s", "check");
-    for (int i = 0; i < 3; i++) run_shape(shapes[i], reps, o);
-    run_qkv(reps, o);
-    for (size_t i = 3; i < sizeof shapes / sizeof shapes[0]; i++) run_shape(shapes[i], reps, o);
+    for (int i = 0; i < 3; i++) run_shape(&rng, shapes[i], reps, o);
+    run_qkv(&rng, reps, o);
+    for (size_t i = 3; i < sizeof shapes / sizeof shapes[0]; i++) run_shape(&rng, shapes[i], reps, o);
     return 0;
 }

@@ -29,9 +29,7 @@
  * the node must read.
  * Prints one table; results go to docs/BENCHMARKS.md by hand.
  */
-#if defined(__cplusplus) && !defined(_Noreturn)
-#define _Noreturn [[noreturn]]
-#endif
+#include "lab_common.cuh"
 
 #include "../../ops/cuda/qg_cuda_common.cuh"
 #include "../../ops/cuda/qg_cuda_i8_ops.cuh"
@@ -39,53 +37,6 @@
 extern "C" {
 #include "../../exec/qg_exec.h"
 #include "../../graph/qg_sched.h"
-#include "../../ops/quant/qg_quant.h"
-}
-
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                 \
-                    cudaGetErrorString(e_));                                              \
-            exit(1);                                                                      \
-        }                                                                                 \
-    } while (0)
-
-static uint64_t g_rng = 0x1234567;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Random but valid blocks of type t for rows x n: random payload bits,
- * small positive f16 super-scales. */
-static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
-    const size_t rb = qg_dtype_row_bytes(t, n);
-    for (size_t i = 0; i < rb * (size_t)rows; i += 8) {
-        uint64_t v = rnd();
-        memcpy(p + i, &v, QG_MIN((size_t)8, rb * (size_t)rows - i));
-    }
-    const int bs = qg_dtype_get((uint32_t)t)->type_size;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t b = 0; b < n / 256; b++) {
-            uint8_t *blk = p + r * rb + b * bs;
-            const uint16_t d = qg_f32_to_f16(1e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
-            const uint16_t m = qg_f32_to_f16(5e-3f * (1.0f + (rnd() % 1000) / 1000.0f));
-            if (t == QG_Q4_K) {
-                memcpy(blk, &d, 2);
-                memcpy(blk + 2, &m, 2);
-            } else if (t == QG_Q6_K) {
-                memcpy(blk + 208, &d, 2);
-            }
-        }
 }
 
 /* ---- Part B: matvec versions ----------------------------------------- */
@@ -237,33 +188,14 @@ static void launch_version(const version &v, const uint8_t *W, size_t rb, int n,
     CK(qg_i8_mv(&l, &mat, 1, n, x, false, nullptr));
 }
 
+/* Seconds per y = W x of version v: a CUDA Graph of `copies` launches over
+ * the rotating copies of the matrix, replayed back to back `reps` times. */
 static double bench_kernel(const version &v, const uint8_t *W, size_t mat_bytes, int copies,
                            size_t rb, int n, int m, const float *x, float *y, int reps, int n_sm) {
-    cudaStream_t st;
-    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaGraph_t gr;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < copies; i++) launch_version(v, W + i * mat_bytes, rb, n, m, x, y, n_sm, st);
-    CK(cudaStreamEndCapture(st, &gr));
-    CK(cudaGraphInstantiate(&ge, gr, 0));
-    CK(cudaGraphLaunch(ge, st));
-    CK(cudaStreamSynchronize(st));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaEventRecord(a, st));
-    for (int r = 0; r < reps; r++) CK(cudaGraphLaunch(ge, st));
-    CK(cudaEventRecord(b, st));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    cudaGraphExecDestroy(ge);
-    cudaGraphDestroy(gr);
-    cudaStreamDestroy(st);
-    return ms / 1e3 / (reps * copies); /* seconds per matvec */
+    return lab_graph_us(copies, reps, false, [&](int i, cudaStream_t st) {
+               launch_version(v, W + i * mat_bytes, rb, n, m, x, y, n_sm, st);
+               return cudaSuccess;
+           }) / 1e6;
 }
 
 /* Check y against float64: the first `rows` rows of matrix copy 0 and
@@ -275,11 +207,8 @@ static bool check_rows(qg_dtype t, const uint8_t *hw, size_t rb, int n, int m, c
     for (int k = 0; k < 2 * rows && ok; k++) {
         const int r = k < rows ? k : (int)(((int64_t)(k - rows) * m) / rows + (k * 7) % 16) % m;
         qg_dequant_row_f64(t, hw + r * rb, w, n);
-        double s = 0, a = 0;
-        for (int i = 0; i < n; i++) {
-            s += w[i] * hx[i];
-            a += fabs(w[i] * hx[i]);
-        }
+        double a;
+        const double s = lab_dot_f64(w, hx, n, &a);
         if (!(fabs(y[r] - s) <= 1e-5 * a + 1e-6)) {
             printf("  %s: row %d = %.9g, reference %.9g (tolerance %.3g): WRONG\n", name, r, y[r], s,
                    1e-5 * a + 1e-6);
@@ -290,7 +219,7 @@ static bool check_rows(qg_dtype t, const uint8_t *hw, size_t rb, int n, int m, c
     return ok;
 }
 
-static void part_b(int reps, int n_sm, double bw_copy) {
+static void part_b(lab_rng *rng, int reps, int n_sm, double bw_copy) {
     struct shape {
         const char *what;
         qg_dtype t;
@@ -312,12 +241,12 @@ static void part_b(int reps, int n_sm, double bw_copy) {
         const size_t rb = qg_dtype_row_bytes(s.t, s.n), mat = qg_align_up(rb * s.m, 256);
         const int copies = (int)QG_MAX((size_t)1, ((size_t)1 << 30) / mat);
         uint8_t *hw = (uint8_t *)malloc(mat);
-        fill_blocks(s.t, hw, s.m, s.n);
+        lab_fill_blocks(rng, s.t, hw, s.m, s.n);
         uint8_t *W;
         CK(cudaMalloc(&W, mat * copies));
         for (int i = 0; i < copies; i++) CK(cudaMemcpy(W + i * mat, hw, mat, cudaMemcpyHostToDevice));
         float *hx = (float *)malloc(sizeof(float) * s.n), *hy = (float *)malloc(sizeof(float) * s.m);
-        for (int i = 0; i < s.n; i++) hx[i] = (float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f;
+        for (int i = 0; i < s.n; i++) hx[i] = lab_rndf(rng);
         float *x, *y;
         CK(cudaMalloc(&x, sizeof(float) * s.n));
         CK(cudaMalloc(&y, sizeof(float) * s.m));
@@ -362,6 +291,7 @@ static void part_b(int reps, int n_sm, double bw_copy) {
 /* ---- Part C: the product's decode nodes through the executor --------- */
 
 struct lab_graph {
+    lab_rng *rng; /* the random inputs' stream */
     qg_graph *g;
     void *host[64];
     int n;
@@ -376,14 +306,14 @@ static int lg_tensor(lab_graph *f, const char *name, qg_dtype t, qg_role role, i
     memset(f->host[id], 0, nb);
     if (fill) {
         if (t == QG_Q4_K || t == QG_Q6_K) {
-            fill_blocks(t, (uint8_t *)f->host[id], qg_tensor_nelem(&f->g->tensors[id]) / e0, e0);
+            lab_fill_blocks(f->rng, t, (uint8_t *)f->host[id], qg_tensor_nelem(&f->g->tensors[id]) / e0, e0);
         } else if (t == QG_F32) {
             float *p = (float *)f->host[id];
-            for (size_t i = 0; i < nb / 4; i++) p[i] = (float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f;
+            for (size_t i = 0; i < nb / 4; i++) p[i] = lab_rndf(f->rng);
         } else if (t == QG_F16) {
             uint16_t *p = (uint16_t *)f->host[id];
             for (size_t i = 0; i < nb / 2; i++)
-                p[i] = qg_f32_to_f16((float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f);
+                p[i] = qg_f32_to_f16(lab_rndf(f->rng));
         }
     }
     if (role == QG_ROLE_WEIGHT) f->g->tensors[id].data = f->host[id];
@@ -391,7 +321,7 @@ static int lg_tensor(lab_graph *f, const char *name, qg_dtype t, qg_role role, i
     return id;
 }
 
-static void part_c(int reps, double bw_copy) {
+static void part_c(lab_rng *rng, int reps, double bw_copy) {
     printf("\nPart C: product decode nodes through the CUDA executor (events per node)\n");
     qg_exec ex;
     qg_error err = {};
@@ -405,6 +335,7 @@ static void part_c(int reps, double bw_copy) {
     const int E = 2048, F = 768, X = 128, K = 8, L = 4, C = 4096, hd = 128, nh = 32, nkv = 4, V = 151936;
     lab_graph f;
     memset(&f, 0, sizeof f);
+    f.rng = rng;
     f.g = qg_graph_new(QG_PHASE_DECODE, 1, C);
     const int64_t sn = QG_STEP_N, one = 1;
     f.g->t_step = qg_graph_add_tensor(f.g, "step", QG_I32, QG_ROLE_INPUT, -1, 1, &sn, NULL);
@@ -466,7 +397,7 @@ static void part_c(int reps, double bw_copy) {
     for (int r = 0; r <= reps; r++) {
         /* fresh x each rep: new expert choices */
         float *hx = (float *)f.host[x];
-        for (int i = 0; i < E; i++) hx[i] = (float)((int64_t)(rnd() % 2001) - 1000) / 1000.0f;
+        for (int i = 0; i < E; i++) hx[i] = lab_rndf(rng);
         ex.i->tensor_set(ex.self, f.g, x, hx, 0, sizeof(float) * E, &err);
         qg_profile_reset(prof);
         if (ex.i->run(ex.self, f.g, 0, step, prof, &err)) {
@@ -507,13 +438,9 @@ static void part_c(int reps, double bw_copy) {
 
 int main(int argc, char **argv) {
     const int reps = argc > 1 ? atoi(argv[1]) : 20;
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        printf("no CUDA device: nothing to measure\n");
-        return 0;
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
+    if (!lab_device(&prop)) return 0;
+    lab_rng rng = {0x1234567};
     printf("device: %s, %d SMs, %.1f GiB, L2 %.0f MB\n", prop.name, prop.multiProcessorCount,
            prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1e6);
     /* Part A */
@@ -536,7 +463,7 @@ int main(int argc, char **argv) {
     printf("Part A: device-to-device copy %.1f GB/s (read + write, 2 GiB x 10)\n", bw);
     cudaFree(a);
     cudaFree(b);
-    part_b(reps, prop.multiProcessorCount, bw);
-    part_c(reps, bw);
+    part_b(&rng, reps, prop.multiProcessorCount, bw);
+    part_c(&rng, reps, bw);
     return 0;
 }
