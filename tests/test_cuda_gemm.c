@@ -34,6 +34,10 @@
  * slope is below 1.1); the aggregate's sum_k wts_k y_k: sum_k |wts_k|
  * tol_k + 1e-6 (1 + sum_k |wts_k y_k|).
  *
+ * Fixtures (random valid weight blocks, poisoned outputs, the executor
+ * step and its check of the bytes past the live tokens) are the shared
+ * harness of tests/ref/qg_optest.h.
+ *
  * Without CUDA, or without a device, every test is skipped with a message.
  */
 #include <setjmp.h>
@@ -44,11 +48,12 @@
 
 #include <stdio.h>
 
+#include "qg_optest.h"
+
 #ifdef QG_HAVE_CUDA
 
 #include "exec/qg_exec.h"
 #include "graph/qg_graph.h"
-#include "graph/qg_sched.h"
 #include "ops/quant/qg_quant.h"
 
 #include <math.h>
@@ -57,18 +62,14 @@
 
 static bool g_have_device;
 
-#define NEED_DEVICE()                                                         \
-    do {                                                                      \
-        if (!g_have_device) {                                                 \
-            printf("no CUDA device: skipped\n");                              \
-            skip();                                                           \
-        }                                                                     \
-    } while (0)
-
 /* The integer kernel variants each case runs under (NULL: the product's
  * default). */
 static const char *const k_variants[] = {NULL, "0", "2", "3"};
 #define N_VARIANTS ((int)(sizeof k_variants / sizeof k_variants[0]))
+
+/* Each test's random stream per variant: qg_optest_rng_for(test, variant,
+ * SALT). */
+#define SALT 0x5eed1234u
 
 /* Select variant v for the products compiled from now on. */
 static void set_variant(int v) {
@@ -83,147 +84,30 @@ static void set_variant(int v) {
     printf("integer kernel variant: %s\n", s ? s : "default");
 }
 
-/* ---- random data -------------------------------------------------------- */
+/* ---- graphs on the CUDA executor (tests/ref/qg_optest.h) ------------------ */
 
-static uint64_t g_rng = 0x5eed1234u;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-/* uniform in [-1, 1] */
-static float rndf(void) { return (float)((double)(rnd() >> 11) * 0x1p-52 - 1.0); }
-
-/* Random valid blocks of type t (Q4_K / Q6_K) for rows x n: random payload
- * bits, positive f16 super-scales of 1e-3..2e-3 (d) and 5e-3..1e-2 (dmin). */
-static void fill_blocks(qg_dtype t, uint8_t *p, int64_t rows, int64_t n) {
-    /* random payload bits; the scales (Q4_K d, dmin; Q6_K d; Q8_0 d) set to
-     * small positive values so no block is Inf or NaN */
-    const size_t rb = qg_dtype_row_bytes(t, n), nb = rb * (size_t)rows;
-    for (size_t i = 0; i < nb; i++) p[i] = (uint8_t)rnd();
-    const size_t bs = qg_dtype_get((uint32_t)t)->type_size;
-    if (t == QG_Q8_0) { /* 32-element blocks, the f16 scale first */
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t b = 0; b < n / 32; b++) {
-                const uint16_t d = qg_f32_to_f16(1e-2f * (1.0f + (float)(rnd() % 1000) / 1000.0f));
-                memcpy(p + (size_t)r * rb + (size_t)b * bs, &d, 2);
-            }
-        return;
-    }
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t b = 0; b < n / 256; b++) {
-            uint8_t *blk = p + (size_t)r * rb + (size_t)b * bs;
-            const uint16_t d = qg_f32_to_f16(1e-3f * (1.0f + (float)(rnd() % 1000) / 1000.0f));
-            const uint16_t m = qg_f32_to_f16(5e-3f * (1.0f + (float)(rnd() % 1000) / 1000.0f));
-            if (t == QG_Q4_K) {
-                memcpy(blk, &d, 2);
-                memcpy(blk + 2, &m, 2);
-            } else {
-                memcpy(blk + 208, &d, 2);
-            }
-        }
+/* A prefill graph of n_tok_max tokens and a fresh CUDA executor *ex made
+ * with QG_CUDA_F32_PREFILL and QG_CUDA_I8 unset (the integer products, not
+ * forced onto another path); compile the graph with
+ * qg_optest_compile_alone, free both with fx_free. */
+static qg_optest_fx fx_new(qg_exec *ex, int n_tok_max) {
+    const char *const env[] = {"QG_CUDA_F32_PREFILL", NULL, "QG_CUDA_I8", NULL, NULL};
+    *ex = qg_optest_exec_new(qg_exec_cuda_new, "qg_exec_cuda_new", env);
+    return qg_optest_fx_new(QG_PHASE_PREFILL, n_tok_max, 4096, true);
 }
 
-/* ---- graphs on the CUDA executor ---------------------------------------- */
-
-#define MAX_T 16
-
-typedef struct fx {
-    qg_graph *g;
-    qg_exec ex;
-    void *host[MAX_T]; /* host data of every tensor (weights: uploaded) */
-    int n;
-} fx;
-
-static void fx_init(fx *f, int n_tok_max) {
-    memset(f, 0, sizeof *f);
-    qg_exec_opts o = {.n_threads = 1, .device = 0};
-    qg_error err = {0};
-    unsetenv("QG_CUDA_F32_PREFILL");
-    unsetenv("QG_CUDA_I8");
-    if (qg_exec_cuda_new(&o, &f->ex, &err)) fail_msg("qg_exec_cuda_new: %s", err.msg);
-    f->g = qg_graph_new(QG_PHASE_PREFILL, n_tok_max, 4096);
-    const int64_t sn = QG_STEP_N;
-    f->g->t_step = qg_graph_add_tensor(f->g, "step", QG_I32, QG_ROLE_INPUT, -1, 1, &sn, NULL);
-    f->host[f->g->t_step] = calloc(QG_STEP_N, sizeof(int32_t));
-    f->n = f->g->t_step + 1;
+static void fx_free(qg_optest_fx *f, qg_exec *ex) {
+    qg_optest_fx_free(f);
+    ex->i->free(ex->self);
 }
 
-/* Add a tensor of shape (a, b, c); weights get random blocks now. */
-static int fx_tensor(fx *f, const char *name, qg_dtype t, qg_role role, int64_t a, int64_t b,
-                     int64_t c) {
-    const int64_t ne[3] = {a, b, c};
+/* A tensor of shape (a, b, c) (3 dims when c > 1); weights get random
+ * valid blocks now. */
+static int fx_tensor(qg_optest_fx *f, qg_test_rng *r, const char *name, qg_dtype t, qg_role role,
+                     int64_t a, int64_t b, int64_t c) {
     const int nd = c > 1 ? 3 : 2;
-    const int id = qg_graph_add_tensor(f->g, name, t, role, 0, nd, ne, NULL);
-    assert_true(id < MAX_T);
-    const size_t nb = f->g->tensors[id].nbytes;
-    f->host[id] = calloc(nb ? nb : 1, 1);
-    assert_non_null(f->host[id]);
-    if (role == QG_ROLE_WEIGHT) {
-        fill_blocks(t, f->host[id], b * c, a);
-        f->g->tensors[id].data = f->host[id];
-    }
-    f->n = id + 1;
-    return id;
-}
-
-static void fx_compile(fx *f) {
-    qg_error err = {0};
-    qg_place_opts po = {1, &f->ex, 0, 0};
-    if (qg_graph_schedule(f->g, false, &po, &err)) fail_msg("schedule: %s", err.msg);
-    for (int i = 0; i < f->g->n_nodes; i++) assert_int_equal(f->g->nodes[i].exec, 0);
-    assert_int_equal(f->g->n_parts, 1);
-    if (f->ex.i->kv_alloc(f->ex.self, f->g->kv_bytes[0], &err) ||
-        f->ex.i->compile(f->ex.self, f->g, 0, &err))
-        fail_msg("compile: %s", err.msg);
-}
-
-static void fx_free(fx *f) {
-    f->ex.i->release(f->ex.self, f->g);
-    f->ex.i->free(f->ex.self);
-    for (int i = 0; i < f->n; i++) free(f->host[i]);
-    qg_graph_free(f->g);
-}
-
-static void fx_set(fx *f, int id) {
-    qg_error err = {0};
-    if (f->ex.i->tensor_set(f->ex.self, f->g, id, f->host[id], 0, f->g->tensors[id].nbytes, &err))
-        fail_msg("set %s: %s", f->g->tensors[id].name, err.msg);
-}
-
-/* Poison the outputs, upload the inputs (host[] already filled), run with
- * n_tok live tokens, download the outputs. */
-static void fx_run(fx *f, const int *outs, int n_outs, int n_tok) {
-    qg_error err = {0};
-    for (int k = 0; k < n_outs; k++) {
-        const qg_tensor *t = &f->g->tensors[outs[k]];
-        void *p = malloc(t->nbytes);
-        memset(p, 0xFF, t->nbytes);
-        if (f->ex.i->tensor_set(f->ex.self, f->g, outs[k], p, 0, t->nbytes, &err))
-            fail_msg("poison %s: %s", t->name, err.msg);
-        free(p);
-    }
-    int32_t *step = f->host[f->g->t_step];
-    step[QG_STEP_N_TOK] = n_tok;
-    step[QG_STEP_N_KV] = n_tok;
-    for (int i = 0; i < f->n; i++)
-        if (f->g->tensors[i].role == QG_ROLE_INPUT && f->g->tensors[i].exec == 0) fx_set(f, i);
-    if (f->ex.i->run(f->ex.self, f->g, 0, step, NULL, &err) || f->ex.i->sync(f->ex.self, &err))
-        fail_msg("run: %s", err.msg);
-    for (int k = 0; k < n_outs; k++) {
-        const qg_tensor *t = &f->g->tensors[outs[k]];
-        if (f->ex.i->tensor_get(f->ex.self, f->g, outs[k], f->host[outs[k]], 0, t->nbytes, &err))
-            fail_msg("get %s: %s", t->name, err.msg);
-    }
-}
-
-/* Fill input id with uniform [-1, 1] values (live and dead columns: dead
- * columns hold NaN so that reading them shows). */
-static void fx_fill_x(fx *f, int id, int64_t live_floats) {
-    float *p = f->host[id];
-    const size_t n = f->g->tensors[id].nbytes / sizeof(float);
-    for (size_t i = 0; i < n; i++) p[i] = (int64_t)i < live_floats ? rndf() : NAN;
+    if (role == QG_ROLE_WEIGHT) return qg_optest_add_blocks(f, name, t, nd, a, b, c, r);
+    return qg_optest_add_tensor(f, name, t, role, nd, a, b, c);
 }
 
 /* ---- references ----------------------------------------------------------- */
@@ -264,16 +148,8 @@ static double silu(double v) { return v / (1.0 + exp(-v)); }
         }                                                                                     \
     } while (0)
 
-/* Bytes past the live columns still hold the poison. */
-static void expect_poison(const fx *f, int id, size_t live_bytes) {
-    const qg_tensor *t = &f->g->tensors[id];
-    const uint8_t *p = f->host[id];
-    for (size_t i = live_bytes; i < t->nbytes; i++)
-        if (p[i] != 0xFF) fail_msg("%s: byte %zu past the live tokens was written", t->name, i);
-}
-
 /* Dequantized rows of weight id: (ne1 * ne2, ne0) doubles. */
-static double *deq(const fx *f, int id) {
+static double *deq(const qg_optest_fx *f, int id) {
     const qg_tensor *t = &f->g->tensors[id];
     const int64_t rows = t->ne[1] * t->ne[2], n = t->ne[0];
     const size_t rb = qg_dtype_row_bytes(t->type, n);
@@ -286,29 +162,34 @@ static double *deq(const fx *f, int id) {
 
 /* ---- dense matmul (optionally + residual) ----------------------------------- */
 
-static void matmul_case(qg_dtype t, int n, int m, int T, const int *live, int n_live, bool add) {
-    fx f;
-    fx_init(&f, T);
-    const int w = fx_tensor(&f, "w", t, QG_ROLE_WEIGHT, n, m, 1);
-    const int x = fx_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
-    const int y = fx_tensor(&f, "y", QG_F32, add ? QG_ROLE_ACT : QG_ROLE_OUTPUT, m, T, 1);
+static void matmul_case(qg_test_rng *rg, qg_dtype t, int n, int m, int T, const int *live, int n_live,
+                        bool add) {
+    qg_exec ex;
+    qg_optest_fx f = fx_new(&ex, T);
+    const int w = fx_tensor(&f, rg, "w", t, QG_ROLE_WEIGHT, n, m, 1);
+    const int x = fx_tensor(&f, rg, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
+    const int y = fx_tensor(&f, rg, "y", QG_F32, add ? QG_ROLE_ACT : QG_ROLE_OUTPUT, m, T, 1);
     const int in[2] = {w, x};
     qg_op_params p = {0};
     qg_graph_add_node(f.g, QG_OP_MATMUL, "matmul", 0, in, 2, &y, 1, &p);
     int out = y, r = -1;
     if (add) {
-        r = fx_tensor(&f, "r", QG_F32, QG_ROLE_INPUT, m, T, 1);
-        out = fx_tensor(&f, "out", QG_F32, QG_ROLE_OUTPUT, m, T, 1);
+        r = fx_tensor(&f, rg, "r", QG_F32, QG_ROLE_INPUT, m, T, 1);
+        out = fx_tensor(&f, rg, "out", QG_F32, QG_ROLE_OUTPUT, m, T, 1);
         const int ain[2] = {r, y};
         qg_graph_add_node(f.g, QG_OP_ADD, "add", 0, ain, 2, &out, 1, &p);
     }
-    fx_compile(&f);
+    qg_optest_compile_alone(&f, &ex);
     double *wd = deq(&f, w);
     for (int k = 0; k < n_live; k++) {
         const int nt = live[k];
-        fx_fill_x(&f, x, (int64_t)n * nt);
-        if (add) fx_fill_x(&f, r, (int64_t)m * nt);
-        fx_run(&f, &out, 1, nt);
+        char label[96];
+        snprintf(label, sizeof label, "matmul %s n %d m %d live %d%s", qg_dtype_name(t), n, m, nt,
+                 add ? " +add" : "");
+        qg_optest_fill_act(&f, x, nt, rg, -1, 1);
+        if (add) qg_optest_fill_act(&f, r, nt, rg, -1, 1);
+        /* out poisoned; after the step, bytes past the live tokens untouched */
+        qg_optest_step(&f, &ex, (int[]){x, r}, add ? 2 : 1, &out, 1, nt, nt, label);
         const float *xv = f.host[x], *yv = f.host[out], *rv = add ? f.host[r] : NULL;
         for (int c = 0; c < nt; c++)
             for (int i = 0; i < m; i++) {
@@ -319,25 +200,25 @@ static void matmul_case(qg_dtype t, int n, int m, int T, const int *live, int n_
                        "matmul %s n %d m %d live %d%s: y[%d, %d]", qg_dtype_name(t), n, m, nt,
                        add ? " +add" : "", i, c);
             }
-        expect_poison(&f, out, sizeof(float) * (size_t)m * nt);
     }
     free(wd);
-    fx_free(&f);
+    fx_free(&f, &ex);
 }
 
 static void test_matmul(void **state) {
     (void)state;
-    NEED_DEVICE();
+    qg_optest_need_exec(g_have_device, "CUDA");
     const int live512[] = {512, 1, 3, 17, 64};
     const int live64[] = {64, 17, 3, 1};
     for (int v = 0; v < N_VARIANTS; v++) {
         set_variant(v);
-        matmul_case(QG_Q4_K, 768, 200, 512, live512, 5, false); /* 200 rows: partial tile */
-        matmul_case(QG_Q6_K, 512, 100, 64, live64, 4, false);
-        matmul_case(QG_Q6_K, 768, 130, 64, live64, 2, false); /* 630-byte rows */
-        matmul_case(QG_Q4_K, 256, 16, 64, live64, 2, false);
-        matmul_case(QG_Q6_K, 1024, 40, 64, live64 + 1, 2, true); /* residual epilogue */
-        matmul_case(QG_Q4_K, 512, 72, 64, live64, 2, true);
+        qg_test_rng r = qg_optest_rng_for(1, v, SALT);
+        matmul_case(&r, QG_Q4_K, 768, 200, 512, live512, 5, false); /* 200 rows: partial tile */
+        matmul_case(&r, QG_Q6_K, 512, 100, 64, live64, 4, false);
+        matmul_case(&r, QG_Q6_K, 768, 130, 64, live64, 2, false); /* 630-byte rows */
+        matmul_case(&r, QG_Q4_K, 256, 16, 64, live64, 2, false);
+        matmul_case(&r, QG_Q6_K, 1024, 40, 64, live64 + 1, 2, true); /* residual epilogue */
+        matmul_case(&r, QG_Q4_K, 512, 72, 64, live64, 2, true);
     }
     set_variant(0);
 }
@@ -346,21 +227,24 @@ static void test_matmul(void **state) {
 
 /* qkv node over x (n, T): three matrices of types ts, rows ms, in one grid;
  * runs with T and then live1 tokens. */
-static void qkv_case(int n, const int ms[3], const qg_dtype ts[3], int T, int live1) {
-    fx f;
-    fx_init(&f, T);
-    const int x = fx_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
+static void qkv_case(qg_test_rng *rg, int n, const int ms[3], const qg_dtype ts[3], int T, int live1) {
+    qg_exec ex;
+    qg_optest_fx f = fx_new(&ex, T);
+    const int x = fx_tensor(&f, rg, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
     int w[3], y[3], in[4] = {x, 0, 0, 0};
-    for (int i = 0; i < 3; i++) w[i] = in[1 + i] = fx_tensor(&f, "w", ts[i], QG_ROLE_WEIGHT, n, ms[i], 1);
-    for (int i = 0; i < 3; i++) y[i] = fx_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, ms[i], T, 1);
+    for (int i = 0; i < 3; i++) w[i] = in[1 + i] = fx_tensor(&f, rg, "w", ts[i], QG_ROLE_WEIGHT, n, ms[i], 1);
+    for (int i = 0; i < 3; i++) y[i] = fx_tensor(&f, rg, "y", QG_F32, QG_ROLE_OUTPUT, ms[i], T, 1);
     qg_op_params p = {0};
     qg_graph_add_node(f.g, QG_OP_QKV, "qkv", 0, in, 4, y, 3, &p);
-    fx_compile(&f);
+    qg_optest_compile_alone(&f, &ex);
     const int live[2] = {T, live1};
     for (int k = 0; k < 2; k++) {
         const int nt = live[k];
-        fx_fill_x(&f, x, (int64_t)n * nt);
-        fx_run(&f, y, 3, nt);
+        char label[64];
+        snprintf(label, sizeof label, "qkv n %d live %d", n, nt);
+        qg_optest_fill_act(&f, x, nt, rg, -1, 1);
+        /* y poisoned; after the step, bytes past the live tokens untouched */
+        qg_optest_step(&f, &ex, &x, 1, y, 3, nt, nt, label);
         for (int j = 0; j < 3; j++) {
             double *wd = deq(&f, w[j]);
             const float *xv = f.host[x], *yv = f.host[y[j]];
@@ -370,22 +254,22 @@ static void qkv_case(int n, const int ms[3], const qg_dtype ts[3], int T, int li
                     EXPECT(yv[(size_t)c * ms[j] + i], pr.v, tol_of(pr), "qkv n %d output %d (%s) live %d: [%d, %d]",
                            n, j, qg_dtype_name(ts[j]), nt, i, c);
                 }
-            expect_poison(&f, y[j], sizeof(float) * (size_t)ms[j] * nt);
             free(wd);
         }
     }
-    fx_free(&f);
+    fx_free(&f, &ex);
 }
 
 static void test_qkv(void **state) {
     (void)state;
-    NEED_DEVICE();
+    qg_optest_need_exec(g_have_device, "CUDA");
     const int ms1[3] = {128, 32, 32}, ms2[3] = {200, 40, 72};
     const qg_dtype ts1[3] = {QG_Q4_K, QG_Q4_K, QG_Q6_K}, ts2[3] = {QG_Q6_K, QG_Q4_K, QG_Q6_K};
     for (int v = 0; v < N_VARIANTS; v++) {
         set_variant(v);
-        qkv_case(512, ms1, ts1, 64, 17);
-        qkv_case(768, ms2, ts2, 64, 33); /* 630-byte Q6_K rows, partial tiles */
+        qg_test_rng r = qg_optest_rng_for(2, v, SALT);
+        qkv_case(&r, 512, ms1, ts1, 64, 17);
+        qkv_case(&r, 768, ms2, ts2, 64, 33); /* 630-byte Q6_K rows, partial tiles */
     }
     set_variant(0);
 }
@@ -398,20 +282,23 @@ static double tol_glu(prod g, prod u) {
     return 1.1 * tg * (fabs(u.v) + tu) + fabs(silu(g.v)) * tu + 1e-6;
 }
 
-static void swiglu_case(qg_dtype tg, qg_dtype tu, int n, int F, int T, int nt) {
-    fx f;
-    fx_init(&f, T);
-    const int x = fx_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
-    const int g = fx_tensor(&f, "gate", tg, QG_ROLE_WEIGHT, n, F, 1);
-    const int u = fx_tensor(&f, "up", tu, QG_ROLE_WEIGHT, n, F, 1);
-    const int h = fx_tensor(&f, "h", QG_F32, QG_ROLE_OUTPUT, F, T, 1);
+static void swiglu_case(qg_test_rng *rg, qg_dtype tg, qg_dtype tu, int n, int F, int T, int nt) {
+    qg_exec ex;
+    qg_optest_fx f = fx_new(&ex, T);
+    const int x = fx_tensor(&f, rg, "x", QG_F32, QG_ROLE_INPUT, n, T, 1);
+    const int g = fx_tensor(&f, rg, "gate", tg, QG_ROLE_WEIGHT, n, F, 1);
+    const int u = fx_tensor(&f, rg, "up", tu, QG_ROLE_WEIGHT, n, F, 1);
+    const int h = fx_tensor(&f, rg, "h", QG_F32, QG_ROLE_OUTPUT, F, T, 1);
     const int in[3] = {x, g, u};
     qg_op_params p = {0};
     qg_graph_add_node(f.g, QG_OP_SWIGLU, "swiglu", 0, in, 3, &h, 1, &p);
-    fx_compile(&f);
+    qg_optest_compile_alone(&f, &ex);
     double *gd = deq(&f, g), *ud = deq(&f, u);
-    fx_fill_x(&f, x, (int64_t)n * nt);
-    fx_run(&f, &h, 1, nt);
+    char label[64];
+    snprintf(label, sizeof label, "swiglu %s/%s live %d", qg_dtype_name(tg), qg_dtype_name(tu), nt);
+    qg_optest_fill_act(&f, x, nt, rg, -1, 1);
+    /* h poisoned; after the step, bytes past the live tokens untouched */
+    qg_optest_step(&f, &ex, &x, 1, &h, 1, nt, nt, label);
     const float *xv = f.host[x], *hv = f.host[h];
     for (int c = 0; c < nt; c++)
         for (int i = 0; i < F; i++) {
@@ -420,21 +307,21 @@ static void swiglu_case(qg_dtype tg, qg_dtype tu, int n, int F, int T, int nt) {
             EXPECT(hv[(size_t)c * F + i], silu(pg.v) * pu.v, tol_glu(pg, pu), "swiglu %s/%s live %d: h[%d, %d]",
                    qg_dtype_name(tg), qg_dtype_name(tu), nt, i, c);
         }
-    expect_poison(&f, h, sizeof(float) * (size_t)F * nt);
     free(gd);
     free(ud);
-    fx_free(&f);
+    fx_free(&f, &ex);
 }
 
 static void test_swiglu(void **state) {
     (void)state;
-    NEED_DEVICE();
+    qg_optest_need_exec(g_have_device, "CUDA");
     for (int v = 0; v < N_VARIANTS; v++) {
         set_variant(v);
-        swiglu_case(QG_Q4_K, QG_Q4_K, 512, 200, 64, 64); /* dual kernel */
-        swiglu_case(QG_Q6_K, QG_Q6_K, 256, 40, 64, 3);
-        swiglu_case(QG_Q4_K, QG_Q6_K, 512, 72, 64, 17); /* mixed: two products */
-        swiglu_case(QG_Q4_K, QG_Q4_K, 256, 48, 64, 1);
+        qg_test_rng r = qg_optest_rng_for(3, v, SALT);
+        swiglu_case(&r, QG_Q4_K, QG_Q4_K, 512, 200, 64, 64); /* dual kernel */
+        swiglu_case(&r, QG_Q6_K, QG_Q6_K, 256, 40, 64, 3);
+        swiglu_case(&r, QG_Q4_K, QG_Q6_K, 512, 72, 64, 17); /* mixed: two products */
+        swiglu_case(&r, QG_Q4_K, QG_Q4_K, 256, 48, 64, 1);
     }
     set_variant(0);
 }
@@ -452,42 +339,47 @@ static int expert_of(int t, int k) {
     return k ? 2 + (t * 3) % 5 : 7;
 }
 
-static void experts_case(qg_dtype tg, qg_dtype tu, qg_dtype td, int E, int F, int T, int nt) {
-    fx f;
-    fx_init(&f, T);
-    const int x = fx_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, E, T, 1);
-    const int g = fx_tensor(&f, "gate", tg, QG_ROLE_WEIGHT, E, F, EX_X);
-    const int u = fx_tensor(&f, "up", tu, QG_ROLE_WEIGHT, E, F, EX_X);
-    const int d = fx_tensor(&f, "down", td, QG_ROLE_WEIGHT, F, E, EX_X);
-    const int ids = fx_tensor(&f, "ids", QG_I32, QG_ROLE_INPUT, EX_K, T, 1);
-    const int wts = fx_tensor(&f, "wts", QG_F32, QG_ROLE_INPUT, EX_K, T, 1);
-    const int h = fx_tensor(&f, "h", QG_F32, QG_ROLE_OUTPUT, F, EX_K, T);
+static void experts_case(qg_test_rng *rg, qg_dtype tg, qg_dtype tu, qg_dtype td, int E, int F, int T,
+                         int nt) {
+    qg_exec ex;
+    qg_optest_fx f = fx_new(&ex, T);
+    const int x = fx_tensor(&f, rg, "x", QG_F32, QG_ROLE_INPUT, E, T, 1);
+    const int g = fx_tensor(&f, rg, "gate", tg, QG_ROLE_WEIGHT, E, F, EX_X);
+    const int u = fx_tensor(&f, rg, "up", tu, QG_ROLE_WEIGHT, E, F, EX_X);
+    const int d = fx_tensor(&f, rg, "down", td, QG_ROLE_WEIGHT, F, E, EX_X);
+    const int ids = fx_tensor(&f, rg, "ids", QG_I32, QG_ROLE_INPUT, EX_K, T, 1);
+    const int wts = fx_tensor(&f, rg, "wts", QG_F32, QG_ROLE_INPUT, EX_K, T, 1);
+    const int h = fx_tensor(&f, rg, "h", QG_F32, QG_ROLE_OUTPUT, F, EX_K, T);
     /* the aggregate reads its own h input, so its products are checked
      * independently of gate / up */
-    const int hin = fx_tensor(&f, "h_in", QG_F32, QG_ROLE_INPUT, F, EX_K, T);
-    const int y = fx_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, E, T, 1);
+    const int hin = fx_tensor(&f, rg, "h_in", QG_F32, QG_ROLE_INPUT, F, EX_K, T);
+    const int y = fx_tensor(&f, rg, "y", QG_F32, QG_ROLE_OUTPUT, E, T, 1);
     qg_op_params p = {0};
     p.n_expert = EX_X;
     p.n_expert_used = EX_K;
     const int gin[4] = {x, g, u, ids}, ain[4] = {hin, d, ids, wts};
     qg_graph_add_node(f.g, QG_OP_EXPERT_SWIGLU, "experts", 0, gin, 4, &h, 1, &p);
     qg_graph_add_node(f.g, QG_OP_AGGREGATE, "aggregate", 0, ain, 4, &y, 1, &p);
-    fx_compile(&f);
+    qg_optest_compile_alone(&f, &ex);
     double *gd = deq(&f, g), *ud = deq(&f, u), *dd = deq(&f, d);
     const int live[2] = {nt, nt > 5 ? nt - 5 : 1};
     for (int r = 0; r < 2; r++) {
         const int n = live[r];
-        fx_fill_x(&f, x, (int64_t)E * n);
-        fx_fill_x(&f, hin, (int64_t)F * EX_K * n);
+        char label[64];
+        snprintf(label, sizeof label, "experts %s/%s/%s live %d", qg_dtype_name(tg), qg_dtype_name(tu),
+                 qg_dtype_name(td), n);
+        qg_optest_fill_act(&f, x, n, rg, -1, 1);
+        qg_optest_fill_act(&f, hin, n, rg, -1, 1);
         int32_t *iv = f.host[ids];
         float *wv = f.host[wts];
         for (int t = 0; t < T; t++)
             for (int k = 0; k < EX_K; k++) {
                 iv[t * EX_K + k] = t < n ? expert_of(t, k) : -1;
-                wv[t * EX_K + k] = t < n ? 0.25f + 0.5f * (float)(rnd() % 1000) / 1000.0f : NAN;
+                wv[t * EX_K + k] = t < n ? 0.25f + 0.5f * (float)qg_test_rng_int(rg, 1000) / 1000.0f : NAN;
             }
         const int outs[2] = {h, y};
-        fx_run(&f, outs, 2, n);
+        /* h, y poisoned; after the step, bytes past the live tokens untouched */
+        qg_optest_step(&f, &ex, (int[]){x, hin, ids, wts}, 4, outs, 2, n, n, label);
         const float *xv = f.host[x], *hv = f.host[h], *hi = f.host[hin], *yv = f.host[y];
         for (int t = 0; t < n; t++) {
             for (int k = 0; k < EX_K; k++) {
@@ -514,28 +406,27 @@ static void experts_case(qg_dtype tg, qg_dtype tu, qg_dtype td, int E, int F, in
                        qg_dtype_name(td), n, i, t);
             }
         }
-        expect_poison(&f, h, sizeof(float) * (size_t)F * EX_K * n);
-        expect_poison(&f, y, sizeof(float) * (size_t)E * n);
     }
     free(gd);
     free(ud);
     free(dd);
-    fx_free(&f);
+    fx_free(&f, &ex);
 }
 
 static void test_experts(void **state) {
     (void)state;
-    NEED_DEVICE();
+    qg_optest_need_exec(g_have_device, "CUDA");
     for (int v = 0; v < N_VARIANTS; v++) {
         set_variant(v);
-        experts_case(QG_Q4_K, QG_Q4_K, QG_Q6_K, 512, 256, 64, 64); /* expert 7: 63 assignments */
+        qg_test_rng r = qg_optest_rng_for(4, v, SALT);
+        experts_case(&r, QG_Q4_K, QG_Q4_K, QG_Q6_K, 512, 256, 64, 64); /* expert 7: 63 assignments */
         /* mixed gate / up, 96 rows (not a multiple of the 64-row tile); the
          * down matrix then has 96-element rows, which no K-quant allows: Q8_0 */
-        experts_case(QG_Q4_K, QG_Q6_K, QG_Q8_0, 256, 96, 64, 40);
-        experts_case(QG_Q6_K, QG_Q6_K, QG_Q6_K, 256, 256, 16, 3);
+        experts_case(&r, QG_Q4_K, QG_Q6_K, QG_Q8_0, 256, 96, 64, 40);
+        experts_case(&r, QG_Q6_K, QG_Q6_K, QG_Q6_K, 256, 256, 16, 3);
         /* 768-element down rows: 630-byte Q6_K rows (blocks at every even
          * offset mod 16) */
-        experts_case(QG_Q4_K, QG_Q4_K, QG_Q6_K, 256, 768, 64, 64);
+        experts_case(&r, QG_Q4_K, QG_Q4_K, QG_Q6_K, 256, 768, 64, 64);
     }
     set_variant(0);
 }
@@ -544,15 +435,7 @@ static void test_experts(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    qg_exec ex;
-    qg_error err = {0};
-    qg_exec_opts o = {.n_threads = 1, .device = 0};
-    if (qg_exec_cuda_new(&o, &ex, &err) == QG_OK) {
-        g_have_device = true;
-        ex.i->free(ex.self);
-    } else {
-        printf("no CUDA device: skipped (%s)\n", err.msg);
-    }
+    g_have_device = qg_optest_have_exec(qg_exec_cuda_new, "CUDA");
     return 0;
 }
 
@@ -568,15 +451,8 @@ int main(void) {
 
 #else /* !QG_HAVE_CUDA */
 
-static void test_no_cuda(void **state) {
-    (void)state;
-    printf("no CUDA device: skipped (built without the CUDA executor)\n");
-    skip();
-}
-
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_no_cuda)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return qg_optest_run_skipped("test_no_cuda", "no CUDA device: skipped (built without the CUDA executor)");
 }
 
 #endif

@@ -16,6 +16,7 @@
 #include "ops/quant/qg_quant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,86 @@ double *qg_optest_dalloc(int64_t n) {
     return p;
 }
 
+/* ---- executors and devices ---------------------------------------------- */
+
+bool qg_optest_have_exec(qg_optest_exec_new_fn make, const char *what) {
+    qg_exec ex;
+    qg_error err = {0};
+    const qg_exec_opts o = {.n_threads = 1, .device = 0};
+    if (make(&o, &ex, &err) != QG_OK) {
+        printf("no %s device: skipped (%s)\n", what, err.msg);
+        return false;
+    }
+    ex.i->free(ex.self);
+    return true;
+}
+
+void qg_optest_need_exec(bool have, const char *what) {
+    if (!have) {
+        printf("no %s device: skipped\n", what);
+        skip();
+    }
+}
+
+qg_exec qg_optest_exec_new(qg_optest_exec_new_fn make, const char *name, const char *const *env) {
+    for (int i = 0; env && env[i]; i += 2) {
+        if (env[i + 1]) setenv(env[i], env[i + 1], 1);
+        else unsetenv(env[i]);
+    }
+    const qg_exec_opts o = {.n_threads = 1, .device = 0};
+    qg_exec ex;
+    qg_error err = {0};
+    const qg_status st = make(&o, &ex, &err);
+    for (int i = 0; env && env[i]; i += 2) unsetenv(env[i]);
+    if (st) fail_msg("%s: %s", name, err.msg);
+    return ex;
+}
+
+/* The test of qg_optest_run_skipped: *state is its message. */
+static void optest_skipped(void **state) {
+    printf("%s\n", (const char *)*state);
+    skip();
+}
+
+int qg_optest_run_skipped(const char *test_name, const char *msg) {
+    const struct CMUnitTest tests[] = {{test_name, optest_skipped, NULL, NULL, (void *)msg}};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+int qg_optest_add_blocks(qg_optest_fx *f, const char *name, qg_dtype type, int nd, int64_t e0,
+                         int64_t e1, int64_t e2, qg_test_rng *r) {
+    QG_ASSERT(type == QG_Q4_K || type == QG_Q6_K || type == QG_Q8_0);
+    const int id = qg_optest_add_tensor(f, name, type, QG_ROLE_WEIGHT, nd, e0, e1, e2);
+    const qg_tensor *t = &f->g->tensors[id];
+    uint8_t *p = f->host[id]; /* (rows, rb) */
+    for (size_t i = 0; i < t->nbytes; i += 8) {
+        const uint64_t v = qg_test_rng_u64(r);
+        memcpy(p + i, &v, t->nbytes - i < 8 ? t->nbytes - i : 8);
+    }
+    const int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    const size_t rb = qg_dtype_row_bytes(type, e0), bs = qg_dtype_get((uint32_t)type)->type_size;
+    const int64_t be = type == QG_Q8_0 ? 32 : 256; /* elements a block */
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t b = 0; b < e0 / be; b++) {
+            uint8_t *blk = p + (size_t)row * rb + (size_t)b * bs;
+            const float u = 1.0f + (float)qg_test_rng_int(r, 1000) / 1000.0f; /* [1, 2) */
+            if (type == QG_Q8_0) { /* the f16 scale first */
+                const uint16_t d = qg_f32_to_f16(1e-2f * u);
+                memcpy(blk, &d, 2);
+                continue;
+            }
+            const uint16_t d = qg_f32_to_f16(1e-3f * u);
+            const uint16_t m = qg_f32_to_f16(5e-3f * (1.0f + (float)qg_test_rng_int(r, 1000) / 1000.0f));
+            if (type == QG_Q4_K) {
+                memcpy(blk, &d, 2);
+                memcpy(blk + 2, &m, 2);
+            } else {
+                memcpy(blk + 208, &d, 2); /* Q6_K: d last */
+            }
+        }
+    return id;
+}
+
 /* ---- running through an executor ---------------------------------------- */
 
 void qg_optest_schedule(qg_optest_fx *f, const qg_exec *execs, int n_exec, int cpu_index) {
@@ -187,6 +268,13 @@ void qg_optest_compile(qg_optest_fx *f, const qg_exec *e) {
     if (f->g->kv_bytes[0] && e->i->kv_alloc(e->self, f->g->kv_bytes[0], &err))
         fail_msg("kv_alloc: %s", err.msg);
     if (e->i->compile(e->self, f->g, 0, &err)) fail_msg("compile: %s", err.msg);
+}
+
+void qg_optest_compile_alone(qg_optest_fx *f, const qg_exec *e) {
+    qg_optest_schedule(f, e, 1, 0);
+    assert_int_equal(f->g->n_parts, 1);
+    qg_optest_compile(f, e);
+    f->ex = e;
 }
 
 void qg_optest_upload(qg_optest_fx *f, const qg_exec *e, int id) {
@@ -227,15 +315,18 @@ void qg_optest_step(qg_optest_fx *f, const qg_exec *e, const int *ins, int n_ins
 
 /* ---- comparisons ------------------------------------------------------------ */
 
-void qg_optest_expect_close(const char *label, const char *what, const float *y, const double *ref,
-                            const double *mag, int64_t n, double rel, double abs_tol) {
+double qg_optest_expect_close(const char *label, const char *what, const float *y, const double *ref,
+                              const double *mag, int64_t n, double rel, double abs_tol) {
+    double worst = 0;
     for (int64_t i = 0; i < n; i++) {
         const double m = mag ? mag[i] : fabs(ref[i]);
-        const double tol = rel * m + abs_tol;
-        if (!isfinite(y[i]) || fabs((double)y[i] - ref[i]) > tol)
+        const double tol = rel * m + abs_tol, d = fabs((double)y[i] - ref[i]);
+        if (!isfinite(y[i]) || d > tol)
             fail_msg("%s: %s[%lld] = %.9g, reference %.9g, tolerance %.3g", label, what,
                      (long long)i, (double)y[i], ref[i], tol);
+        if (tol > 0 && d / tol > worst) worst = d / tol;
     }
+    return worst;
 }
 
 void qg_optest_expect_rope(const char *label, const char *what, const float *y, const double *ref,
@@ -430,8 +521,8 @@ void qg_optest_read_kv(qg_optest_fx *f, const qg_optest_attn *c, double *kd, dou
     }
 }
 
-void qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
-                                const char *label, double rel, double abs_tol) {
+double qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
+                                  const char *label, double rel, double abs_tol) {
     const int64_t Dkv = (int64_t)c->hd * c->nkv, Dq = (int64_t)c->hd * c->nh;
     double *kd = qg_optest_dalloc(Dkv * c->C), *vd = qg_optest_dalloc(Dkv * c->C); /* (Dkv, C) */
     qg_optest_read_kv(f, c, kd, vd);
@@ -444,13 +535,15 @@ void qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_
     for (int t = 0; t < n_tok; t++)
         for (int64_t i = 0; i < Dq; i++)
             mag[t * Dq + i] = (1.0 + qka[t * c->nh + i / c->hd]) * pva[t * Dq + i];
-    qg_optest_expect_close(label, "o", qg_optest_f32(f, c->o), ref, mag, Dq * n_tok, rel, abs_tol);
+    const double worst =
+        qg_optest_expect_close(label, "o", qg_optest_f32(f, c->o), ref, mag, Dq * n_tok, rel, abs_tol);
     free(kd);
     free(vd);
     free(ref);
     free(pva);
     free(qka);
     free(mag);
+    return worst;
 }
 
 void qg_optest_check_topk(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {

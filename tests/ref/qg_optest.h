@@ -107,6 +107,34 @@ void qg_optest_expect_tail(const qg_optest_fx *f, int id, int n_tok, const char 
 /* n doubles (at least 1); aborts the test when out of memory. */
 double *qg_optest_dalloc(int64_t n);
 
+/* ---- executors and devices ---------------------------------------------- */
+
+/* An executor constructor of exec/qg_exec.h (qg_exec_cuda_new, ...). */
+typedef qg_status (*qg_optest_exec_new_fn)(const qg_exec_opts *o, qg_exec *out, qg_error *err);
+
+/* Whether make() gives an executor (one thread, device 0; it is freed
+ * again): for a cmocka group setup.  When not, prints "no <what> device:
+ * skipped (<make's message>)" and returns false. */
+bool qg_optest_have_exec(qg_optest_exec_new_fn make, const char *what);
+/* Unless have, print "no <what> device: skipped" and skip the running
+ * test. */
+void qg_optest_need_exec(bool have, const char *what);
+/* make() an executor (one thread, device 0) with the environment set by
+ * env: pairs name, value (value NULL: unset the name), NULL-terminated;
+ * every name is unset again afterwards.  Fails the test with "<name>:
+ * <make's message>" when there is no executor.  Free with ex.i->free. */
+qg_exec qg_optest_exec_new(qg_optest_exec_new_fn make, const char *name, const char *const *env);
+/* main() of a test program built without the executor it tests: one test
+ * called test_name that prints msg and is skipped. */
+int qg_optest_run_skipped(const char *test_name, const char *msg);
+
+/* A weight of random valid blocks of type t (Q4_K, Q6_K or Q8_0): random
+ * payload bits (every code), positive f16 scales: Q4_K d in [1e-3, 2e-3]
+ * and dmin in [5e-3, 1e-2], Q6_K d in [1e-3, 2e-3], Q8_0 d in [1e-2,
+ * 2e-2], so no block is Inf or NaN.  Rows of e0 elements. */
+int qg_optest_add_blocks(qg_optest_fx *f, const char *name, qg_dtype type, int nd, int64_t e0,
+                         int64_t e1, int64_t e2, qg_test_rng *r);
+
 /* ---- running through an executor ---------------------------------------- */
 
 /* Passes 1-4 of f's graph with execs[0..n_exec) (CPU at cpu_index); every
@@ -115,6 +143,9 @@ void qg_optest_schedule(qg_optest_fx *f, const qg_exec *execs, int n_exec, int c
 /* Allocate e's KV arena (when the graph has one) and compile partition 0
  * on e.  The caller releases the graph on e (or sets f->ex). */
 void qg_optest_compile(qg_optest_fx *f, const qg_exec *e);
+/* f's graph on e alone: passes 1-4 (every node on e, one partition),
+ * then qg_optest_compile; sets f->ex, so qg_optest_fx_free releases it. */
+void qg_optest_compile_alone(qg_optest_fx *f, const qg_exec *e);
 /* Host copy of tensor id to e / e's tensor id to its host copy. */
 void qg_optest_upload(qg_optest_fx *f, const qg_exec *e, int id);
 void qg_optest_download(qg_optest_fx *f, const qg_exec *e, int id);
@@ -129,8 +160,9 @@ void qg_optest_step(qg_optest_fx *f, const qg_exec *e, const int *ins, int n_ins
 /* ---- comparisons ------------------------------------------------------------ */
 
 /* Every y[i] finite and |y[i] - ref[i]| <= rel * mag[i] + abs_tol (mag
- * NULL: |ref[i]|). */
-void qg_optest_expect_close(const char *label, const char *what, const float *y, const double *ref,
+ * NULL: |ref[i]|).  Returns the largest |y[i] - ref[i]| / tolerance (for a
+ * log line; 0 where every tolerance is 0). */
+double qg_optest_expect_close(const char *label, const char *what, const float *y, const double *ref,
                             const double *mag, int64_t n, double rel, double abs_tol);
 /* Rope output (hd, n_heads_tok) against ref: |y - ref| <= 1e-5 *
  * |(ref_i, ref_pair)| + 1e-6 per element of a rotated pair (f32 norm,
@@ -248,8 +280,9 @@ void qg_optest_expect_kv_written(qg_optest_fx *f, const qg_optest_attn *c, int n
 void qg_optest_read_kv(qg_optest_fx *f, const qg_optest_attn *c, double *kd, double *vd);
 /* The attention output against the reference over the caches as written:
  * |o - ref| <= rel * (1 + qk_abs) * sum_j p_j |v_j| + abs_tol (qk_abs: the
- * head's sum |q k| / sqrt(hd) magnitude; the caller states rel and abs). */
-void qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
+ * head's sum |q k| / sqrt(hd) magnitude; the caller states rel and abs).
+ * Returns the largest error as a fraction of its tolerance. */
+double qg_optest_expect_attention(qg_optest_fx *f, const qg_optest_attn *c, int n_tok,
                                 const char *label, double rel, double abs_tol);
 /* topk (qg_optest_topk): qg_optest_expect_topk. */
 void qg_optest_check_topk(qg_optest_fx *f, const void *ctx, int n_tok, const char *label);
