@@ -112,29 +112,55 @@ k_i8p_image(const float *__restrict__ x, int ldx, int n, int cpt, const int32_t 
 
 /* ---- weight fragments of one step --------------------------------------- */
 
-/* Q4_K, step h of super-block sb (sub-blocks 4h..4h+3, qs pairs 2h, 2h+1):
+/* 4 bytes of shared memory at a 2-byte aligned address. */
+__device__ __forceinline__ uint32_t i8g_lds_a2(const uint8_t *p) {
+    return (uint32_t)*(const uint16_t *)p | ((uint32_t)*(const uint16_t *)(p + 2) << 16);
+}
+
+/* The loads of the weight fragments: from global memory by the read-only
+ * path (SH false), or from a CTA's shared-memory copy of the rows'
+ * super-block (SH true, variants 2 and 3; Q6_K copies may start at any even
+ * byte). */
+template <bool SH> struct i8g_ld {
+    static __device__ __forceinline__ uint4 v4(const uint8_t *p) { return qg_ld_v4(p); }
+    static __device__ __forceinline__ uint32_t u32(const uint8_t *p) { return __ldg((const uint32_t *)p); }
+    static __device__ __forceinline__ uint32_t u32a2(const uint8_t *p) { return qg_ld_u32a2(p); }
+    static __device__ __forceinline__ uint32_t u16(const uint8_t *p) { return qg_ld_u16(p); }
+};
+template <> struct i8g_ld<true> {
+    static __device__ __forceinline__ uint4 v4(const uint8_t *p) { return *(const uint4 *)p; }
+    static __device__ __forceinline__ uint32_t u32(const uint8_t *p) { return *(const uint32_t *)p; }
+    static __device__ __forceinline__ uint32_t u32a2(const uint8_t *p) { return i8g_lds_a2(p); }
+    static __device__ __forceinline__ uint32_t u16(const uint8_t *p) { return *(const uint16_t *)p; }
+};
+
+/* Q4_K, step h of a super-block (sub-blocks 4h..4h+3, qs pairs 2h, 2h+1):
  * header of rows g, g+8 and qs words 32c + 4t, 32c + 16 + 4t. */
 struct i8g_q4 {
     uint4 hd[2];
     uint32_t q[2][2][2]; /* [row g, g+8][pair 2h + cc][k 4t.. / 16+4t..] */
 };
 
-__device__ __forceinline__ void i8g_load(i8g_q4 &f, const uint8_t *r0, const uint8_t *r8, int s) {
-    const int t = threadIdx.x & 3, sb = s >> 1, h = s & 1;
-    const uint8_t *r[2] = {r0 + (size_t)sb * 144, r8 + (size_t)sb * 144};
+/* The fragments of step h from the super-block of row g at r0 and of row
+ * g+8 at r8. */
+template <bool SH>
+__device__ __forceinline__ void i8g_frag(i8g_q4 &f, const uint8_t *r0, const uint8_t *r8, int h) {
+    typedef i8g_ld<SH> L;
+    const int t = threadIdx.x & 3;
+    const uint8_t *r[2] = {r0, r8};
 #pragma unroll
     for (int k = 0; k < 2; k++) {
-        f.hd[k] = qg_ld_v4(r[k]);
+        f.hd[k] = L::v4(r[k]);
 #pragma unroll
         for (int cc = 0; cc < 2; cc++) {
             const uint8_t *qs = r[k] + 16 + 32 * (2 * h + cc) + 4 * t;
-            f.q[k][cc][0] = __ldg((const uint32_t *)qs);
-            f.q[k][cc][1] = __ldg((const uint32_t *)(qs + 16));
+            f.q[k][cc][0] = L::u32(qs);
+            f.q[k][cc][1] = L::u32(qs + 16);
         }
     }
 }
 
-/* Q6_K, step h = half n of super-block sb (sub-blocks 8h..8h+7): ql words
+/* Q6_K, step h = half h of a super-block (sub-blocks 8h..8h+7): ql words
  * 64h + 32(q%2) + 16i + 4t, qh words 128 + 32h + 16i + 4t, the eight int8
  * scales 192 + 8h.., d (210-byte blocks: 16-bit loads). */
 struct i8g_q6 {
@@ -144,21 +170,35 @@ struct i8g_q6 {
     uint32_t d[2];
 };
 
-__device__ __forceinline__ void i8g_load(i8g_q6 &f, const uint8_t *r0, const uint8_t *r8, int s) {
-    const int t = threadIdx.x & 3, sb = s >> 1, h = s & 1;
-    const uint8_t *r[2] = {r0 + (size_t)sb * 210, r8 + (size_t)sb * 210};
+template <bool SH>
+__device__ __forceinline__ void i8g_frag(i8g_q6 &f, const uint8_t *r0, const uint8_t *r8, int h) {
+    typedef i8g_ld<SH> L;
+    const int t = threadIdx.x & 3;
+    const uint8_t *r[2] = {r0, r8};
 #pragma unroll
     for (int k = 0; k < 2; k++) {
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            f.ql[k][0][i] = qg_ld_u32a2(r[k] + 64 * h + 16 * i + 4 * t);
-            f.ql[k][1][i] = qg_ld_u32a2(r[k] + 64 * h + 32 + 16 * i + 4 * t);
-            f.qh[k][i] = qg_ld_u32a2(r[k] + 128 + 32 * h + 16 * i + 4 * t);
+            f.ql[k][0][i] = L::u32a2(r[k] + 64 * h + 16 * i + 4 * t);
+            f.ql[k][1][i] = L::u32a2(r[k] + 64 * h + 32 + 16 * i + 4 * t);
+            f.qh[k][i] = L::u32a2(r[k] + 128 + 32 * h + 16 * i + 4 * t);
         }
-        f.sc[k][0] = qg_ld_u32a2(r[k] + 192 + 8 * h);
-        f.sc[k][1] = qg_ld_u32a2(r[k] + 196 + 8 * h);
-        f.d[k] = qg_ld_u16(r[k] + 208);
+        f.sc[k][0] = L::u32a2(r[k] + 192 + 8 * h);
+        f.sc[k][1] = L::u32a2(r[k] + 196 + 8 * h);
+        f.d[k] = L::u16(r[k] + 208);
     }
+}
+
+/* Step s (super-block s / 2, half s % 2) of rows g, g+8 (r0, r8: the rows)
+ * from global memory. */
+__device__ __forceinline__ void i8g_load(i8g_q4 &f, const uint8_t *r0, const uint8_t *r8, int s) {
+    const size_t o = (size_t)(s >> 1) * 144;
+    i8g_frag<false>(f, r0 + o, r8 + o, s & 1);
+}
+
+__device__ __forceinline__ void i8g_load(i8g_q6 &f, const uint8_t *r0, const uint8_t *r8, int s) {
+    const size_t o = (size_t)(s >> 1) * 210;
+    i8g_frag<false>(f, r0 + o, r8 + o, s & 1);
 }
 
 /* B words: from the image in global memory (read-only path) or from the
@@ -272,47 +312,6 @@ __device__ __forceinline__ void i8g_tile(const i8g_q6 &f, int h, const uint8_t *
     }
 }
 
-/* ---- fragments from shared memory (variant 2) ---------------------------- */
-
-/* As i8g_load, from a shared-memory copy of the rows' super-block (r0, r8:
- * the copies of rows g and g+8; Q6_K copies may start at any even byte). */
-__device__ __forceinline__ void i8g_load_s(i8g_q4 &f, const uint8_t *r0, const uint8_t *r8, int h) {
-    const int t = threadIdx.x & 3;
-    const uint8_t *r[2] = {r0, r8};
-#pragma unroll
-    for (int k = 0; k < 2; k++) {
-        f.hd[k] = *(const uint4 *)r[k];
-#pragma unroll
-        for (int cc = 0; cc < 2; cc++) {
-            const uint8_t *qs = r[k] + 16 + 32 * (2 * h + cc) + 4 * t;
-            f.q[k][cc][0] = *(const uint32_t *)qs;
-            f.q[k][cc][1] = *(const uint32_t *)(qs + 16);
-        }
-    }
-}
-
-/* 4 bytes of shared memory at a 2-byte aligned address. */
-__device__ __forceinline__ uint32_t i8g_lds_a2(const uint8_t *p) {
-    return (uint32_t)*(const uint16_t *)p | ((uint32_t)*(const uint16_t *)(p + 2) << 16);
-}
-
-__device__ __forceinline__ void i8g_load_s(i8g_q6 &f, const uint8_t *r0, const uint8_t *r8, int h) {
-    const int t = threadIdx.x & 3;
-    const uint8_t *r[2] = {r0, r8};
-#pragma unroll
-    for (int k = 0; k < 2; k++) {
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            f.ql[k][0][i] = i8g_lds_a2(r[k] + 64 * h + 16 * i + 4 * t);
-            f.ql[k][1][i] = i8g_lds_a2(r[k] + 64 * h + 32 + 16 * i + 4 * t);
-            f.qh[k][i] = i8g_lds_a2(r[k] + 128 + 32 * h + 16 * i + 4 * t);
-        }
-        f.sc[k][0] = i8g_lds_a2(r[k] + 192 + 8 * h);
-        f.sc[k][1] = i8g_lds_a2(r[k] + 196 + 8 * h);
-        f.d[k] = *(const uint16_t *)(r[k] + 208);
-    }
-}
-
 /* ---- the product --------------------------------------------------------- */
 
 /* One matrix of a launch: m rows (per expert: es bytes apart) of rb bytes,
@@ -402,6 +401,23 @@ __device__ __forceinline__ void i8g_store(const i8g_mat &M, int r0, const int *s
             if (M.add) v = M.add[o] + v;
             M.y[o] = v;
         }
+}
+
+/* Dual CTAs at the end of a tile: the up warps (mat 1) hand their
+ * accumulators to the gate warps through s_up, every warp of the CTA meets
+ * the barrier.  Returns true for the up warps (their part is done). */
+template <int NW, bool DUAL>
+__device__ __forceinline__ bool i8g_hand_up(int mat, float *s_up, const float (&acc)[NW][4]) {
+    if (!DUAL) return false;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (mat == 1) {
+#pragma unroll
+        for (int j = 0; j < NW; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) s_up[(((warp & 3) * NW + j) * 4 + i) * 32 + lane] = acc[j][i];
+    }
+    __syncthreads();
+    return mat == 1;
 }
 
 /* Threads of k_gemm_i8: 4 warps, or 8 when dual (warps 0-3 gate, 4-7 up,
@@ -502,16 +518,7 @@ __device__ __forceinline__ void i8g_body(const i8g_args &a, const i8g_mat &M, in
         if (s + 1 < S) f = fn;
 #endif
     }
-    if (DUAL) {
-        if (mat == 1) {
-#pragma unroll
-            for (int j = 0; j < NW; j++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) s_up[(((warp & 3) * NW + j) * 4 + i) * 32 + lane] = acc[j][i];
-        }
-        __syncthreads();
-        if (mat == 1) return;
-    }
+    if (i8g_hand_up<NW, DUAL>(mat, s_up, acc)) return;
     if (!live) return;
     i8g_store<NW, DUAL>(M, r0, s_y, s_up, acc);
 }
@@ -647,7 +654,7 @@ __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, in
 #pragma unroll 1
         for (int h = 0; h < 2; h++) {
             frag f;
-            i8g_load_s(f, ra, ra8, h);
+            i8g_frag<true>(f, ra, ra8, h); /* the shared-memory copies */
 #pragma unroll
             for (int j = 0; j < NW; j++) {
                 const int c0 = 8 * j + 2 * t;
@@ -665,16 +672,7 @@ __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, in
         }
         __syncthreads(); /* the stage is free for super-block sb + 2 */
     }
-    if (DUAL) {
-        if (mat == 1) {
-#pragma unroll
-            for (int j = 0; j < NW; j++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) s_up[(((warp & 3) * NW + j) * 4 + i) * 32 + lane] = acc[j][i];
-        }
-        __syncthreads();
-        if (mat == 1) return;
-    }
+    if (i8g_hand_up<NW, DUAL>(mat, s_up, acc)) return;
     if (r0 >= M.m) return;
     i8g_store<NW, DUAL>(M, r0, s_y, s_up, acc);
 }
