@@ -114,15 +114,14 @@ typedef enum qg_vk_shader {
     QG_VK_MOE_SORT,
     QG_VK_RMSNORM,
     QG_VK_ROPE,
-    QG_VK_ROPE_ATTN,
     QG_VK_ROPE_KV,
     QG_VK_SWIGLU,
     QG_VK_TOPK,
     QG_VK_SHADER_COUNT
 } qg_vk_shader;
 
-#define QG_VK_MAX_BIND 13 /* storage buffers per dispatch, step included */
-#define QG_VK_MAX_SPEC 14 /* specialization constants, ids 0.. */
+#define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
+#define QG_VK_MAX_SPEC 8  /* specialization constants, ids 0.. */
 #define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
 #define QG_VK_PUSH_BYTES 64
 
@@ -190,9 +189,6 @@ typedef struct qg_vk_rec_ctx {
     qg_vk_loc (*rope_table)(void *self, const qg_node *n);
     qg_vk_loc moe_scratch;                /* moe_fused's logits | h */
     bool fuse;                            /* peephole fusion of node pairs */
-    bool fold;                            /* executor-level folds (decode) */
-    bool unroll;                          /* weight shaders: constant units per
-                                             lane (UPL), see qg_vk_record.c */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */
@@ -205,16 +201,8 @@ bool qg_vk_supports(const qg_vk_dev *d, const qg_graph *g, const qg_node *n);
 size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n);
 
 /* Append node `ni`'s dispatches to *out (grown with realloc; *n, *cap)
- * and return how many consecutive nodes they cover (all < end, the
- * partition's end).  In decode graphs with c->fold, a fold group first
- * (qg_vk_record.c, record_folded):
- *   rmsnorm -> product       the product (qkv, moe_fused, lm_head, router,
- *                            swiglu, matmul) normalizes x itself
- *   product -> add           matmul or moe_fused's aggregate writes
- *                            residual + result into the add's output
- *   rmsnorm -> product -> add
- * (the add outputs of such graphs have memory of their own, so the fold
- * cannot clobber the product's inputs); else, with c->fuse, node pairs:
+ * and return how many nodes they cover: 1, or 2 when c->fuse and node
+ * ni+1 (< end, the partition's end) fuses with it:
  *   add -> rmsnorm of its result     one add_rmsnorm dispatch (node ni)
  *   rope -> attention of its q, k    rope also appends k and v to the
  *                                    caches; then attention (node ni+1)

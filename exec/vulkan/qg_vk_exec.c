@@ -53,15 +53,12 @@ typedef struct vk_part {
     VkQueryPool qp;         /* n_nodes + 1 timestamps */
     uint64_t *ts;           /* (n_nodes + 1) their values, read after a timed run */
     int d0, nd;             /* its dispatches [d0, d0+nd) */
-    int n_barrier;          /* barriers between its dispatches (plain buffer) */
 } vk_part;
 
 typedef struct vk_graph {
     qg_graph *g;
     int exec_index;
     qg_vk_buf act, io, scratch;
-    qg_vk_buf own;        /* decode graphs: add outputs in buffers of their own */
-    VkDeviceSize *own_off;/* (n_tensors) offset in own, or NO_IO */
     qg_vk_buf in;         /* device mirror of io's host-written region */
     VkDeviceSize in_bytes;
     qg_vk_buf ind;        /* (n_disp) VkDispatchIndirectCommand, host-visible */
@@ -87,10 +84,6 @@ typedef struct vk_exec {
     VkFence fence;
     bool in_flight;
     bool no_fuse; /* QG_VK_NO_FUSE=1: one node, one set of dispatches */
-    bool no_fold; /* QG_VK_NO_FOLD=1: no executor-level folds (norm prologues,
-                     residual epilogues), the node-pair fusions still on */
-    bool no_unroll; /* QG_VK_NO_UNROLL=1: dynamic unit loops in the weight
-                       shaders (UPL 0) */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -152,9 +145,6 @@ static qg_vk_loc tensor_loc(void *self, int t) {
         QG_ASSERT(w && w->nbytes >= ts->nbytes);
         l.buf = w->b.buf;
         l.range = w->b.size; /* whole 32-bit words: shaders read words */
-    } else if (vg->own_off[t] != NO_IO) {
-        l.buf = vg->own.buf;
-        l.off = vg->own_off[t];
     } else if (vg->io_off[t] != NO_IO) { /* host-written: the device mirror */
         l.buf = vg->io_off[t] < vg->in_bytes ? vg->in.buf : vg->io.buf;
         l.off = vg->io_off[t];
@@ -229,9 +219,8 @@ static qg_status use_weight(vk_exec *x, vk_graph *vg, const qg_tensor *t, qg_err
 }
 
 /* The cos/sin table of a rope node: row p = cos(p f_i), i < hd/2, then
- * sin(p f_i), f_i = theta^(-2i/hd); angles in double, rounded once.  The
- * frequencies come from the CPU kernel's repeated multiplication in double
- * (ops/cpu/op_rope.c), so the table holds its values bit for bit. */
+ * sin(p f_i), f_i = theta^(-2i/hd); angles in double, rounded once (the
+ * CPU kernel's values, bit for bit). */
 static qg_status make_rope(vk_exec *x, const qg_node *n, int n_ctx, qg_error *err) {
     const int hd = n->p.head_dim, half = hd / 2;
     for (int i = 0; i < x->n_rope; i++)
@@ -253,9 +242,7 @@ static qg_status make_rope(vk_exec *x, const qg_node *n, int n_ctx, qg_error *er
         return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
     }
     const double base = n->p.rope_theta;
-    const double step = pow(base, -2.0 / hd);
-    double freq = 1.0;
-    for (int i = 0; i < half; i++, freq *= step) fr[i] = freq;
+    for (int i = 0; i < half; i++) fr[i] = pow(base, -2.0 * i / hd);
     for (int p = 0; p < n_ctx; p++)
         for (int i = 0; i < half; i++) {
             const double th = (double)p * fr[i];
@@ -338,12 +325,10 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT,
                         SHADER_RW | VK_ACCESS_INDIRECT_COMMAND_READ_BIT);
                 n_acc = 0;
-                vp->n_barrier += !timed;
             } else if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
                 barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
                 n_acc = 0;
-                vp->n_barrier += !timed;
             }
             vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe);
             vkCmdBindDescriptorSets(cb, VK_PIPELINE_BIND_POINT_COMPUTE, x->pipes.layout[d->n_bind],
@@ -415,32 +400,6 @@ static VkDeviceSize plan_io(vk_graph *vg, VkDeviceSize *in_bytes) {
     return top;
 }
 
-/* Decode graphs (with folds on): give the output of every add node of
- * this executor (an activation, not in io) a range of its own in vg->own,
- * 256-aligned, instead of its memory-plan slot, which may reuse memory of
- * tensors that died at the node before the add.  The recorder folds an
- * add into the product before it (qg_vk_record.c), and the product still
- * reads its own inputs while it writes the add's output; with the output
- * in its own memory no plan can make that write clobber them (CUDA's
- * executor does the same).  A few n_embd rows per layer.  Returns the
- * bytes (at least 4). */
-static VkDeviceSize plan_own(vk_graph *vg, bool fold) {
-    const qg_graph *g = vg->g;
-    VkDeviceSize top = 0;
-    for (int t = 0; t < g->n_tensors; t++) vg->own_off[t] = NO_IO;
-    if (!fold || g->n_tok_max != 1) return 4;
-    for (int i = 0; i < g->n_nodes; i++) {
-        const qg_node *n = &g->nodes[i];
-        if (n->exec != vg->exec_index || n->op != QG_OP_ADD) continue;
-        const int t = n->out[0];
-        const qg_tensor *ts = &g->tensors[t];
-        if (ts->role != QG_ROLE_ACT || vg->io_off[t] != NO_IO || vg->own_off[t] != NO_IO) continue;
-        vg->own_off[t] = top;
-        top += qg_align_up(ts->nbytes ? ts->nbytes : 4, 256);
-    }
-    return top ? top : 4;
-}
-
 static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     vk_exec *x = self;
     vk_release(x, g);
@@ -452,10 +411,9 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     x->cur = vg;
     qg_status st = QG_OK;
     vg->io_off = malloc(sizeof *vg->io_off * (size_t)QG_MAX(g->n_tensors, 1));
-    vg->own_off = malloc(sizeof *vg->own_off * (size_t)QG_MAX(g->n_tensors, 1));
     vg->parts = calloc((size_t)QG_MAX(g->n_parts, 1), sizeof *vg->parts);
     vg->wids = malloc(sizeof *vg->wids * (size_t)QG_MAX(g->n_tensors, 1));
-    if (!vg->io_off || !vg->own_off || !vg->parts || !vg->wids) {
+    if (!vg->io_off || !vg->parts || !vg->wids) {
         st = qg_error_set(err, QG_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -480,12 +438,10 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         if (n->op == QG_OP_ROPE && (st = make_rope(x, n, g->n_ctx, err))) goto out;
     }
     const VkDeviceSize io_bytes = plan_io(vg, &vg->in_bytes);
-    const VkDeviceSize own_bytes = plan_own(vg, !x->no_fold);
     if ((st = qg_vk_buf_new(&x->d, io_bytes, true, &vg->io, err)) ||
         (st = qg_vk_buf_new(&x->d, vg->in_bytes, false, &vg->in, err)) ||
         (st = qg_vk_buf_new(&x->d, g->act_bytes[e], false, &vg->act, err)) ||
-        (st = qg_vk_buf_new(&x->d, scratch, false, &vg->scratch, err)) ||
-        (st = qg_vk_buf_new(&x->d, own_bytes, false, &vg->own, err))) {
+        (st = qg_vk_buf_new(&x->d, scratch, false, &vg->scratch, err))) {
         qg_error_prefix(err, "vulkan activations of the %s graph",
                         g->phase == QG_PHASE_DECODE ? "decode" : "prefill");
         goto out;
@@ -496,7 +452,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
-                        .fuse = !x->no_fuse, .fold = !x->no_fold, .unroll = !x->no_unroll};
+                        .fuse = !x->no_fuse};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -572,22 +528,6 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         for (int v = 0; v < variants; v++)
             if ((st = record_part(x, vg, p, v == 1, err))) goto out;
     }
-    if (qg_debug_enabled("vulkan")) {
-        int nn = 0, nb = 0;
-        for (int p = 0; p < g->n_parts; p++)
-            if (vg->parts[p].cmd[0]) {
-                nn += g->parts[p].n;
-                nb += vg->parts[p].n_barrier;
-            }
-        fprintf(stderr, "vulkan: %s graph: %d nodes, %d dispatches, %d barriers%s\n",
-                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", nn, vg->n_disp, nb,
-                x->no_fuse ? " (QG_VK_NO_FUSE)" : x->no_fold ? " (QG_VK_NO_FOLD)" : "");
-        if (qg_debug_enabled("vulkan-dispatch"))
-            for (int i = 0; i < vg->n_disp; i++)
-                fprintf(stderr, "  %3d  node %3d %-28s shader %2d  groups %u,%u,%u\n", i,
-                        vg->disp[i].node, g->nodes[vg->disp[i].node].name, (int)vg->disp[i].shader,
-                        vg->disp[i].groups[0], vg->disp[i].groups[1], vg->disp[i].groups[2]);
-    }
 out:
     x->cur = NULL;
     if (st) vk_release(x, g);
@@ -615,7 +555,6 @@ static void vk_release(void *self, qg_graph *g) {
     qg_vk_buf_free(&x->d, &vg->io);
     qg_vk_buf_free(&x->d, &vg->in);
     qg_vk_buf_free(&x->d, &vg->scratch);
-    qg_vk_buf_free(&x->d, &vg->own);
     qg_vk_buf_free(&x->d, &vg->ind);
     for (int i = 0; i < vg->n_wids; i++) {
         vk_weight *w = &x->w[vg->wids[i]];
@@ -626,7 +565,6 @@ static void vk_release(void *self, qg_graph *g) {
     }
     free(vg->wids);
     free(vg->io_off);
-    free(vg->own_off);
     free(vg->disp);
     free(vg->parts);
     memset(vg, 0, sizeof *vg);
@@ -702,10 +640,6 @@ static const qg_vk_buf *access_loc(vk_exec *x, vk_graph *vg, int t, VkDeviceSize
     if (vg->io_off[t] != NO_IO) {
         *off = vg->io_off[t];
         return &vg->io;
-    }
-    if (vg->own_off[t] != NO_IO) {
-        *off = vg->own_off[t];
-        return &vg->own;
     }
     if (ts->exec != vg->exec_index) return NULL;
     if (ts->role == QG_ROLE_KV) {
@@ -808,8 +742,6 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     QG_VK_CHECK(vkCreateFence(x->d.dev, &fci, NULL, &x->fence));
     x->no_fuse = env_on("QG_VK_NO_FUSE");
-    x->no_fold = x->no_fuse || env_on("QG_VK_NO_FOLD");
-    x->no_unroll = env_on("QG_VK_NO_UNROLL");
     if (qg_debug_enabled("vulkan")) fprintf(stderr, "vulkan: %s\n", x->d.desc);
     out->i = &VK_EXEC;
     out->self = x;

@@ -30,7 +30,6 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_MOE_SORT] = "moe_sort",
     [QG_VK_RMSNORM] = "rmsnorm",
     [QG_VK_ROPE] = "rope",
-    [QG_VK_ROPE_ATTN] = "rope_attn",
     [QG_VK_ROPE_KV] = "rope_kv",
     [QG_VK_SWIGLU] = "swiglu",
     [QG_VK_TOPK] = "topk",
@@ -63,11 +62,7 @@ qg_status qg_vk_pipes_init(qg_vk_dev *d, qg_vk_pipes *p, qg_error *err) {
                                               .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
     VkPushConstantRange pr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0,
                               .size = QG_VK_PUSH_BYTES};
-    /* layouts for as many bindings as the device allows (the recorder
-     * uses more than 12 only where it does) */
-    const int max_n = (int)QG_MIN((uint32_t)QG_VK_MAX_BIND,
-                                  d->props.limits.maxPerStageDescriptorStorageBuffers);
-    for (int n = 1; n <= max_n; n++) {
+    for (int n = 1; n <= QG_VK_MAX_BIND; n++) {
         VkDescriptorSetLayoutCreateInfo lci = {
             .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
             .bindingCount = (uint32_t)n, .pBindings = b};
@@ -97,8 +92,7 @@ void qg_vk_pipes_free(qg_vk_dev *d, qg_vk_pipes *p) {
 
 VkPipeline qg_vk_pipe_get(qg_vk_dev *d, qg_vk_pipes *p, qg_vk_shader shader, int n_bind,
                           const uint32_t *spec, qg_error *err) {
-    QG_ASSERT(shader >= 0 && shader < QG_VK_SHADER_COUNT && n_bind >= 1 && n_bind <= QG_VK_MAX_BIND &&
-              p->layout[n_bind]);
+    QG_ASSERT(shader >= 0 && shader < QG_VK_SHADER_COUNT && n_bind >= 1 && n_bind <= QG_VK_MAX_BIND);
     for (int i = 0; i < p->n; i++)
         if (p->e[i].shader == shader && p->e[i].n_bind == n_bind &&
             !memcmp(p->e[i].spec, spec, sizeof p->e[i].spec))

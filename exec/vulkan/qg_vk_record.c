@@ -242,34 +242,9 @@ static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t nslot
     return r;
 }
 
-/* The UPL constant of the weight shaders: n_items over `lanes` lanes, as a
- * constant loop bound the driver can unroll (all of a lane's weight loads
- * in flight before the first is used), or 0 (a dynamic loop) when
- * c->unroll is off or a lane would take more than 16 items. */
-static uint32_t upl_for(const qg_vk_rec_ctx *c, uint64_t n_items, uint32_t lanes) {
-    const uint64_t u = (n_items + lanes - 1) / lanes;
-    return c->unroll && u <= 16 ? (uint32_t)u : 0;
-}
-
 static uint32_t row_bytes(const qg_tensor *w) {
     return (uint32_t)qg_dtype_row_bytes(w->type, w->ne[0]);
 }
-
-/* Executor-level folds into a weight shader of a decode graph (see
- * qg_vk_record_node): norm: the product's x is rmsnorm(x_raw) * nw, which
- * the shader computes itself (qg_xnorm.glsl); resid: the product's output
- * goes to y = res + product (the add that was its only reader). */
-typedef struct fold {
-    bool norm;
-    qg_vk_loc x_raw, nw; /* (n, 1) the rmsnorm's input, (n) its weight */
-    float eps;
-    bool resid;
-    qg_vk_loc res, y;    /* (m, 1) the add's other input, the add's output */
-    bool xout;           /* matmul with norm: also store the normalized x */
-    qg_vk_loc xo;        /* (n, 1) there (the dropped rmsnorm's output) */
-    bool topk;           /* expert swiglu: route from the logits itself */
-    qg_vk_loc logits, ids, wts; /* (X, 1), (K, 1), (K, 1) */
-} fold;
 
 /* The tiled product of multi-token graphs (ops/vulkan/qg_gemm.glsl):
  * y (m, cols) = W x, or silu(W x) * (U x) when ut; grouped: W (n, m, X)
@@ -305,13 +280,11 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
     return d;
 }
 
-/* y (m, ncol) = W (n, m) x; last_only: the last live column only; f:
- * folds (decode and last_only products only; NULL: none). */
+/* y (m, ncol) = W (n, m) x; last_only: the last live column only. */
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
-                       bool last_only, const fold *f) {
+                       bool last_only) {
     const int Tm = r->c->g->n_tok_max;
     if (Tm > 1 && !last_only) {
-        QG_ASSERT(!f);
         rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
         return;
     }
@@ -328,98 +301,23 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[3] = NT;
     d->spec[4] = L.rpt;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
-    const bool norm = f && f->norm, resid = f && f->resid;
-    QG_ASSERT(!norm || NT == 1);
-    d->spec[5] = norm;
-    d->spec[6] = resid;
-    d->spec[8] = norm ? (uint32_t)wt->ne[0] / 4 : 1;
-    d->spec[9] = upl_for(r->c, (uint64_t)wt->ne[0] / 32, L.tpr);
-    /* unused bindings get the x actually read (x may be XOUT's target) */
-    const qg_vk_loc xr = norm ? f->x_raw : x;
     bind(d, w, false);
-    bind(d, xr, false);
-    bind(d, resid ? f->y : y, true);
-    bind(d, norm ? f->nw : xr, false);
-    bind(d, resid ? f->res : xr, false);
-    for (int i = 0; i < 4; i++) bind(d, xr, false); /* NMAT 3's W2, W3, y2, y3: unused */
-    QG_ASSERT(!(f && f->xout) || norm);
-    d->spec[13] = f && f->xout;
-    bind(d, f && f->xout ? f->xo : xr, f && f->xout);
+    bind(d, x, false);
+    bind(d, y, true);
     row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
     push(d, row_bytes(wt));
     push(d, last_only ? 1 : 0);
     push(d, d->groups[0]);
-    pushf(d, norm ? f->eps : 0.0f);
-    for (int i = 0; i < 6; i++) push(d, 0); /* NMAT 3's m2, m3, rb2, rb3, g1, g2 */
     if (last_only) d->groups[2] = 1;
     else tok_groups(d, Tm, 1, NT);
 }
 
-/* The qkv node of a decode graph as one matmul dispatch over its three
- * matrices (NMAT 3: each workgroup computes rows of one of them, as
- * rec_matmul's dispatch would, with the larger matrices' rows per group);
- * f: a norm fold or NULL. */
-static void rec_qkv3(rec *r, const qg_node *nd, const fold *f) {
-    const qg_tensor *T = r->c->g->tensors;
-    const qg_tensor *wt[3] = {&T[nd->in[1]], &T[nd->in[2]], &T[nd->in[3]]};
-    const bool norm = f && f->norm;
-    QG_ASSERT(r->c->g->n_tok_max == 1 && !(f && f->resid));
-    uint32_t RPT = 1;
-    for (int i = 0; i < 3; i++)
-        if (wt[i]->ne[1] >= 4096) RPT = 2;
-    const rows L = rows_for(r->c->d, wt[0]->ne[0], RPT, RPT, RPT);
-    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
-    const qg_vk_loc x = tloc(r, nd->in[0]);
-    d->spec[0] = L.wg;
-    d->spec[1] = (uint32_t)wt[0]->type;
-    d->spec[2] = L.tpr;
-    d->spec[3] = 1;
-    d->spec[4] = L.rpt;
-    d->spec[5] = norm;
-    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
-    d->spec[8] = norm ? (uint32_t)wt[0]->ne[0] / 4 : 1;
-    d->spec[9] = upl_for(r->c, (uint64_t)wt[0]->ne[0] / 32, L.tpr);
-    d->spec[10] = 3;
-    d->spec[11] = (uint32_t)wt[1]->type;
-    d->spec[12] = (uint32_t)wt[2]->type;
-    bind(d, tloc(r, nd->in[1]), false);
-    bind(d, norm ? f->x_raw : x, false);
-    bind(d, tloc(r, nd->out[0]), true);
-    bind(d, norm ? f->nw : x, false);
-    bind(d, x, false); /* no residual */
-    bind(d, tloc(r, nd->in[2]), false);
-    bind(d, tloc(r, nd->in[3]), false);
-    bind(d, tloc(r, nd->out[1]), true);
-    bind(d, tloc(r, nd->out[2]), true);
-    bind(d, x, false); /* no XOUT */
-    uint32_t g[3];
-    for (int i = 0; i < 3; i++) g[i] = div_up((uint64_t)wt[i]->ne[1], L.nr);
-    row_groups(d, (uint64_t)g[0] + g[1] + g[2]);
-    push(d, (uint32_t)wt[0]->ne[0]);
-    push(d, (uint32_t)wt[0]->ne[1]);
-    push(d, row_bytes(wt[0]));
-    push(d, 0);
-    push(d, d->groups[0]);
-    pushf(d, norm ? f->eps : 0.0f);
-    push(d, (uint32_t)wt[1]->ne[1]);
-    push(d, (uint32_t)wt[2]->ne[1]);
-    push(d, row_bytes(wt[1]));
-    push(d, row_bytes(wt[2]));
-    push(d, g[0]);
-    push(d, g[1]);
-    d->groups[2] = 1;
-}
-
-/* h = silu(G x) * (U x); moe: experts chosen by ids (K per token); f:
- * a norm fold (decode graphs; NULL: none). */
+/* h = silu(G x) * (U x); moe: experts chosen by ids (K per token). */
 static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor *ut, qg_vk_loc u,
-                       qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X,
-                       const fold *f) {
+                       qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
-    const bool norm = f && f->norm, topk = f && f->topk;
-    QG_ASSERT(!f || (Tm == 1 && !f->resid && (!topk || moe)));
     if (Tm > 1 && !moe) {
         rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1);
         return;
@@ -435,18 +333,11 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     d->spec[5] = L.rpt;
     d->spec[6] = moe ? 1 : 0;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
-    d->spec[8] = norm ? (uint32_t)gt->ne[0] / 4 : 1;
-    d->spec[9] = norm;
-    d->spec[10] = topk;
-    d->spec[11] = upl_for(r->c, (uint64_t)gt->ne[0] / 32, L.tpr);
     bind(d, g, false);
     bind(d, u, false);
-    bind(d, norm ? f->x_raw : x, false);
+    bind(d, x, false);
     bind(d, h, true);
-    bind(d, moe ? ids : r->c->step, topk);
-    bind(d, norm ? f->nw : x, false);
-    bind(d, topk ? f->logits : x, false);
-    bind(d, topk ? f->wts : x, topk);
+    bind(d, moe ? ids : r->c->step, false);
     row_groups(d, div_up((uint64_t)gt->ne[1], L.nr));
     push(d, (uint32_t)gt->ne[0]);
     push(d, (uint32_t)gt->ne[1]);
@@ -455,7 +346,6 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     push(d, moe ? (uint32_t)K : 0);
     push(d, moe ? (uint32_t)X : 0);
     push(d, d->groups[0]);
-    pushf(d, norm ? f->eps : 0.0f);
     if (moe) tok_groups(d, Tm, (uint32_t)K, 1);
     else tok_groups(d, Tm, 1, NT);
 }
@@ -471,26 +361,21 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
     tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
-/* y = sum_k wts * D_ids h_k; D (F, E, X); f: a residual fold (NULL:
- * none). */
+/* y = sum_k wts * D_ids h_k; D (F, E, X). */
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
-                          qg_vk_loc wts, qg_vk_loc y, int K, const fold *f) {
-    const bool resid = f && f->resid;
+                          qg_vk_loc wts, qg_vk_loc y, int K) {
     const rows L = rows_for(r->c->d, dt->ne[0], 1, 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
     d->spec[2] = L.tpr;
     d->spec[3] = L.rpt;
-    d->spec[4] = resid;
-    d->spec[5] = upl_for(r->c, (uint64_t)K * (uint64_t)(dt->ne[0] / 32), L.tpr);
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, dw, false);
     bind(d, h, false);
     bind(d, ids, false);
     bind(d, wts, false);
-    bind(d, resid ? f->y : y, true);
-    bind(d, resid ? f->res : h, false);
+    bind(d, y, true);
     row_groups(d, div_up((uint64_t)dt->ne[1], L.nr));
     push(d, (uint32_t)dt->ne[0]);
     push(d, (uint32_t)dt->ne[1]);
@@ -545,7 +430,7 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
  * MOE_NT), gemm_swiglu_moe and gemm_moe over the tiles (indirect
  * dispatches sized by moe_sort, each expert's weights read once per tile),
  * moe_combine (weighted sum per token). */
-static void rec_moe_fused(rec *r, const qg_node *nd, const fold *f) {
+static void rec_moe_fused(rec *r, const qg_node *nd) {
     const qg_graph *g = r->c->g;
     const qg_tensor *T = g->tensors;
     const qg_tensor *rt = &T[nd->in[1]], *gt = &T[nd->in[2]], *ut = &T[nd->in[3]];
@@ -559,28 +444,11 @@ static void rec_moe_fused(rec *r, const qg_node *nd, const fold *f) {
     const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
     const qg_vk_loc x = tloc(r, nd->in[0]), y = tloc(r, nd->out[0]);
     const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
-    /* a folded norm runs in the router, whose first workgroup also stores
-     * the normalized x where the rmsnorm would have (x, this node's
-     * input) for the expert swiglu */
-    const fold fn = {.norm = f && f->norm, .x_raw = f ? f->x_raw : x, .nw = f ? f->nw : x,
-                     .eps = f ? f->eps : 0.0f, .xout = f && f->norm, .xo = x};
-    const fold fr = {.resid = f && f->resid, .res = f ? f->res : x, .y = f ? f->y : y};
-    QG_ASSERT(!f || Tm == 1);
-    /* decode graphs with folds: the expert swiglu routes for itself, no
-     * topk dispatch (and barrier) between router and experts; where its
-     * shared memory (norm column, rows, routing) fits */
-    const bool tk = Tm == 1 && r->c->fold &&
-                    16400 <= (int64_t)r->c->d->props.limits.maxComputeSharedMemorySize;
-    fold fs = {.topk = tk};
-    fs.logits = logits;
-    fs.ids = ids;
-    fs.wts = wts;
-    rec_matmul(r, rt, tloc(r, nd->in[1]), x, logits, false, f ? &fn : NULL);
-    if (!tk) rec_topk(r, logits, X, K, ids, wts);
+    rec_matmul(r, rt, tloc(r, nd->in[1]), x, logits, false);
+    rec_topk(r, logits, X, K, ids, wts);
     if (Tm == 1) {
-        rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X,
-                   tk ? &fs : NULL);
-        rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K, f ? &fr : NULL);
+        rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X);
+        rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K);
         return;
     }
     const VkDeviceSize A = (VkDeviceSize)K * Tm;
@@ -634,156 +502,9 @@ static bool fuses(const qg_graph *g, const qg_node *a, const qg_node *b) {
     return false;
 }
 
-/* ---- executor-level folds (decode graphs) ---------------------------- */
-
-/* Readers of tensor t: node inputs anywhere in the graph (copies
- * included), plus one when it is a graph output. */
-static int readers(const qg_graph *g, int t) {
-    int k = g->tensors[t].role == QG_ROLE_OUTPUT;
-    for (int i = 0; i < g->n_nodes; i++)
-        for (int j = 0; j < g->nodes[i].n_in; j++) k += g->nodes[i].in[j] == t;
-    return k;
-}
-
-/* The input of node n an rmsnorm can fold into (its activation x), or -1. */
-static int norm_input(const qg_node *n) {
-    switch (n->op) {
-    case QG_OP_QKV: case QG_OP_MOE_FUSED: case QG_OP_LM_HEAD: case QG_OP_ROUTER:
-    case QG_OP_SWIGLU:
-        return 0;
-    case QG_OP_MATMUL:
-        return 1;
-    default:
-        return -1;
-    }
-}
-
-/* Does a norm prologue over n floats fit the device's shared memory in
- * consumer cn (the staged column next to the row reductions' 9.5 KiB, and
- * in swiglu.comp also the routing's 5.5 KiB; moe_fused normalizes in its
- * router matmul)? */
-static bool norm_fits(const qg_vk_dev *d, const qg_node *cn, int64_t n) {
-    const int64_t other = cn->op == QG_OP_SWIGLU ? 16384 : 10240;
-    return n % 4 == 0 && 4 * n + other <= (int64_t)d->props.limits.maxComputeSharedMemorySize;
-}
-
-static bool overlap(qg_vk_loc a, qg_vk_loc b) {
-    return a.buf == b.buf && a.off < b.off + b.range && b.off < a.off + a.range;
-}
-
-/* Are dispatches [n0, n1) of a fold group free of aliasing the fold could
- * introduce?  A folded group reads its inputs later than the nodes it
- * replaces did (a norm's x in every product workgroup, a residual in the
- * product's epilogue), so each written range may overlap a read range only
- * where a later dispatch reads exactly what an earlier one wrote (a
- * producer and its consumer inside the group). */
-static bool group_safe(const qg_vk_dispatch *d, int n0, int n1) {
-    for (int i = n0; i < n1; i++)
-        for (int wi = 0; wi < d[i].n_bind; wi++) {
-            if (!((d[i].writes >> wi) & 1u)) continue;
-            const qg_vk_loc w = d[i].b[wi];
-            for (int j = n0; j < n1; j++)
-                for (int rj = 0; rj < d[j].n_bind; rj++) {
-                    if (j == i && rj == wi) continue;
-                    const qg_vk_loc b = d[j].b[rj];
-                    if (!overlap(w, b)) continue;
-                    const bool consumer = j > i && !((d[j].writes >> rj) & 1u) &&
-                                          b.off == w.off && b.range == w.range;
-                    if (!consumer) return false;
-                }
-        }
-    return true;
-}
-
-/* Record the fold group starting at node ni, if there is one, and return
- * the nodes it covers (0: none, nothing recorded):
- *   rmsnorm -> P           P normalizes x itself (NORM): qkv, moe_fused,
- *                          lm_head, router, swiglu, matmul, when the
- *                          rmsnorm's output has no other reader;
- *   P -> add               P (matmul, moe_fused's aggregate) writes
- *                          add.out = other + P's result (RESID), when the
- *                          add is the only reader of P's output;
- *   rmsnorm -> P -> add    both.
- * Decode graphs only (one token column).  The folded shaders compute the
- * dropped nodes' values with the same f32 operations (the norm scale of
- * rmsnorm.comp, the add of add.comp).  Groups whose memory plan would let
- * a write clobber a later read are not folded. */
-static int record_folded(rec *r, int ni, int end) {
-    const qg_graph *g = r->c->g;
-    const qg_tensor *T = g->tensors;
-    const qg_node *nd = &g->nodes[ni];
-    fold f = {0};
-    int cons = ni, used = 1;
-    if (nd->op == QG_OP_RMSNORM) {
-        if (ni + 1 >= end) return 0;
-        const qg_node *cn = &g->nodes[ni + 1];
-        const int xi = norm_input(cn);
-        if (xi < 0 || cn->in[xi] != nd->out[0] || readers(g, nd->out[0]) != 1 ||
-            !norm_fits(r->c->d, cn, T[nd->in[0]].ne[0]) ||
-            T[nd->in[0]].ne[0] != T[nd->out[0]].ne[0])
-            return 0;
-        f.norm = true;
-        f.x_raw = tloc(r, nd->in[0]);
-        f.nw = tloc(r, nd->in[1]);
-        f.eps = nd->p.eps;
-        cons = ni + 1;
-        used = 2;
-    }
-    const qg_node *cn = &g->nodes[cons];
-    if ((cn->op == QG_OP_MATMUL || cn->op == QG_OP_MOE_FUSED) && cons + 1 < end) {
-        const qg_node *ad = &g->nodes[cons + 1];
-        const int po = cn->out[0];
-        if (ad->op == QG_OP_ADD && (ad->in[0] == po) != (ad->in[1] == po) && readers(g, po) == 1 &&
-            T[ad->out[0]].ne[0] == T[po].ne[0] && T[ad->in[0]].ne[0] == T[po].ne[0] &&
-            T[ad->in[1]].ne[0] == T[po].ne[0]) {
-            f.resid = true;
-            f.res = tloc(r, ad->in[ad->in[0] == po ? 1 : 0]);
-            f.y = tloc(r, ad->out[0]);
-            used++;
-        }
-    }
-    if (!f.norm && !f.resid) return 0;
-    const int n0 = *r->n;
-    r->node = cons;
-#define CIN(i) tloc(r, cn->in[i])
-#define COUT(i) tloc(r, cn->out[i])
-#define CT(i) (&T[cn->in[i]])
-    switch (cn->op) {
-    case QG_OP_QKV:
-        rec_qkv3(r, cn, &f);
-        break;
-    case QG_OP_MATMUL:
-        rec_matmul(r, CT(0), CIN(0), CIN(1), COUT(0), false, &f);
-        break;
-    case QG_OP_ROUTER:
-    case QG_OP_LM_HEAD:
-        rec_matmul(r, CT(1), CIN(1), CIN(0), COUT(0), cn->p.only_last, &f);
-        break;
-    case QG_OP_SWIGLU:
-        rec_swiglu(r, CT(1), CIN(1), CT(2), CIN(2), CIN(0), COUT(0), false, r->c->step, 0, 0, &f);
-        break;
-    case QG_OP_MOE_FUSED:
-        rec_moe_fused(r, cn, &f);
-        break;
-    default:
-        QG_ABORT("vulkan: no fold into %s", qg_op_name(cn->op));
-    }
-#undef CIN
-#undef COUT
-#undef CT
-    r->node = ni;
-    if (group_safe(*r->out, n0, *r->n)) return used;
-    *r->n = n0; /* drop them: record the nodes one by one */
-    return 0;
-}
-
 int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **out, int *n,
                       int *cap) {
     rec r = {.c = c, .node = ni, .out = out, .n = n, .cap = cap};
-    if (c->fold && c->g->n_tok_max == 1) {
-        const int k = record_folded(&r, ni, end);
-        if (k) return k;
-    }
     const qg_graph *g = c->g;
     const qg_node *nd = &g->nodes[ni];
     const qg_node *next = c->fuse && ni + 1 < end ? &g->nodes[ni + 1] : NULL;
@@ -846,44 +567,9 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         tok_groups(d, (int)Tm, 1, 1);
         return 1;
     case QG_OP_QKV:
-        if (Tm == 1 && c->fold) {
-            rec_qkv3(&r, nd, NULL);
-            return 1;
-        }
-        for (int i = 0; i < 3; i++)
-            rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false, NULL);
+        for (int i = 0; i < 3; i++) rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false);
         return 1;
     case QG_OP_ROPE:
-        if (fused && c->fold && Tm == 1 &&
-            c->d->props.limits.maxPerStageDescriptorStorageBuffers >= 13) {
-            /* decode: rope, append and attention in one dispatch
-             * (rope_attn.comp), recorded as the attention node's */
-            const qg_node *at = next;
-            r.node = ni + 1;
-            d = new_dispatch(&r, QG_VK_ROPE_ATTN);
-            d->spec[1] = T[at->in[3]].type == QG_F16;
-            bind(d, IN(0), false);                     /* q */
-            bind(d, tloc(&r, at->in[3]), true);        /* k cache */
-            bind(d, tloc(&r, at->in[4]), true);        /* v cache */
-            bind(d, IN(4), false);                     /* pos */
-            bind(d, tloc(&r, at->out[0]), true);       /* o */
-            bind(d, IN(1), false);                     /* k */
-            bind(d, tloc(&r, at->in[2]), false);       /* v */
-            bind(d, IN(2), false);                     /* q norm */
-            bind(d, IN(3), false);                     /* k norm */
-            bind(d, c->rope_table(c->self, nd), false);
-            bind(d, OUT(0), true);                     /* q_rope */
-            bind(d, OUT(1), true);                     /* k_rope */
-            push(d, (uint32_t)p->head_dim);
-            push(d, (uint32_t)p->n_head);
-            push(d, (uint32_t)p->n_head_kv);
-            /* valid positions: rows of the cache and of the rope table */
-            push(d, (uint32_t)QG_MIN(T[at->in[3]].ne[1], (int64_t)g->n_ctx));
-            pushf(d, p->eps);
-            d->groups[0] = (uint32_t)p->n_head;
-            d->groups[1] = d->groups[2] = 1;
-            return 2;
-        }
         d = new_dispatch(&r, fused ? QG_VK_ROPE_KV : QG_VK_ROPE);
         for (int i = 0; i < 5; i++) bind(d, IN(i), false);
         bind(d, c->rope_table(c->self, nd), false);
@@ -911,29 +597,29 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         rec_attention(&r, nd, true);
         return 1;
     case QG_OP_MATMUL:
-        rec_matmul(&r, TIN(0), IN(0), IN(1), OUT(0), false, NULL);
+        rec_matmul(&r, TIN(0), IN(0), IN(1), OUT(0), false);
         return 1;
     case QG_OP_ROUTER:
-        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), false, NULL);
+        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), false);
         return 1;
     case QG_OP_LM_HEAD:
-        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), p->only_last, NULL);
+        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), p->only_last);
         return 1;
     case QG_OP_SWIGLU:
-        rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0, NULL);
+        rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0);
         return 1;
     case QG_OP_TOPK:
         rec_topk(&r, IN(0), (int)TIN(0)->ne[0], (int)TOUT(0)->ne[0], OUT(0), OUT(1));
         return 1;
     case QG_OP_EXPERT_SWIGLU:
         rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), true, IN(3),
-                   (int)TIN(3)->ne[0], (int)TIN(1)->ne[2], NULL);
+                   (int)TIN(3)->ne[0], (int)TIN(1)->ne[2]);
         return 1;
     case QG_OP_AGGREGATE:
-        rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0], NULL);
+        rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0]);
         return 1;
     case QG_OP_MOE_FUSED:
-        rec_moe_fused(&r, nd, NULL);
+        rec_moe_fused(&r, nd);
         return 1;
     case QG_OP_COPY:
     case QG_OP_COUNT:

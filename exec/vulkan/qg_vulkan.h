@@ -2,21 +2,13 @@
  * qg_vulkan.h - the Vulkan executor's extras beyond exec/qg_exec.h.
  *
  * qg_exec_vulkan_new() (declared in exec/qg_exec.h) makes the executor with
- * default options; the environment can change some of them:
+ * default options; the environment can change two of them:
  *   QG_VK_VALIDATION=1   enable VK_LAYER_KHRONOS_validation and a debug
  *                        messenger that prints every message to stderr;
  *                        =2 adds synchronization validation (slow: it
  *                        checks every barrier between dispatches)
  *   QG_VK_NO_SUBGROUP=1  use the shared-memory reduction shaders even where
  *                        the device has subgroup arithmetic
- *   QG_VK_NO_FUSE=1      no fusion at all: every node its own dispatches
- *   QG_VK_NO_FOLD=1      no executor-level folds in decode graphs (norm
- *                        prologues, residual epilogues); node pairs still
- *                        fuse.  QG_DEBUG=vulkan prints each compiled
- *                        graph's dispatch and barrier counts,
- *                        QG_DEBUG=vulkan,vulkan-dispatch every dispatch.
- *   QG_VK_NO_UNROLL=1    the weight shaders loop over a row's units with a
- *                        run-time bound instead of a constant one
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.

@@ -9,8 +9,8 @@
  */
 #include "qg_common.glsl"
 
-#define WG 128u /* as the folded norms (qg_xnorm.glsl): the same sums */
-layout(local_size_x = 128) in;
+#define WG 256u
+layout(local_size_x = 256) in;
 
 layout(std430, binding = 1) readonly buffer ABuf { float a[]; };   /* (n, T) */
 layout(std430, binding = 2) readonly buffer BBuf { float b[]; };   /* (n, T) */
@@ -29,13 +29,13 @@ void main() {
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK)) return;
     const uint o = t * pc.n;
-    precise float s = 0.0;
+    float s = 0.0;
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) {
         const float v = a[o + i] + b[o + i];
         y[o + i] = v;
         s += v * v;
     }
-    const float scale = qg_norm_scale(s, pc.n, pc.eps);
+    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
     /* each invocation reads back only the elements it wrote */
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) h[o + i] = y[o + i] * scale * w[i];
 }

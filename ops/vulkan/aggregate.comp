@@ -5,11 +5,9 @@
  *
  * D (n=f, m=n_embd, X) any format; h (f, K, T); ids, wts (K, T);
  * y (m, T).  Workgroup: NR rows (qg_rows.glsl) of token gl_WorkGroupID.z;
- * lanes take (chosen expert, unit) items of the rows and accumulate
+ * lanes take units of every chosen expert's rows and accumulate
  * wts * partial dot; the RPT sums per lane are reduced over the row's
  * lanes.  An id outside [0, X) writes NaN.
- * RESID = 1 (executor fold of the residual add that reads y): y = r + sum,
- * r (m, T) at binding 6 (bound to h and unused otherwise).
  */
 #include "qg_common.glsl"
 
@@ -17,8 +15,6 @@ layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0;
 layout(constant_id = 2) const uint TPR = 32u;
 layout(constant_id = 3) const uint RPT = 1u; /* <= min(16, TPR) */
-layout(constant_id = 4) const uint RESID = 0u;
-layout(constant_id = 5) const uint UPL = 0u; /* items per lane, 0: dynamic */
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
@@ -28,7 +24,6 @@ layout(std430, binding = 2) readonly buffer HBuf { vec4 h4[]; };     /* (f, K, T
 layout(std430, binding = 3) readonly buffer IBuf { int ids[]; };     /* (K, T) */
 layout(std430, binding = 4) readonly buffer WtBuf { float wts[]; };  /* (K, T) */
 layout(std430, binding = 5) writeonly buffer YBuf { float y[]; };    /* (m, T) */
-layout(std430, binding = 6) readonly buffer RBuf { float res[]; };   /* (m, T) RESID */
 
 layout(push_constant) uniform PC {
     uint n;        /* f: elements per row */
@@ -46,32 +41,6 @@ layout(push_constant) uniform PC {
 #include "qg_dequant.glsl"
 #include "qg_rows.glsl"
 
-/* Item it = (expert slot kk, unit u) of token t for this group's RPT
- * rows: acc[k] += wts * the unit's partial dot (invalid ids add nothing;
- * the caller writes NaN). */
-void ag_item(uint it, uint nu, uint t, uint r0, uint g, uint G, inout float acc[QG_ROWS_ACC]) {
-    const uint kk = it / nu, u = it % nu;
-    const int e = ids[t * pc.k + kk];
-    if (e < 0 || uint(e) >= pc.n_expert) return;
-    const float wk = wts[t * pc.k + kk];
-    const uint ho = (t * pc.k + kk) * pc.n;
-    for (uint k = 0u; k < RPT; k++) {
-        const uint r = r0 + g + k * G;
-        if (r >= pc.m) break;
-        float w[32];
-        uint e0, e1;
-        dq_d((uint(e) * pc.m + r) * pc.rb, u, w, e0, e1);
-        const uint a = (ho + e0) >> 2, b = (ho + e1) >> 2;
-        float s = 0.0;
-        for (uint i = 0u; i < 4u; i++) {
-            s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), h4[a + i]);
-            s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]),
-                     h4[b + i]);
-        }
-        acc[k] += wk * s;
-    }
-}
-
 void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
@@ -84,26 +53,34 @@ void main() {
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (uint kk = 0u; kk < pc.k; kk++) {
         const int e = ids[t * pc.k + kk];
-        bad = bad || e < 0 || uint(e) >= pc.n_expert;
-    }
-    /* the lanes take (expert, unit) items, so every lane has work when a
-     * row has fewer units than lanes; UPL (items per lane, a constant):
-     * a loop the driver can unroll, all loads issued before the first is
-     * used; the dynamic loop where the lanes are fewer than assumed */
-    const uint ni = pc.k * nu;
-    if (UPL != 0u && UPL * lanes >= ni) {
-        for (uint i = 0u; i < UPL; i++)
-            if (lane + i * lanes < ni) ag_item(lane + i * lanes, nu, t, r0, g, G, acc);
-    } else {
-        for (uint it = lane; it < ni; it += lanes) ag_item(it, nu, t, r0, g, G, acc);
+        if (e < 0 || uint(e) >= pc.n_expert) {
+            bad = true;
+            continue;
+        }
+        const float wk = wts[t * pc.k + kk];
+        const uint ho = (t * pc.k + kk) * pc.n;
+        for (uint u = lane; u < nu; u += lanes) {
+            for (uint k = 0u; k < RPT; k++) {
+                const uint r = r0 + g + k * G;
+                if (r >= pc.m) break;
+                float w[32];
+                uint e0, e1;
+                dq_d((uint(e) * pc.m + r) * pc.rb, u, w, e0, e1);
+                const uint a = (ho + e0) >> 2, b = (ho + e1) >> 2;
+                float s = 0.0;
+                for (uint i = 0u; i < 4u; i++) {
+                    s += dot(vec4(w[4u * i], w[4u * i + 1u], w[4u * i + 2u], w[4u * i + 3u]), h4[a + i]);
+                    s += dot(vec4(w[16u + 4u * i], w[17u + 4u * i], w[18u + 4u * i], w[19u + 4u * i]),
+                             h4[b + i]);
+                }
+                acc[k] += wk * s;
+            }
+        }
     }
     qg_rows_reduce(acc, RPT);
     uint j, gg;
     if (qg_rows_slot(RPT, j, gg)) {
         const uint r = r0 + gg + j * G;
-        if (r < pc.m) {
-            const float v = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_sum(acc, j, gg);
-            y[t * pc.m + r] = RESID != 0u ? res[t * pc.m + r] + v : v;
-        }
+        if (r < pc.m) y[t * pc.m + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_sum(acc, j, gg);
     }
 }

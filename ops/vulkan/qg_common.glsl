@@ -13,10 +13,6 @@
  *     or shared-memory tree reductions; both give the same contract.
  *   - Activations are f32; weights are dequantized exactly (GGML's order)
  *     and multiplied in f32 with f32 accumulation.
- *   - Division, sqrt, exp and every conversion to or from f16 go through
- *     qg_numerics.glsl (correctly rounded, or with a stated bound), never
- *     the implementation-defined built-ins, so the results do not depend
- *     on the driver's approximations.
  */
 #extension GL_EXT_control_flow_attributes : enable
 #if QG_SUBGROUP
@@ -40,8 +36,29 @@ layout(std430, binding = 0) readonly buffer StepBuf { int step[]; };
 /* The largest workgroup any shader uses (bounds the shared arrays). */
 #define QG_WG_MAX 256
 
-#include "qg_numerics.glsl"
+float qg_silu(float x) { return x / (1.0 + exp(-x)); }
 
-/* silu(x) = x / (1 + exp(-x)), the CPU's expression; division correctly
- * rounded, exp within 2 ulp (qg_numerics.glsl). */
-float qg_silu(float x) { return qg_div_rn(x, 1.0 + qg_exp(-x)); }
+/* f32 -> f16 bits, round to nearest even, exactly as qg_f32_to_f16
+ * (graph/qg_base.c): Inf/NaN kept, overflow to Inf, subnormals rounded. */
+uint qg_f32_to_f16(float f) {
+    uint x = floatBitsToUint(f);
+    uint sign = (x >> 16) & 0x8000u;
+    uint e = (x >> 23) & 0xffu;
+    uint m = x & 0x7fffffu;
+    if (e == 0xffu) return sign | 0x7c00u | (m != 0u ? 0x200u : 0u);
+    int ee = int(e) - 127 + 15;
+    if (ee >= 31) return sign | 0x7c00u;
+    if (ee <= 0) {
+        if (ee < -10) return sign;
+        m |= 0x800000u;
+        uint shift = uint(14 - ee);
+        uint h = m >> shift;
+        uint rem = m & ((1u << shift) - 1u), half_ = 1u << (shift - 1u);
+        if (rem > half_ || (rem == half_ && (h & 1u) != 0u)) h++;
+        return sign | h;
+    }
+    uint h = (uint(ee) << 10) | (m >> 13);
+    uint rem = m & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u) != 0u)) h++;
+    return sign | h; /* a carry into the exponent is the right rounding */
+}

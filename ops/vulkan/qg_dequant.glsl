@@ -75,7 +75,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
             const uvec4 q = DQ_BUF4[o + i];
             for (uint k = 0u; k < 4u; k++) {
                 if (DQ_TYPE == QG_F16) {
-                    const vec2 v = qg_unpack_f16x2(q[k]);
+                    const vec2 v = unpackHalf2x16(q[k]);
                     w[8u * i + 2u * k] = v.x;
                     w[8u * i + 2u * k + 1u] = v.y;
                 } else {
@@ -88,7 +88,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e0 = 32u * u;
         e1 = e0 + 16u;
         const uint o = rb + 34u * u;
-        const float d = qg_unpack_f16x2(DQ_U16(o)).x;
+        const float d = unpackHalf2x16(DQ_U16(o)).x;
         for (uint i = 0u; i < 8u; i++) {
             const int q = int(DQ_W32(o + 2u + 4u * i));
             for (uint b = 0u; b < 4u; b++)
@@ -98,7 +98,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         e0 = 32u * u;
         e1 = e0 + 16u;
         const uint o = rb + 18u * u;
-        const float d = qg_unpack_f16x2(DQ_U16(o)).x;
+        const float d = unpackHalf2x16(DQ_U16(o)).x;
         for (uint i = 0u; i < 4u; i++) {
             const uint q = DQ_W32(o + 2u + 4u * i);
             for (uint b = 0u; b < 4u; b++) {
@@ -112,7 +112,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         const uint sb = u >> 3u, c = (u & 7u) >> 1u, h = u & 1u;
         const uint o = rb + (q5 ? 176u : 144u) * sb; /* 16-aligned */
         const uvec4 hd = DQ_BUF4[o >> 4];            /* d|dmin, scales[12] */
-        const vec2 dm = qg_unpack_f16x2(hd.x);
+        const vec2 dm = unpackHalf2x16(hd.x);
         /* 6-bit scale and min of sub-blocks j = 2c and 2c+1 */
         float d1[2], m1[2];
         for (uint s = 0u; s < 2u; s++) {
@@ -151,7 +151,7 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
     } else if (DQ_TYPE == QG_Q6_K) {
         const uint sb = u >> 3u, hh = (u & 7u) >> 2u, q = u & 3u, k0 = q >> 1u, p = q & 1u;
         const uint o = rb + 210u * sb;
-        const float d = qg_unpack_f16x2(DQ_U16(o + 208u)).x;
+        const float d = unpackHalf2x16(DQ_U16(o + 208u)).x;
         const uint si = o + 192u + 8u * hh + 2u * k0 + p;
         const float s0 = d * float(bitfieldExtract(int(DQ_U8(si)), 0, 8));
         const float s1 = d * float(bitfieldExtract(int(DQ_U8(si + 4u)), 0, 8));

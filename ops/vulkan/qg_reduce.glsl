@@ -53,14 +53,3 @@ float wg_max(float v) {
     return r;
 #endif
 }
-
-/* The RMSNorm scale 1 / sqrt(sum / n + eps) of one column, from each
- * invocation's partial sum of squares (invocation l summing elements l,
- * l + WG, ... in order, without fused multiply-adds: `precise`); every
- * step correctly rounded (qg_numerics.glsl), as the CPU computes it.  The
- * rmsnorm, add_rmsnorm and folded-norm (qg_xnorm.glsl) shaders use it with
- * WG = 128, so a folded norm equals the rmsnorm shader's bit for bit on a
- * device (given the same subgroup size). */
-float qg_norm_scale(float partial, uint n, float eps) {
-    return qg_div_rn(1.0, qg_sqrt_rn(qg_div_rn(wg_sum(partial), float(n)) + eps));
-}

@@ -52,7 +52,7 @@ void main() {
     const bool isq = j < pc.nh;
     const uint base = isq ? t * pc.nh * pc.hd + j * pc.hd : t * pc.nkv * pc.hd + (j - pc.nh) * pc.hd;
     float x0[2], x1[2];
-    precise float s = 0.0;
+    float s = 0.0;
     for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         x0[u] = 0.0;
@@ -63,7 +63,7 @@ void main() {
         }
         s += x0[u] * x0[u] + x1[u] * x1[u];
     }
-    const float scale = qg_norm_scale(s, pc.hd, pc.eps);
+    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.hd) + pc.eps);
     const int p = pos[t];
     const bool bad = p < 0 || uint(p) >= pc.n_ctx;
     const uint co = bad ? 0u : uint(p) * pc.hd;
@@ -73,8 +73,7 @@ void main() {
         const float y0 = x0[u] * scale * (isq ? qn[r] : kn[r]);
         const float y1 = x1[u] * scale * (isq ? qn[r + half_] : kn[r + half_]);
         const float c = cs[co + r], sn = cs[co + half_ + r];
-        /* precise: no fused multiply-add, the CPU's two roundings per product */
-        precise float o0 = y0 * c - y1 * sn, o1 = y0 * sn + y1 * c;
+        float o0 = y0 * c - y1 * sn, o1 = y0 * sn + y1 * c;
         if (bad) o0 = o1 = uintBitsToFloat(0x7fc00000u);
         if (isq) {
             qo[base + r] = o0;

@@ -5,8 +5,8 @@
  */
 #include "qg_common.glsl"
 
-#define WG 128u /* as the folded norms (qg_xnorm.glsl): the same sums */
-layout(local_size_x = 128) in;
+#define WG 256u
+layout(local_size_x = 256) in;
 
 layout(std430, binding = 1) readonly buffer XBuf { float x[]; };   /* (n, T) */
 layout(std430, binding = 2) readonly buffer WBuf { float w[]; };   /* (n) */
@@ -23,8 +23,8 @@ void main() {
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK)) return;
     const uint o = t * pc.n;
-    precise float s = 0.0;
+    float s = 0.0;
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) s += x[o + i] * x[o + i];
-    const float scale = qg_norm_scale(s, pc.n, pc.eps);
+    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) y[o + i] = x[o + i] * scale * w[i];
 }
