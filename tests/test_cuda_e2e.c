@@ -240,8 +240,12 @@ static void test_profile(void **state) {
 
 /* QG_CUDA_BIG_MODEL: greedy 64-token continuations of the 10 text prompts
  * of tools/agree-device.sh (QG_E2E_PROMPTS, tokenized with the model's
- * tokenizer as `run -p` does), CUDA against the CPU executor: at least 9
- * of 10 identical. */
+ * tokenizer as `run -p` does), CUDA against the CPU executor, both with an
+ * F32 KV cache: at least 9 of 10 identical.  With the default F16 cache
+ * the synthetic 30B parts even the CPU executor from itself (its AVX2
+ * against its AVX-512 kernels: 4 of 10 identical, docs/BENCHMARKS.md), so
+ * that comparison measures the model's chaos, not the executor; it is
+ * reported by tools/agree-device.sh, not asserted here. */
 static void test_big_greedy(void **state) {
     (void)state;
     NEED_DEVICE();
@@ -257,6 +261,7 @@ static void test_big_greedy(void **state) {
     qg_ctx_params p = qg_ctx_default_params();
     p.n_ctx = 128;
     p.n_batch = 64;
+    p.kv_type = QG_F32;
     p.backend = "cuda";
     qg_ctx *gpu = qg_ctx_new(m, &p, &err);
     if (!gpu) fail_msg("cuda ctx: %s", err.msg);
