@@ -28,7 +28,9 @@
  * node (also the rope/KV-append fold), QG_CUDA_PDL=0 turns off
  * programmatic dependent launch, QG_CUDA_F32_PREFILL=1 makes prefill
  * products exact f32, QG_CUDA_I8=0 turns off the integer tensor-core decode
- * products (Q4_K / Q6_K decode then runs the f32 kernels).
+ * products (Q4_K / Q6_K decode then runs the f32 kernels), QG_CUDA_ATTN_CTAS=N
+ * (1..8, default 1) sets how many CTAs per multiprocessor the decode
+ * attention's split over cache rows aims at.
  */
 #include "../../graph/qg_rope.h"
 #include "../../ops/cuda/qg_cuda_ops.h"
@@ -940,6 +942,10 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
     c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
     c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
+    {
+        const char *ac = getenv("QG_CUDA_ATTN_CTAS");
+        c->o.attn_ctas = ac && atoi(ac) > 0 && atoi(ac) <= 8 ? atoi(ac) : 1;
+    }
     c->use_graphs = !env_is("QG_CUDA_GRAPH", "0");
     c->fuse = !env_is("QG_CUDA_FUSE", "0");
     c->log = qg_debug_enabled("cuda");

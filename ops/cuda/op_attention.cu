@@ -533,12 +533,12 @@ static int attn_gw(const qg_op_params *p) {
 
 #define AD_MIN_CHUNK 64
 
-/* Most splits of the decode kernel: about one CTA per multiprocessor at
- * the longest context, never more than the cache fills with AD_MIN_CHUNK
+/* Most splits of the decode kernel: about attn_ctas CTAs per
+ * multiprocessor at the longest context, never more than the cache fills with AD_MIN_CHUNK
  * rows each, at most 64 (the merge's table). */
 static int attn_ns_max(const qg_graph *g, const qg_op_params *p, const qg_cuda_opts *o) {
     const int groups = p->n_head / attn_gw(p);
-    const int n_sm = o->n_sm > 0 ? o->n_sm : 132;
+    const int n_sm = (o->n_sm > 0 ? o->n_sm : 132) * (o->attn_ctas > 0 ? o->attn_ctas : 1);
     int ns = (n_sm + groups - 1) / groups;
     const int by_rows = (g->n_ctx + AD_MIN_CHUNK - 1) / AD_MIN_CHUNK;
     if (ns > by_rows) ns = by_rows;

@@ -51,6 +51,8 @@ typedef struct qg_cuda_opts {
     bool pdl;         /* programmatic dependent launch (sm_90) */
     bool i8_decode;   /* decode products over Q4_K / Q6_K on the integer
                          tensor cores (op_matvec_i8.cu) */
+    int attn_ctas;    /* decode attention: CTAs per multiprocessor the
+                         split over cache rows aims at (long contexts) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
 } qg_cuda_opts;
 
