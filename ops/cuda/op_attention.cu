@@ -67,6 +67,40 @@ __device__ __forceinline__ void rope_angle(const float *csp, const double *freq,
     *s = (float)sd;
 }
 
+/* One warp: rmsnorm(src) * w then RoPE at position p into dst (hd floats,
+ * shared or global), k_rope's arithmetic exactly; round: each output
+ * rounded as the cache stores it (CT), for this step's K row. */
+template <typename CT>
+__device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
+                                          const double *__restrict__ freq,
+                                          const float *__restrict__ cs, int ncs, int hd, float eps,
+                                          int p, bool round, float *dst) {
+    const int lane = threadIdx.x & 31;
+    float ss = 0.0f;
+    for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
+    ss = qg_warp_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
+    const int half = hd / 2;
+    const float *csp = cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr;
+    for (int r = lane; r < half; r += 32) {
+        const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
+        const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
+        float c, s;
+        rope_angle(csp, freq, p, r, half, &c, &s);
+        float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
+        float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
+        if (round) {
+            CT t0, t1;
+            cache_put(&t0, o0);
+            cache_put(&t1, o1);
+            o0 = cache_get(&t0);
+            o1 = cache_get(&t1);
+        }
+        dst[r] = o0;
+        dst[r + half] = o1;
+    }
+}
+
 __global__ void __launch_bounds__(128)
 k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ qn,
        const float *__restrict__ kn, const int32_t *__restrict__ pos,
@@ -89,37 +123,15 @@ k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__
         dst = ko + ((size_t)t * nkv + (j - nh)) * hd;
         w = kn;
     }
-    float ss = 0.0f;
-    for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
-    ss = qg_warp_sum(ss);
-    const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
-    const int half = hd / 2;
     const int pi = pos[t];
-    const float *csp = cs && pi >= 0 && pi < ncs ? cs + (size_t)pi * hd : nullptr;
-    for (int r = lane; r < half; r += 32) {
-        const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
-        const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
-        float c, s;
-        rope_angle(csp, freq, pi, r, half, &c, &s);
-        const float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
-        const float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
-        dst[r] = o0;
-        dst[r + half] = o1;
-        if (kv.kc && j >= nh) {
-            const int p = pos[t];
-            if (p >= 0 && p < kv.C) {
-                const size_t row = (size_t)p * nkv * hd + (size_t)(j - nh) * hd;
-                kv_put(kv, false, row + r, o0);
-                kv_put(kv, false, row + r + half, o1);
-            }
-        }
-    }
-    if (kv.kc && j >= nh) {
-        const int p = pos[t];
-        if (p >= 0 && p < kv.C) {
-            const size_t row = (size_t)p * nkv * hd + (size_t)(j - nh) * hd;
-            const float *vs = kv.v + ((size_t)t * nkv + (j - nh)) * hd;
-            for (int i = lane; i < hd; i += 32) kv_put(kv, true, row + i, vs[i]);
+    warp_rope<float>(src, w, freq, cs, ncs, hd, eps, pi, false, dst);
+    if (kv.kc && j >= nh && pi >= 0 && pi < kv.C) {
+        __syncwarp(); /* dst, written by this warp's lanes */
+        const size_t row = (size_t)pi * nkv * hd + (size_t)(j - nh) * hd;
+        const float *vs = kv.v + ((size_t)t * nkv + (j - nh)) * hd;
+        for (int i = lane; i < hd; i += 32) {
+            kv_put(kv, false, row + i, dst[i]);
+            kv_put(kv, true, row + i, vs[i]);
         }
     }
 }
@@ -179,40 +191,6 @@ struct at_args {
     float eps;
     void *kcw, *vcw; /* the caches, for the append */
 };
-
-/* One warp: rmsnorm(src) * w then RoPE at position p into dst (hd floats,
- * shared or global), k_rope's arithmetic exactly; round: each output
- * rounded as the cache stores it (CT), for this step's K row. */
-template <typename CT>
-__device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
-                                          const double *__restrict__ freq,
-                                          const float *__restrict__ cs, int ncs, int hd, float eps,
-                                          int p, bool round, float *dst) {
-    const int lane = threadIdx.x & 31;
-    float ss = 0.0f;
-    for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
-    ss = qg_warp_sum(ss);
-    const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
-    const int half = hd / 2;
-    const float *csp = cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr;
-    for (int r = lane; r < half; r += 32) {
-        const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
-        const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
-        float c, s;
-        rope_angle(csp, freq, p, r, half, &c, &s);
-        float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
-        float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
-        if (round) {
-            CT t0, t1;
-            cache_put(&t0, o0);
-            cache_put(&t1, o1);
-            o0 = cache_get(&t0);
-            o1 = cache_get(&t1);
-        }
-        dst[r] = o0;
-        dst[r + half] = o1;
-    }
-}
 
 #define AD_ROWS 32
 
