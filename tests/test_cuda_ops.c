@@ -297,6 +297,58 @@ static void test_lm_head(void **state) {
     mm_cases(QG_OP_LM_HEAD, 7, EX_F32_PREFILL);
 }
 
+/* ---- non-finite activations ------------------------------------------- */
+
+/* A NaN or an infinity in x must reach every output of its column, as in
+ * the CPU's f32 arithmetic (the integer paths quantize x per super-block:
+ * a NaN scale carries it).  Every weight type, decode and prefill; the
+ * poison is 0xFF bytes, a NaN too, so a NaN output must also differ from
+ * it bit for bit (the kernel wrote it). */
+static void test_matmul_nonfinite(void **state) {
+    (void)state;
+    NEED_DEVICE();
+    qg_exec ex = ex_new(EX_DEFAULT);
+    int case_id = 0;
+    const int64_t N = 512, M = 70;
+    for (size_t d = 0; d < QG_ARRAY_LEN(QG_OPTEST_ALL_W); d++)
+        for (int ph = 0; ph < 2; ph++) {
+            qg_test_rng r = rng_for(40, case_id++);
+            const int T = ph ? 37 : 1;
+            qg_optest_fx f = qg_optest_fx_new(ph ? QG_PHASE_PREFILL : QG_PHASE_DECODE, T, 64, true);
+            const int w = qg_optest_add_weight(&f, "w", QG_OPTEST_ALL_W[d], 2, N, M, 1, &r, 1.0f);
+            const int x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, N, T, 1);
+            const int y = qg_optest_add_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, 2, M, T, 1);
+            qg_op_params p = {0};
+            qg_optest_add_node(&f, QG_OP_MATMUL, "matmul", (int[]){w, x}, 2, (int[]){y}, 1, &p);
+            cx_compile(&f, &ex);
+            const int nt = ph ? 3 : 1;
+            for (int kind = 0; kind < 2; kind++) {
+                char label[160];
+                snprintf(label, sizeof label, "matmul %s n_tok=%d with %s in x",
+                         qg_dtype_name(QG_OPTEST_ALL_W[d]), nt, kind ? "+inf" : "NaN");
+                qg_optest_fill_act(&f, x, nt, &r, -1, 1);
+                float *xs = qg_optest_f32(&f, x);
+                for (int c = 0; c < nt; c++) /* one element, a different super-block per column */
+                    xs[(size_t)c * N + 37 + 256 * (c % 2)] = kind ? INFINITY : NAN;
+                qg_optest_step(&f, f.ex, (int[]){x}, 1, (int[]){y}, 1, nt, 0, label);
+                const float *ys = qg_optest_f32(&f, y);
+                for (int64_t i = 0; i < (int64_t)nt * M; i++) {
+                    uint32_t bits;
+                    memcpy(&bits, &ys[i], sizeof bits);
+                    if (isfinite(ys[i]) || bits == 0xFFFFFFFFu)
+                        fail_msg("%s: y[%lld] = %.9g (bits %08x): expected a non-finite value "
+                                 "written by the kernel",
+                                 label, (long long)i, (double)ys[i], (unsigned)bits);
+                    if (kind == 0 && !isnan(ys[i]))
+                        fail_msg("%s: y[%lld] = %.9g: expected NaN", label, (long long)i,
+                                 (double)ys[i]);
+                }
+            }
+            qg_optest_fx_free(&f);
+        }
+    ex_free(&ex);
+}
+
 /* ---- qkv, swiglu ------------------------------------------------------ */
 
 static void test_qkv(void **state) {
@@ -934,6 +986,7 @@ int main(void) {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_router),
         cmocka_unit_test(test_lm_head),
+        cmocka_unit_test(test_matmul_nonfinite),
         cmocka_unit_test(test_qkv),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_rope),

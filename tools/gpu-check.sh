@@ -15,7 +15,8 @@
 #      QG_GPU_AGREE="f16 [f32]" the same through the CLI (agree-device.sh),
 #      with QG_GPU_AGREE_CONTROL=1 also CPU AVX2 vs CPU AVX-512 (control),
 #      QG_GPU_PROFILE=1 `qmoe-graph profile` (per-op GPU times),
-#      QG_GPU_AB="VAR=value ..." one more tg128 bench under that environment
+#      QG_GPU_AB="VAR=value ...;VAR=value ..." tg128 benches under each
+#      environment, after one with the defaults
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
@@ -133,9 +134,16 @@ if [ -f "$MODEL" ] && [ "${QG_GPU_PROFILE:-0}" = 1 ]; then
     sed -n '/^profile of/,/^---- /p' "$LOG" | head -70 | sed 's/^/   /'
 fi
 if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
-    # an A/B run of decode with the given environment (e.g. QG_CUDA_PDL=0)
-    step "bench with $QG_GPU_AB" 300 env $QG_GPU_AB "$QG" bench "$MODEL" --backend cuda -p 512 -n 128 -r 3
-    grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | tail -2 | sed 's/^/   /'
+    # A/B runs of decode, one per ';'-separated environment of QG_GPU_AB
+    # (e.g. "QG_CUDA_PDL=0;QG_CUDA_PREFETCH=0"), right after the default
+    # one of the same run
+    IFS=';' read -r -a AB_SETS <<< "$QG_GPU_AB"
+    for ab in "default" "${AB_SETS[@]}"; do
+        [ "$ab" = default ] && envs=() || read -r -a envs <<< "$ab"
+        step "A/B tg128 with $ab" 200 env "${envs[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 5
+        tg=$(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}')
+        note "A/B tg128 with $ab: $tg tok/s"
+    done
 fi
 
 # ---- 5. memcheck ---------------------------------------------------------

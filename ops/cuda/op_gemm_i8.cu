@@ -74,39 +74,18 @@ k_i8p_image(const float *__restrict__ x, int ldx, int n, int cpt, const int32_t 
         const float *p = x + (size_t)c * ldx + 32 * j + 4 * t;
         const float4 u0 = *(const float4 *)p, u1 = *(const float4 *)(p + 16);
         const float v[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
-        float mx = 0.0f;
-        bool bad = false;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            bad |= !(fabsf(v[i]) <= 3.402823466e38f); /* NaN or infinite */
-        }
-        mx = qg_warp_max(mx);
-        bad = __any_sync(0xffffffffu, bad);
-        const float inv = (mx > 0.0f && !bad) ? QG_I8_XMAX / mx : 0.0f;
-        uint32_t pa[2] = {0, 0}, pb[2] = {0, 0}, pc[2] = {0, 0};
-        int sx = 0;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int X = __float2int_rn(v[i] * inv);
-            sx += X;
-            uint32_t da, db, dc;
-            qg_i8_digits(X, &da, &db, &dc);
-            pa[i >> 2] |= da << (8 * (i & 3));
-            pb[i >> 2] |= db << (8 * (i & 3));
-            pc[i >> 2] |= dc << (8 * (i & 3));
-        }
+        const qg_i8_lane8 z = qg_i8_quant8(v);
+        int sx = z.sx;
         sx += __shfl_xor_sync(0xffffffffu, sx, 1);
         sx += __shfl_xor_sync(0xffffffffu, sx, 2);
         uint8_t *col = img + (size_t)c * cb;
         uint8_t *gp = col + (size_t)j * 96 + 8 * t;
-        *(uint2 *)gp = make_uint2(pa[0], pa[1]);
-        *(uint2 *)(gp + 32) = make_uint2(pb[0], pb[1]);
-        *(uint2 *)(gp + 64) = make_uint2(pc[0], pc[1]);
-        const float s = bad ? __int_as_float(0x7fc00000) : mx / QG_I8_XMAX;
+        *(uint2 *)gp = make_uint2(z.pa[0], z.pa[1]);
+        *(uint2 *)(gp + 32) = make_uint2(z.pb[0], z.pb[1]);
+        *(uint2 *)(gp + 64) = make_uint2(z.pc[0], z.pc[1]);
         float *sums = (float *)(col + (size_t)3 * n);
-        if (t == 0) sums[j] = (float)sx * s;
-        if (lane == 0) sums[n / 32 + sb] = s;
+        if (t == 0) sums[j] = (float)sx * z.s;
+        if (lane == 0) sums[n / 32 + sb] = z.s;
     }
 }
 

@@ -342,7 +342,8 @@ static cudaError_t gate_up_launch(const qg_cuda_launch *l, qg_dtype t, const gu_
  * g, u (F*K floats each, scratch), then silu(g) * u. */
 static cudaError_t gate_up_decode(const qg_cuda_launch *l, const qg_cu_mat *gate,
                                   const qg_cu_mat *up, int n, int K, int X, const float *x,
-                                  const int32_t *ids, float *h, float *g, float *u) {
+                                  const int32_t *ids, float *h, float *g, float *u,
+                                  const qg_cu_mat *pf_down) {
     gu_args a = {};
     a.wg = gate->w;
     a.rbg = gate->rb;
@@ -355,7 +356,7 @@ static cudaError_t gate_up_decode(const qg_cuda_launch *l, const qg_cu_mat *gate
     a.ids = ids;
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
-    if (l->o.i8_decode && qg_i8_gu_ok(gate, up, n)) return qg_i8_gu(l, gate, up, n, K, X, x, ids, h);
+    if (l->o.i8_decode && qg_i8_gu_ok(gate, up, n)) return qg_i8_gu(l, gate, up, n, K, X, x, ids, h, pf_down);
     if (gate->type == up->type) {
         a.wu = up->w;
         a.rbu = up->rb;
@@ -579,7 +580,7 @@ cudaError_t qg_cu_swiglu(const qg_cuda_launch *l) {
     const int T = l->g->n_tok_max;
     float *gs = b.take<float>((size_t)F * T), *us = b.take<float>((size_t)F * T);
     const float *x = qg_cu_in_ptr<const float>(l, 0);
-    if (qg_cu_decode(l->g)) return gate_up_decode(l, &g, &u, E, 1, 1, x, nullptr, h, gs, us);
+    if (qg_cu_decode(l->g)) return gate_up_decode(l, &g, &u, E, 1, 1, x, nullptr, h, gs, us, nullptr);
     if (g.type == u.type) return qg_cu_gemm_dense(l, &g, &u, E, x, E, nullptr);
     g.y = gs;
     u.y = us;
@@ -689,7 +690,7 @@ cudaError_t qg_cu_expert_swiglu(const qg_cuda_launch *l) {
     const int32_t *ids = qg_cu_in_ptr<const int32_t>(l, 3);
     qg_cu_bump b = {(char *)l->scratch, 0};
     const moe_scratch s = moe_layout(l->g, l->n, &b);
-    if (qg_cu_decode(l->g)) return gate_up_decode(l, &g, &u, E, K, X, x, ids, h, s.g, s.u);
+    if (qg_cu_decode(l->g)) return gate_up_decode(l, &g, &u, E, K, X, x, ids, h, s.g, s.u, nullptr);
     cudaError_t e = qg_cu_moe_lists(l, ids, K, X, s.off, s.asg, s.tiles);
     if (e != cudaSuccess) return e;
     const qg_cu_groups gr = {s.tiles, s.asg, qg_cu_max_tiles(K, T, X), K};
@@ -737,7 +738,7 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
     cudaError_t e;
     if (qg_cu_decode(l->g)) {
         if ((e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)) ||
-            (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u)))
+            (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
             return e;
         return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
     }

@@ -159,22 +159,39 @@ __device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int
     *r0 = I8_TILE * (tile - a.tiles[k]);
 }
 
+/* Ask L2 for the rows of dense tile t, when there is one (a later tile of
+ * this block: its loads then hit L2). */
+__device__ __forceinline__ void mv8_tile_pf(const qg_i8_mv_args &a, int t) {
+    if (t >= a.tiles[a.nm]) return;
+    int i, r0;
+    mv8_locate(a, t, &i, &r0);
+    qg_prefetch_l2(a.w[i] + (size_t)r0 * a.rb[i], (size_t)min(I8_TILE, a.m[i] - r0) * a.rb[i]);
+}
+
+/* Tiles ahead of the one in registers that a block keeps asked of L2. */
+#define MV8_PF_AHEAD 2
+
 template <int NW, int NF, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[NW][I8_TILE];
     __shared__ float cs[QG_SUMSQ_CHUNKS];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, T = a.tiles[a.nm];
+    const int G = gridDim.x;
     int tile = blockIdx.x, mi = 0, r0 = 0;
     i8_frag f[NF];
     i8_job job = {};
     /* the weights are constant: the first tile's loads go out before the
-     * previous kernel has finished (programmatic launch) */
+     * previous kernel has finished (programmatic launch), then the L2
+     * requests for this block's next tiles and for a later node */
     if (tile < T) {
         mv8_locate(a, tile, &mi, &r0);
         job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
         i8_job_load(job, f, w, NW, nsb);
     }
+    if (a.tile_pf && threadIdx.x == 0)
+        for (int k = 1; k <= MV8_PF_AHEAD; k++) mv8_tile_pf(a, tile + k * G);
+    qg_prefetch_ranges(a.pf);
     qg_pdl_wait();
     const float *x = a.x;
     if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
@@ -185,10 +202,11 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
         float ag = 0.0f, ag8 = 0.0f;
         i8_job_dot(job, f, w, NW, nsb, xv, ag, ag8);
         const int ci = mi, cr0 = r0;
-        if (tile + (int)gridDim.x < T) { /* next tile's loads under this epilogue */
-            mv8_locate(a, tile + gridDim.x, &mi, &r0);
+        if (tile + G < T) { /* next tile's loads under this epilogue */
+            mv8_locate(a, tile + G, &mi, &r0);
             job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
             i8_job_load(job, f, w, NW, nsb);
+            if (a.tile_pf && threadIdx.x == 0) mv8_tile_pf(a, tile + (MV8_PF_AHEAD + 1) * G);
         }
         i8_warp_rows(ag, ag8, red[w]);
         __syncthreads();
@@ -216,6 +234,21 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int 
               : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
 }
 
+/* Ask L2 for gate and up rows of tile t, when there is one and its expert
+ * id is valid. */
+__device__ __forceinline__ void gu8_tile_pf(const qg_i8_gu_args &a, int t) {
+    const int FT = (a.F + I8_TILE - 1) / I8_TILE, k = t / FT, r0 = I8_TILE * (t - k * FT);
+    if (k >= a.K) return;
+    const int e = a.ids ? a.ids[k] : 0;
+    if (e < 0 || e >= a.X) return;
+    const int rows = min(I8_TILE, a.F - r0);
+    qg_prefetch_l2(a.wg + (size_t)e * a.esg + (size_t)r0 * a.rbg, (size_t)rows * a.rbg);
+    qg_prefetch_l2(a.wu + (size_t)e * a.esu + (size_t)r0 * a.rbu, (size_t)rows * a.rbu);
+}
+
+/* Tiles of a block asked of L2 ahead (every later one, up to this). */
+#define GU8_PF_AHEAD 4
+
 template <int NWH, int NF, int MINB>
 __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
@@ -223,16 +256,25 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     __shared__ float cs[QG_SUMSQ_CHUNKS];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, wi = w >= NWH ? w - NWH : w;
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
+    qg_prefetch_ranges(a.pf);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[NF];
     i8_job job = {};
     /* the expert ids are known: the first tile's loads go out before x's
-     * image is built */
+     * image is built, then the L2 requests for this block's later tiles
+     * and for the chosen experts' down rows (the next kernel's) */
     if (tile < T) {
         job = gu8_job(a, tile, NWH);
         i8_job_load(job, f, wi, NWH, nsb);
     }
+    if (a.tile_pf && threadIdx.x == 0)
+        for (int k = 1; k <= GU8_PF_AHEAD; k++) gu8_tile_pf(a, tile + k * (int)gridDim.x);
+    if (a.pf_down)
+        for (int k = 0; k < a.K; k++) {
+            const int e = a.ids[k];
+            if (e >= 0 && e < a.X) qg_prefetch_grid(a.pf_down + (size_t)e * a.pf_es, a.pf_es);
+        }
     const float sc = a.norm_w ? i8_norm_scale(a.x, a.n, a.eps, cs) : 1.0f;
     i8_build(a.x, a.n, 1, a.norm_w, sc, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
@@ -284,6 +326,7 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
     __shared__ int s_bad;
     const int w = threadIdx.x >> 5, nsb = a.F / 256, T = (a.E + I8_TILE - 1) / I8_TILE;
     const size_t ib = qg_i8_image_bytes(a.F);
+    qg_prefetch_ranges(a.pf);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[DN_PAIRS];
@@ -348,10 +391,31 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
 
 /* ---- launchers ------------------------------------------------------------ */
 
-/* Grid: the tile count, capped at `per_sm` blocks per multiprocessor. */
-static int i8_grid(int tiles, int n_sm, int per_sm) {
-    const int cap = (n_sm > 0 ? n_sm : 132) * per_sm;
+/* Grid of kernel k (threads per block, smem bytes): the tile count,
+ * capped at `per_sm` blocks per multiprocessor, and with o.i8_fit at the
+ * blocks a multiprocessor holds at once (one wave: a block's later tiles
+ * are then loaded under its earlier ones, the image is built once per
+ * block, and no block waits for another to leave). */
+template <typename K>
+static int i8_grid(const qg_cuda_launch *l, K k, int threads, size_t smem, int tiles, int per_sm) {
+    if (l->o.i8_fit) {
+        int nb = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k, threads, smem) == cudaSuccess &&
+            nb > 0 && nb < per_sm)
+            per_sm = nb;
+        else
+            cudaGetLastError();
+    }
+    const int cap = (l->o.n_sm > 0 ? l->o.n_sm : 132) * per_sm;
     return tiles < cap ? (tiles > 0 ? tiles : 1) : cap;
+}
+
+/* Launch kernel k over `tiles` tiles (see i8_grid). */
+template <typename A>
+static cudaError_t i8_launch(const qg_cuda_launch *l, void (*k)(A), int threads, size_t smem,
+                             int tiles, int per_sm, const A &a) {
+    return qg_cu_launch(l, k, dim3(i8_grid(l, k, threads, smem, tiles, per_sm)), dim3(threads),
+                        smem, a);
 }
 
 bool qg_i8_mv_ok(const qg_cu_mat *m, int nm, int n) {
@@ -381,17 +445,21 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.add = add;
+    if (l->o.prefetch) {
+        a.pf = l->pf;
+        a.tile_pf = true;
+    }
     const int nsb = n / 256, T = a.tiles[nm];
     const size_t smem = qg_i8_image_bytes(n);
     /* a warp takes NF super-blocks of a tile (NW warps: the row), the
      * register cap keeps MINB blocks on a multiprocessor */
-    if (nsb <= 4) return qg_cu_launch(l, k_mv8<4, 1, 3>, dim3(i8_grid(T, l->o.n_sm, 6)), dim3(128), smem, a);
+    if (nsb <= 4) return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
     /* many tiles (the lm_head): fewer, longer warps stream better (H100:
      * 140 against 173 us for the 151936-row Q6_K head) */
     if (nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132))
-        return qg_cu_launch(l, k_mv8<4, 2, 3>, dim3(i8_grid(T, l->o.n_sm, 3)), dim3(128), smem, a);
-    if (nsb <= 8) return qg_cu_launch(l, k_mv8<8, 1, 2>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
-    return qg_cu_launch(l, k_mv8<8, 2, 1>, dim3(i8_grid(T, l->o.n_sm, 3)), dim3(256), smem, a);
+        return i8_launch(l, k_mv8<4, 2, 3>, 128, smem, T, 3, a);
+    if (nsb <= 8) return i8_launch(l, k_mv8<8, 1, 2>, 256, smem, T, 4, a);
+    return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
 }
 
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {
@@ -400,7 +468,8 @@ bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {
 }
 
 cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
-                     int K, int X, const float *x, const int32_t *ids, float *h) {
+                     int K, int X, const float *x, const int32_t *ids, float *h,
+                     const qg_cu_mat *pf_down) {
     qg_i8_gu_args a = {};
     a.wg = gate->w;
     a.wu = up->w;
@@ -419,11 +488,19 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.h = h;
+    if (l->o.prefetch) {
+        if (!ids) a.pf = l->pf;
+        a.tile_pf = true;
+        if (pf_down && ids) {
+            a.pf_down = pf_down->w;
+            a.pf_es = pf_down->es;
+        }
+    }
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = qg_i8_image_bytes(n);
-    if (nsb <= 4) return qg_cu_launch(l, k_gu8<4, 1, 2>, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(256), smem, a);
-    if (nsb <= 8) return qg_cu_launch(l, k_gu8<8, 1, 1>, dim3(i8_grid(T, l->o.n_sm, 2)), dim3(512), smem, a);
-    return qg_cu_launch(l, k_gu8<8, 2, 1>, dim3(i8_grid(T, l->o.n_sm, 2)), dim3(512), smem, a);
+    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
+    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
+    return i8_launch(l, k_gu8<8, 2, 1>, 512, smem, T, 2, a);
 }
 
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K) {
@@ -448,7 +525,7 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.wts = wts;
     a.add = add;
     a.y = y;
+    if (l->o.prefetch) a.pf = l->pf;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
-    return qg_cu_launch(l, k_dn8, dim3(i8_grid(T, l->o.n_sm, 4)), dim3(QG_I8_DN_WARPS * 32),
-                        (size_t)K * qg_i8_image_bytes(F), a);
+    return i8_launch(l, k_dn8, QG_I8_DN_WARPS * 32, (size_t)K * qg_i8_image_bytes(F), T, 4, a);
 }

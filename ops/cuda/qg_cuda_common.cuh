@@ -94,6 +94,23 @@ __device__ __forceinline__ void qg_prefetch_l2(const void *p, size_t bytes) {
 #endif
 }
 
+/* Bytes per bulk prefetch when a range is spread over a grid. */
+#define QG_PF_CHUNK 32768
+
+/* This thread's share of asking L2 for [p, p + bytes) (constant data): the
+ * range in QG_PF_CHUNK pieces dealt round-robin over the grid's blocks,
+ * then over each block's threads (a block's thread 0 takes its first). */
+__device__ __forceinline__ void qg_prefetch_grid(const void *p, size_t bytes) {
+    if (!p || !bytes) return;
+    const size_t nb = (size_t)gridDim.x * gridDim.y * gridDim.z;
+    const size_t b = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
+    const size_t nc = (bytes + QG_PF_CHUNK - 1) / QG_PF_CHUNK;
+    for (size_t c = b + nb * threadIdx.x; c < nc; c += nb * blockDim.x) {
+        const size_t o = c * QG_PF_CHUNK;
+        qg_prefetch_l2((const uint8_t *)p + o, bytes - o < QG_PF_CHUNK ? bytes - o : QG_PF_CHUNK);
+    }
+}
+
 /* ---- reductions ------------------------------------------------------- */
 
 __device__ __forceinline__ float qg_warp_sum(float v) {

@@ -82,40 +82,64 @@ __device__ __forceinline__ void qg_i8_digits(int X, uint32_t *a, uint32_t *b, ui
     *c = (uint32_t)dc & 0xFFu;
 }
 
+/* One lane's share of a super-block's image: its 8 values quantized
+ * against the super-block's largest |x| (a warp-wide max: the warp holds
+ * the 256 values, 8 per lane, in any fixed assignment), as bytes i of the
+ * plane words pa, pb, pc (value i in byte i % 4 of word i / 4), the sum sx
+ * of the lane's 8 integers, and the super-block's scale s.  A NaN or
+ * infinite value anywhere in the super-block makes s NaN (and every digit
+ * 0), so each product with the image is NaN, as the f32 arithmetic of the
+ * CPU executor would make it. */
+struct qg_i8_lane8 {
+    uint32_t pa[2], pb[2], pc[2];
+    int sx;
+    float s;
+};
+
+__device__ __forceinline__ qg_i8_lane8 qg_i8_quant8(const float (&v)[8]) {
+    float mx = 0.0f;
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        mx = fmaxf(mx, fabsf(v[i]));
+        bad |= !(fabsf(v[i]) <= 3.402823466e38f); /* NaN or infinite */
+    }
+    mx = qg_warp_max(mx);
+    bad = __any_sync(0xffffffffu, bad);
+    const float inv = (mx > 0.0f && !bad) ? QG_I8_XMAX / mx : 0.0f;
+    qg_i8_lane8 r = {{0, 0}, {0, 0}, {0, 0}, 0, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int X = __float2int_rn(v[i] * inv);
+        r.sx += X;
+        uint32_t a, b, c;
+        qg_i8_digits(X, &a, &b, &c);
+        r.pa[i >> 2] |= a << (8 * (i & 3));
+        r.pb[i >> 2] |= b << (8 * (i & 3));
+        r.pc[i >> 2] |= c << (8 * (i & 3));
+    }
+    r.s = bad ? __int_as_float(0x7fc00000) : mx / QG_I8_XMAX;
+    return r;
+}
+
 /* One warp: the image of the 256 values v[0..7] of its lanes (lane l holds
  * elements 8l .. 8l+7 of super-block sb) into the image at base (vector of
  * n elements). */
 __device__ __forceinline__ void qg_i8_store_sb(const float (&v)[8], int sb, uint8_t *base, int n) {
     const int lane = threadIdx.x & 31;
-    float mx = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) mx = fmaxf(mx, fabsf(v[i]));
-    mx = qg_warp_max(mx);
-    const float inv = mx > 0.0f ? QG_I8_XMAX / mx : 0.0f;
-    uint32_t pa[2] = {0, 0}, pb[2] = {0, 0}, pc[2] = {0, 0};
-    int sx = 0;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int X = __float2int_rn(v[i] * inv);
-        sx += X;
-        uint32_t a, b, c;
-        qg_i8_digits(X, &a, &b, &c);
-        pa[i >> 2] |= a << (8 * (i & 3));
-        pb[i >> 2] |= b << (8 * (i & 3));
-        pc[i >> 2] |= c << (8 * (i & 3));
-    }
+    const qg_i8_lane8 q = qg_i8_quant8(v);
     /* the four lanes of a 32-element group */
+    int sx = q.sx;
     sx += __shfl_xor_sync(0xffffffffu, sx, 1);
     sx += __shfl_xor_sync(0xffffffffu, sx, 2);
     const int j = sb * 8 + (lane >> 2), o = 8 * (lane & 3);
     uint8_t *g = base + (size_t)j * 96;
-    *(uint2 *)(g + o) = make_uint2(pa[0], pa[1]);
-    *(uint2 *)(g + 32 + o) = make_uint2(pb[0], pb[1]);
-    *(uint2 *)(g + 64 + o) = make_uint2(pc[0], pc[1]);
-    const float s = mx / QG_I8_XMAX;
+    *(uint2 *)(g + o) = make_uint2(q.pa[0], q.pa[1]);
+    *(uint2 *)(g + 32 + o) = make_uint2(q.pb[0], q.pb[1]);
+    *(uint2 *)(g + 64 + o) = make_uint2(q.pc[0], q.pc[1]);
     float *scale = (float *)(base + (size_t)n / 32 * 96);
-    if (lane == 0) scale[sb] = s;
-    if ((lane & 3) == 0) scale[n / 256 + j] = (float)sx * s;
+    if (lane == 0) scale[sb] = q.s;
+    if ((lane & 3) == 0) scale[n / 256 + j] = (float)sx * q.s;
 }
 
 /* ---- tensor-core products ------------------------------------------------ */

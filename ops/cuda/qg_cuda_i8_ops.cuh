@@ -29,6 +29,8 @@ struct qg_i8_mv_args {
     const float *norm_w; /* pre-norm weights (n), or NULL */
     float eps;
     const float *add;    /* residual of matrix 0, or NULL */
+    qg_cuda_prefetch pf; /* a later node's weights, asked of L2 at the start */
+    bool tile_pf;        /* ask L2 for a block's later tiles ahead */
 };
 
 struct qg_i8_gu_args {
@@ -41,6 +43,12 @@ struct qg_i8_gu_args {
     const float *norm_w;
     float eps;
     float *h;             /* (F, K) */
+    qg_cuda_prefetch pf;  /* dense (ids NULL) only: as qg_i8_mv_args.pf */
+    bool tile_pf;         /* ask L2 for a block's later tiles ahead */
+    const uint8_t *pf_down; /* the down experts (es bytes each, rows of
+                               expert e at pf_down + e * pf_es), the chosen
+                               ones asked of L2; NULL: none */
+    size_t pf_es;
 };
 
 struct qg_i8_dn_args {
@@ -53,6 +61,7 @@ struct qg_i8_dn_args {
     const float *wts;     /* (K) */
     const float *add;     /* (E) or NULL */
     float *y;             /* (E) */
+    qg_cuda_prefetch pf;  /* as qg_i8_mv_args.pf */
 };
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
@@ -63,10 +72,13 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
                      bool last_col, const float *add);
 
 /* h (F, K) = silu(gate_e x) * (up_e x), e = ids[k] (ids NULL: K = 1, the
- * dense FFN); invalid ids give NaN rows. */
+ * dense FFN); invalid ids give NaN rows.  pf_down (or NULL): the down
+ * experts that follow, whose chosen rows the kernel asks L2 for (with
+ * l->o.prefetch). */
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n);
 cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
-                     int K, int X, const float *x, const int32_t *ids, float *h);
+                     int K, int X, const float *x, const int32_t *ids, float *h,
+                     const qg_cu_mat *pf_down);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
  * y NaN. */
