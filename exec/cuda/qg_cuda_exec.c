@@ -145,6 +145,15 @@ static bool env_is(const char *name, const char *v) {
 
 /* ---- weights ---------------------------------------------------------- */
 
+/* Integer value of environment variable name in [lo, hi], else def. */
+static int env_int(const char *name, int def, int lo, int hi) {
+    const char *e = getenv(name);
+    if (!e || !*e) return def;
+    char *end = NULL;
+    const long v = strtol(e, &end, 10);
+    return *end || v < lo || v > hi ? def : (int)v;
+}
+
 static int weight_find(const cuda_exec *c, const void *host) {
     int lo = 0, hi = c->n_w - 1;
     while (lo <= hi) {
@@ -495,7 +504,7 @@ static size_t pf_dense_bytes(const qg_graph *g, const qg_node *n) {
 
 static void plan_prefetch(cuda_exec *c, cuda_graph *cg) {
     const qg_graph *g = cg->g;
-    if (g->n_tok_max != 1 || !c->o.prefetch) return;
+    if (g->n_tok_max != 1 || !(c->o.prefetch & QG_CUDA_PF_NODE)) return;
     int n_pf = 0;
     size_t total = 0;
     for (int i = 0; i < g->n_nodes; i++) {
@@ -999,8 +1008,11 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
     c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
     c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
-    c->o.prefetch = !env_is("QG_CUDA_PREFETCH", "0");
+    c->o.prefetch = env_int("QG_CUDA_PREFETCH", 0, 0, 7);
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
+    c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
+    c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
+    c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
     {
         const char *ac = getenv("QG_CUDA_ATTN_CTAS");
         c->o.attn_ctas = ac && atoi(ac) > 0 && atoi(ac) <= 8 ? atoi(ac) : 1;
@@ -1014,13 +1026,16 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
         fprintf(stderr,
                 "cuda: device %d: %s, compute %d.%d, %d SMs, %.1f GiB; graphs %s, fusion %s, "
                 "programmatic dependent launch %s, prefill products %s, decode products %s, "
-                "L2 prefetch %s, one-wave decode grids %s\n",
+                "L2 prefetch bits %d, one-wave decode grids %s\n",
                 dev, c->name, prop.major, prop.minor, prop.multiProcessorCount,
                 prop.totalGlobalMem / 1073741824.0, c->use_graphs ? "on" : "off",
                 c->fuse ? "on" : "off", c->o.pdl ? "on" : "off",
                 c->o.f32_prefill ? "f32" : "f16 tensor cores",
                 c->o.i8_decode ? "integer tensor cores (Q4_K, Q6_K)" : "f32",
-                c->o.prefetch ? "on" : "off", c->o.i8_fit ? "on" : "off");
+                c->o.prefetch, c->o.i8_fit ? "on" : "off");
+    if (c->log && (c->o.i8_mv_cfg[0] >= 0 || c->o.i8_mv_cfg[1] >= 0 || c->o.i8_gu_cfg >= 0))
+        fprintf(stderr, "cuda: decode product shapes mv %d / %d, gate-up %d (-1: default)\n",
+                c->o.i8_mv_cfg[0], c->o.i8_mv_cfg[1], c->o.i8_gu_cfg);
     out->i = &CUDA_EXEC;
     out->self = c;
     return QG_OK;

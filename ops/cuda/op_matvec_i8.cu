@@ -445,19 +445,26 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.add = add;
-    if (l->o.prefetch) {
-        a.pf = l->pf;
-        a.tile_pf = true;
-    }
+    if (l->o.prefetch & QG_CUDA_PF_NODE) a.pf = l->pf;
+    a.tile_pf = (l->o.prefetch & QG_CUDA_PF_TILES) != 0;
     const int nsb = n / 256, T = a.tiles[nm];
     const size_t smem = qg_i8_image_bytes(n);
+    const bool head = nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132);
+    switch (head ? -1 : l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1]) { /* an explicit shape (QG_CUDA_I8_MV, for A/B) */
+    case 0: return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
+    case 1: return i8_launch(l, k_mv8<4, 2, 3>, 128, smem, T, 3, a);
+    case 2: return i8_launch(l, k_mv8<8, 1, 2>, 256, smem, T, 4, a);
+    case 3: return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
+    case 4: return i8_launch(l, k_mv8<16, 1, 1>, 512, smem, T, 2, a);
+    case 5: return i8_launch(l, k_mv8<4, 4, 2>, 128, smem, T, 4, a);
+    default: break;
+    }
     /* a warp takes NF super-blocks of a tile (NW warps: the row), the
      * register cap keeps MINB blocks on a multiprocessor */
     if (nsb <= 4) return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
     /* many tiles (the lm_head): fewer, longer warps stream better (H100:
      * 140 against 173 us for the 151936-row Q6_K head) */
-    if (nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132))
-        return i8_launch(l, k_mv8<4, 2, 3>, 128, smem, T, 3, a);
+    if (head) return i8_launch(l, k_mv8<4, 2, 3>, 128, smem, T, 3, a);
     if (nsb <= 8) return i8_launch(l, k_mv8<8, 1, 2>, 256, smem, T, 4, a);
     return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
 }
@@ -488,16 +495,22 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.h = h;
-    if (l->o.prefetch) {
-        if (!ids) a.pf = l->pf;
-        a.tile_pf = true;
-        if (pf_down && ids) {
-            a.pf_down = pf_down->w;
-            a.pf_es = pf_down->es;
-        }
+    if ((l->o.prefetch & QG_CUDA_PF_NODE) && !ids) a.pf = l->pf;
+    a.tile_pf = (l->o.prefetch & QG_CUDA_PF_TILES) != 0;
+    if ((l->o.prefetch & QG_CUDA_PF_DOWN) && pf_down && ids) {
+        a.pf_down = pf_down->w;
+        a.pf_es = pf_down->es;
     }
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = qg_i8_image_bytes(n);
+    switch (l->o.i8_gu_cfg) { /* an explicit shape (QG_CUDA_I8_GU, for A/B) */
+    case 0: return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
+    case 1: return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
+    case 2: return i8_launch(l, k_gu8<8, 2, 1>, 512, smem, T, 2, a);
+    case 3: return i8_launch(l, k_gu8<4, 2, 1>, 256, smem, T, 3, a);
+    case 4: return i8_launch(l, k_gu8<2, 2, 2>, 128, smem, T, 6, a);
+    default: break;
+    }
     if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
     if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
     return i8_launch(l, k_gu8<8, 2, 1>, 512, smem, T, 2, a);
@@ -525,7 +538,7 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.wts = wts;
     a.add = add;
     a.y = y;
-    if (l->o.prefetch) a.pf = l->pf;
+    if (l->o.prefetch & QG_CUDA_PF_NODE) a.pf = l->pf;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
     return i8_launch(l, k_dn8, QG_I8_DN_WARPS * 32, (size_t)K * qg_i8_image_bytes(F), T, 4, a);
 }

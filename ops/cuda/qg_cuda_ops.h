@@ -64,11 +64,15 @@ typedef struct qg_cuda_opts {
     int attn_ctas;    /* decode attention: CTAs per multiprocessor the
                          split over cache rows aims at (long contexts) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
-    bool prefetch;    /* decode: L2 prefetch of later weights (pf below,
-                         the chosen experts' down rows, a block's later
-                         tiles) */
+    int prefetch;     /* decode L2 prefetch, bits QG_CUDA_PF_*: */
+#define QG_CUDA_PF_NODE 1  /* pf below: the next node's dense weights */
+#define QG_CUDA_PF_TILES 2 /* a block's later tiles of its own product */
+#define QG_CUDA_PF_DOWN 4  /* gate/up: the chosen experts' down rows */
     bool i8_fit;      /* decode products: grids no larger than the blocks
                          the device holds at once (one wave) */
+    int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
+                         inputs of <= 2048 / longer; -1: the default */
+    int i8_gu_cfg;    /* gate/up shape, likewise */
 } qg_cuda_opts;
 
 /* One node, resolved for launching. */
