@@ -226,6 +226,21 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
     const bool active = warp < a.gw;
     const int h = blockIdx.x * a.gw + warp, kvh = blockIdx.x * a.gw / (a.nh / a.nkv);
+    /* the first tile's loads go out before q and k are normalized and
+     * rotated (with rope folded in, this step's row read here is stale and
+     * replaced from shared memory below) */
+    const CT *kb = (const CT *)a.kc + (size_t)kvh * HD, *vb = (const CT *)a.vc + (size_t)kvh * HD;
+    float4 buf[NQ];
+    auto load_tile = [&](int base) {
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
+            const int r = rem / (HD / 4), q4 = rem - r * (HD / 4), j = base + r;
+            buf[k] = j < j1 ? ld4((mat ? vb : kb) + (size_t)j * a.Dkv + 4 * q4)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    };
+    load_tile(j0);
     /* rope folded in: this step's row (rows - 1) is held here, k' and v
      * rounded as the cache stores them, by the CTA whose chunk holds it */
     __shared__ __align__(16) float Kn[HD], Vn[HD];
@@ -262,18 +277,6 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
 #pragma unroll
         for (int i = 0; i < DPL; i++) Qs[warp][lane + 32 * i] = qv[i];
     }
-    const CT *kb = (const CT *)a.kc + (size_t)kvh * HD, *vb = (const CT *)a.vc + (size_t)kvh * HD;
-    float4 buf[NQ];
-    auto load_tile = [&](int base) {
-#pragma unroll
-        for (int k = 0; k < NQ; k++) {
-            const int idx = tid + 256 * k, mat = idx / (R * HD / 4), rem = idx - mat * (R * HD / 4);
-            const int r = rem / (HD / 4), q4 = rem - r * (HD / 4), j = base + r;
-            buf[k] = j < j1 ? ld4((mat ? vb : kb) + (size_t)j * a.Dkv + 4 * q4)
-                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-    };
-    load_tile(j0);
     /* lane owns dims 4 lane .. 4 lane + 3 (lanes past hd/4 own none) */
     float m = -INFINITY, l = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int t0 = j0; t0 < j1; t0 += R) {

@@ -409,13 +409,7 @@ __host__ __device__ constexpr int i8g_threads(bool dual) { return dual ? 256 : 1
  * t < 4, hit 32 distinct banks). */
 #define I8G_SB_LD 416
 
-__device__ __forceinline__ void i8g_cp16(void *dst, const void *src) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void i8g_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void i8g_cp_wait() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-/* All but the most recent group landed. */
+/* All but the most recent group landed (qg_cp_async16's groups). */
 __device__ __forceinline__ void i8g_cp_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 /* SMB: the CTA copies step s's B of its BN columns into sb (16 bytes per
@@ -425,9 +419,9 @@ __device__ __forceinline__ void i8g_stage(const uint8_t *img, size_t cb, const i
                                           uint8_t *sb) {
     for (int i = threadIdx.x; i < BN * 24; i += blockDim.x) {
         const int c = i / 24, k = i - c * 24;
-        i8g_cp16(sb + c * I8G_SB_LD + 16 * k, img + (size_t)s_img[c] * cb + (size_t)s * 384 + 16 * k);
+        qg_cp_async16(sb + c * I8G_SB_LD + 16 * k, img + (size_t)s_img[c] * cb + (size_t)s * 384 + 16 * k);
     }
-    i8g_cp_commit();
+    qg_cp_commit();
 }
 
 /* Variants 0 / 1, the rows of one CTA (row tile `tile` of matrix M, expert
@@ -465,7 +459,7 @@ __device__ __forceinline__ void i8g_body(const i8g_args &a, const i8g_mat &M, in
 #endif
     for (int s = 0; s < S; s++) {
         if (SMB) {
-            i8g_cp_wait();
+            qg_cp_wait_all();
             __syncthreads(); /* step s landed; step s-1's buffer is free */
             if (s + 1 < S) i8g_stage<BN>(a.img, cb, s_img, s + 1, s_b + ((s + 1) & 1) * BN * I8G_SB_LD);
             if (!live) continue;
@@ -570,20 +564,20 @@ __device__ __forceinline__ void i8a_stage(const i8g_args &a, const uint8_t *w, s
         const int c = i / 51, k = i - c * 51;
         const uint8_t *col = a.img + (size_t)s_img[c] * cb;
         if (k < 48)
-            i8g_cp16(sp + c * I8A_BLD + 16 * k, col + (size_t)sb * 768 + 16 * k);
+            qg_cp_async16(sp + c * I8A_BLD + 16 * k, col + (size_t)sb * 768 + 16 * k);
         else if (k < 50)
-            i8g_cp16(ss + c * 32 + 16 * (k - 48), col + sums + 32 * sb + 16 * (k - 48));
+            qg_cp_async16(ss + c * 32 + 16 * (k - 48), col + sums + 32 * sb + 16 * (k - 48));
         else
-            i8g_cp16(sc + c * 16, col + scl + 16 * (sb >> 2));
+            qg_cp_async16(sc + c * 16, col + scl + 16 * (sb >> 2));
     }
     for (int i = threadIdx.x; i < NR * ACH; i += NT) {
         const int r = i / ACH, k = i - r * ACH;
         const int mat = DUAL ? r / BM : 0, gr = min(row0 + (DUAL ? r - mat * BM : r), m - 1);
         const uint8_t *src = (mat ? w2 + (size_t)gr * rb2 : w + (size_t)gr * rb) + (size_t)sb * BS;
         if (DT == QG_Q6_K) src = (const uint8_t *)((uintptr_t)src & ~(uintptr_t)15);
-        i8g_cp16(sa + r * ALD + 16 * k, src + 16 * k);
+        qg_cp_async16(sa + r * ALD + 16 * k, src + 16 * k);
     }
-    i8g_cp_commit();
+    qg_cp_commit();
 }
 
 template <int DT, bool DUAL, int W>
@@ -620,7 +614,7 @@ __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, in
             i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, sb + 1,
                                    smem + ((sb + 1) & 1) * SS);
         else
-            i8g_cp_commit(); /* an empty group: "all but the latest" is then super-block sb */
+            qg_cp_commit(); /* an empty group: "all but the latest" is then super-block sb */
         i8g_cp_wait1();
         __syncthreads(); /* super-block sb landed for every thread's copies */
         const uint8_t *st = smem + (sb & 1) * SS;

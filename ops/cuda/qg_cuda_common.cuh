@@ -94,6 +94,17 @@ __device__ __forceinline__ void qg_prefetch_l2(const void *p, size_t bytes) {
 #endif
 }
 
+/* ---- asynchronous copies (sm_80+) --------------------------------------
+ * 16 bytes global -> shared without passing through registers; both
+ * addresses 16-byte aligned.  A thread's copies are complete after
+ * qg_cp_wait_all(); other threads see them after a barrier. */
+__device__ __forceinline__ void qg_cp_async16(void *smem_dst, const void *src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void qg_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void qg_cp_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
 /* Bytes per bulk prefetch when a range is spread over a grid. */
 #define QG_PF_CHUNK 32768
 
