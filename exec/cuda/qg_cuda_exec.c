@@ -1008,7 +1008,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
     c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
     c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
-    c->o.prefetch = env_int("QG_CUDA_PREFETCH", 0, 0, 7);
+    c->o.prefetch = env_int("QG_CUDA_PREFETCH", QG_CUDA_PF_DOWN, 0, 7);
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);

@@ -35,11 +35,13 @@
  * 1 / sqrt(mean(x^2) + eps), the sum of squares in qg_sumsq_fixed's order
  * so the values are exactly the rmsnorm kernel's.  red: QG_SUMSQ_CHUNKS
  * floats of shared memory.  All of a thread's loads are issued before any
- * is used (one memory latency, not one per element).  Block of
+ * is used (one memory latency, not one per element).  nws (optional):
+ * norm_w already in shared memory, float4 i copied by thread i %
+ * MV_THREADS (rt_stage_norm), so no other thread's copy is read.  Block of
  * MV_THREADS threads; ends with __syncthreads(). */
 __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
                                         const float *__restrict__ norm_w, float eps, float *xs,
-                                        float *red) {
+                                        float *red, const float *nws = nullptr) {
     const int n4 = n / 4, tid = threadIdx.x;
     float4 v[MV_STAGE_V4];
 #pragma unroll
@@ -62,7 +64,8 @@ __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
 #pragma unroll
         for (int k = 0; k < MV_STAGE_V4; k++) {
             const int i = tid + MV_THREADS * k;
-            w[k] = i < n4 ? ((const float4 *)norm_w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            w[k] = i >= n4 ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
+                           : (nws ? ((const float4 *)nws)[i] : ((const float4 *)norm_w)[i]);
         }
         __syncthreads();
 #pragma unroll
@@ -487,23 +490,67 @@ struct rt_args {
     int *counter;
 };
 
+/* F32 router rows a thread holds in registers: up to RT_V4 float4 each. */
+#define RT_V4 4
+/* Longest input whose norm weights the router stages in shared memory. */
+#define RT_NWS_MAX 4096
+
+/* Does the register path take F32 router rows of n elements? */
+__host__ __device__ constexpr bool rt_regs_ok(int n) {
+    return n % (4 * MV_THREADS) == 0 && n <= 4 * RT_V4 * MV_THREADS;
+}
+
 template <int DT>
 __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
-    extern __shared__ float sm[]; /* xs (n) | p (X) */
+    extern __shared__ float sm[]; /* xs (n) | p (X) | nws (n), X % 4 == 0 */
     __shared__ float red[QG_SUMSQ_CHUNKS];
     __shared__ int s_last;
-    float *xs = sm, *p = sm + a.n;
-    if (threadIdx.x == 0 && blockIdx.x < a.X) qg_prefetch_l2(a.w + (size_t)blockIdx.x * a.rb, a.rb);
+    float *xs = sm, *p = sm + a.n, *nws = sm + a.n + a.X;
+    /* constant data goes out before the launch wait: an F32 router's first
+     * row straight into registers (else asked of L2), and the norm weights
+     * into shared memory */
+    constexpr bool F32 = DT == QG_F32;
+    const bool regs = F32 && rt_regs_ok(a.n) && blockIdx.x < a.X;
+    const int nv = a.n / (4 * MV_THREADS);
+    float4 wr[RT_V4];
+    if (regs) {
+        const float4 *w4 = (const float4 *)(a.w + (size_t)blockIdx.x * a.rb);
+#pragma unroll
+        for (int k = 0; k < RT_V4; k++)
+            if (k < nv) wr[k] = __ldg(w4 + threadIdx.x + MV_THREADS * k);
+    } else if (threadIdx.x == 0 && blockIdx.x < a.X) {
+        qg_prefetch_l2(a.w + (size_t)blockIdx.x * a.rb, a.rb);
+    }
+    const bool staged = a.norm_w && a.X % 4 == 0 && a.n <= RT_NWS_MAX;
+    if (staged) {
+        for (int i = threadIdx.x; i < a.n / 4; i += MV_THREADS) qg_cp_async16(nws + 4 * i, a.norm_w + 4 * i);
+        qg_cp_commit();
+    }
     qg_pdl_wait();
     qg_pdl_trigger();
-    stage_x(a.x, a.n, a.norm_w, a.eps, xs, red);
+    if (staged) qg_cp_wait_all();
+    stage_x(a.x, a.n, a.norm_w, a.eps, xs, red, staged ? nws : nullptr);
     /* one row per block (the router has few rows and long ones: a warp per
-     * row left most of the GPU idle), every thread over units */
+     * row left most of the GPU idle), every thread over units (or, from
+     * registers, over float4 t, t + MV_THREADS, ...) */
     const int U = a.n / 32;
     for (int r = blockIdx.x; r < a.X; r += gridDim.x) {
         const uint8_t *row = a.w + (size_t)r * a.rb;
         float acc = 0.0f;
-        for (int u = threadIdx.x; u < U; u += MV_THREADS) acc += qg_unit_dot<DT>(row, u, xs);
+        if (regs && r == (int)blockIdx.x) {
+            const float4 *x4 = (const float4 *)xs;
+#pragma unroll
+            for (int k = 0; k < RT_V4; k++) {
+                if (k >= nv) break;
+                const float4 w = wr[k], v = x4[threadIdx.x + MV_THREADS * k];
+                acc = fmaf(w.x, v.x, acc);
+                acc = fmaf(w.y, v.y, acc);
+                acc = fmaf(w.z, v.z, acc);
+                acc = fmaf(w.w, v.w, acc);
+            }
+        } else {
+            for (int u = threadIdx.x; u < U; u += MV_THREADS) acc += qg_unit_dot<DT>(row, u, xs);
+        }
         acc = qg_block_sum(acc, red);
         if (threadIdx.x == 0) a.logits[r] = acc;
     }
@@ -523,7 +570,8 @@ static cudaError_t router_topk_decode(const qg_cuda_launch *l, const qg_cu_mat *
     rt_args a = {router->w, router->rb, n, router->m, K, x, l->pre_norm, l->pre_eps,
                  logits, ids, wts, counter};
     const int blocks = qg_cu_blocks(router->m, 1, l->o.n_sm, 2);
-    const size_t smem = sizeof(float) * ((size_t)n + (size_t)router->m);
+    const size_t smem =
+        sizeof(float) * ((size_t)n + (size_t)router->m + (n <= RT_NWS_MAX ? (size_t)n : 0));
     cudaError_t e = cudaSuccess;
     QG_CUDA_DISPATCH_DT(router->type, e = qg_cu_launch(l, k_router_topk<DT>, dim3(blocks),
                                                        dim3(MV_THREADS), smem, a));
