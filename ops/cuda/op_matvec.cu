@@ -785,9 +785,14 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
     qg_cu_mat d = mat_of(dt, l->dev[l->n->in[4]], y, E);
     cudaError_t e;
     if (qg_cu_decode(l->g)) {
-        if ((e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)) ||
+        const int drop = l->o.drop; /* measurement only (qg_cuda_opts.drop) */
+        if (!(drop & QG_CUDA_DROP_ROUTER) &&
+            (e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)))
+            return e;
+        if (!(drop & QG_CUDA_DROP_GU) &&
             (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
             return e;
+        if (drop & QG_CUDA_DROP_DOWN) return cudaSuccess;
         return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
     }
     if ((e = qg_cu_product(l, &r, 1, E, x, E, false, nullptr))) return e;

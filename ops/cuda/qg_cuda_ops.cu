@@ -166,8 +166,20 @@ extern "C" bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, co
 
 extern "C" int qg_cuda_ops_prepare(void) { return (int)qg_cu_gemm_prepare(); }
 
+/* Is node l's kernel left out of decode steps (opts.drop)? */
+static bool dropped(const qg_cuda_launch *l) {
+    if (!l->o.drop || l->g->n_tok_max != 1) return false;
+    switch (l->n->op) {
+    case QG_OP_QKV: return l->o.drop & QG_CUDA_DROP_QKV;
+    case QG_OP_ATTENTION: return l->o.drop & QG_CUDA_DROP_ATTN;
+    case QG_OP_MATMUL: return l->o.drop & QG_CUDA_DROP_MATMUL;
+    default: return false;
+    }
+}
+
 extern "C" int qg_cuda_op_launch(const qg_cuda_launch *l) {
     cudaError_t e;
+    if (dropped(l)) return 0;
     switch (l->n->op) {
     case QG_OP_EMBED: e = qg_cu_embed(l); break;
     case QG_OP_RMSNORM: e = qg_cu_rmsnorm(l); break;

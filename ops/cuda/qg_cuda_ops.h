@@ -73,6 +73,16 @@ typedef struct qg_cuda_opts {
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
+    int drop;         /* measurement only (QG_CUDA_DEBUG_DROP): decode
+                         kernels left out of the step, bits QG_CUDA_DROP_*;
+                         the output is then wrong, the time it saves is
+                         the kernel's cost inside the step */
+#define QG_CUDA_DROP_QKV 1
+#define QG_CUDA_DROP_ATTN 2
+#define QG_CUDA_DROP_MATMUL 4
+#define QG_CUDA_DROP_ROUTER 8
+#define QG_CUDA_DROP_GU 16
+#define QG_CUDA_DROP_DOWN 32
 } qg_cuda_opts;
 
 /* One node, resolved for launching. */
