@@ -529,7 +529,7 @@ __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
  * top-k in one warp.  Without norm weights u = h and the logit is S. */
 __global__ void __launch_bounds__(MV_THREADS) k_router_f32(rt_args a) {
     __shared__ float Ps[MV_THREADS], Qs[MV_THREADS], p[256];
-    __shared__ float Gs[2][32], s_sum[2];
+    __shared__ float s_sum[2];
     __shared__ int s_last;
     const int T = a.n / QG_RT_TILE, t = threadIdx.x, e = blockIdx.x;
     const bool live = t < T && e < a.X;
@@ -563,14 +563,10 @@ __global__ void __launch_bounds__(MV_THREADS) k_router_f32(rt_args a) {
         Qs[t] = qg_rt_sumsq(h, QG_RT_TILE);
     }
     __syncthreads();
-    const int NG = qg_rt_groups(T); /* <= 32 */
-    if (t < NG) Gs[0][t] = qg_rt_group(Ps, 1, T, t);
-    else if (t >= 128 && t - 128 < NG) Gs[1][t - 128] = qg_rt_group(Qs, 1, T, t - 128);
-    __syncthreads();
     if (t == 0 || t == 32) { /* two warps, the two sums at once */
-        const float *v = Gs[t ? 1 : 0];
+        const float *v = t ? Qs : Ps;
         float s = 0.0f;
-        for (int g = 0; g < NG; g++) s += v[g];
+        for (int i = 0; i < T; i++) s += v[i];
         s_sum[t ? 1 : 0] = s;
     }
     __syncthreads();

@@ -259,11 +259,10 @@ __device__ __forceinline__ void mv8_route_stage(const qg_i8_mv_args &a, int r0, 
 /* The routing of the MoE node after the product (qg_cuda_router.cuh):
  * every block writes its tile's partials P (one per expert) and Q, and the
  * last block to finish (an atomic ticket) sums them over the tiles in
- * the two-level order of qg_cuda_router.cuh, forms the logits and runs
- * softmax / top-k in one warp.  hs: the tile's outputs (rows r0 .. r0 +
- * 15), rs: mv8_route_stage's slices, gs: (X + 1, groups) floats. */
+ * order, forms the logits and runs softmax / top-k in one warp.  hs: the
+ * tile's outputs (rows r0 .. r0 + 15), rs: mv8_route_stage's slices. */
 __device__ __forceinline__ void mv8_route(const qg_i8_mv_args &a, int T, int tile, int r0,
-                                          const float *hs, const float *rs, float *gs, float *sums,
+                                          const float *hs, const float *rs, float *sums,
                                           float *p) {
     __shared__ int s_last;
     const qg_i8_route &rt = a.rt;
@@ -284,16 +283,9 @@ __device__ __forceinline__ void mv8_route(const qg_i8_mv_args &a, int T, int til
     if (threadIdx.x == 0) s_last = atomicAdd(rt.counter, 1) == (int)gridDim.x - 1;
     __syncthreads();
     if (!s_last) return;
-    /* the two-level sums: every (expert, group) at once, then the groups */
-    const int NG = qg_rt_groups(T);
-    for (int i = threadIdx.x; i < (X + 1) * NG; i += blockDim.x) {
-        const int g = i / (X + 1), e = i - g * (X + 1);
-        gs[(size_t)e * NG + g] = qg_rt_group_l2(rt.part + e, (size_t)(X + 1), T, g);
-    }
-    __syncthreads();
     for (int e = threadIdx.x; e <= X; e += blockDim.x) {
         float v = 0.0f;
-        for (int g = 0; g < NG; g++) v += gs[(size_t)e * NG + g];
+        for (int t = 0; t < T; t++) v += __ldcg(rt.part + (size_t)t * (X + 1) + e);
         sums[e] = v;
     }
     __syncthreads();
@@ -368,7 +360,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     }
     if (RT && a.rt.w) {
         __shared__ float sums[257], p[256];
-        mv8_route(a, T, rt_tile, rt_r0, hs, rs, rs + 16 * (a.rt.X + 1), sums, p);
+        mv8_route(a, T, rt_tile, rt_r0, hs, rs, sums, p);
     }
 }
 
@@ -617,7 +609,7 @@ static cudaError_t i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, in
      * shape's warp count passes i8_build1_ok when n <= I8_NWS_MAX: 4
      * warps x 2 super-blocks cover 2048, 8 x 2 cover 4096) */
     const size_t smem = mv8_rt_off(n, a.norm_w != nullptr) +
-                        (rt ? sizeof(float) * ((size_t)rt->X + 1) * (16 + qg_rt_groups(T)) : 0);
+                        (rt ? sizeof(float) * 16 * ((size_t)rt->X + 1) : 0);
     if (rt) { /* routing instantiations, the default shapes */
         if (nsb <= 4) return i8_launch(l, k_mv8<4, 1, 3, true>, 128, smem, T, 6, a);
         if (nsb <= 8) return i8_launch(l, k_mv8<8, 1, 2, true>, 256, smem, T, 4, a);

@@ -10,10 +10,8 @@
  *   u_i     = nw_i * h_i                                   (f32)
  *   P[t][e] = fmaf chain over tile t, ascending, of W[e][i] * u_i
  *   Q[t]    = fmaf chain over tile t, ascending, of h_i * h_i
- *   G[g][e] = P[8g][e] + ... + P[8g+7][e]   (groups of QG_RT_GROUP tiles,
- *             ascending, from 0; the last group may be shorter)
- *   S_e     = G[0][e] + G[1][e] + ...   (ascending g, from 0)
- *   SS      = the same two-level sum of the Q[t]
+ *   S_e     = P[0][e] + P[1][e] + ...   (ascending t, from 0)
+ *   SS      = Q[0] + Q[1] + ...
  *   logit_e = S_e * (1 / sqrtf(SS / n + eps))
  * which is W (rmsnorm(h) * nw) with the norm's scale applied once per
  * logit instead of once per element (f32 rounding differs from the CPU
@@ -37,36 +35,6 @@
 __host__ __device__ constexpr bool qg_rt_ok(int n, int X) {
     return n % 256 == 0 && n <= QG_RT_N_MAX && X % 4 == 0 && X <= 256;
 }
-
-/* Tiles per group of the two-level sums (so a block can sum the tiles of
- * a whole projection with one round of loads per thread). */
-#define QG_RT_GROUP 8
-
-/* Sum of group g of v[0..T) (stride: elements between tiles). */
-__device__ __forceinline__ float qg_rt_group(const float *v, size_t stride, int T, int g) {
-    float s = 0.0f;
-    const int t0 = QG_RT_GROUP * g;
-#pragma unroll
-    for (int i = 0; i < QG_RT_GROUP; i++)
-        if (t0 + i < T) s += v[(size_t)(t0 + i) * stride];
-    return s;
-}
-
-/* The same from global memory written by other blocks (read through L2). */
-__device__ __forceinline__ float qg_rt_group_l2(const float *v, size_t stride, int T, int g) {
-    float x[QG_RT_GROUP];
-    const int t0 = QG_RT_GROUP * g;
-#pragma unroll
-    for (int i = 0; i < QG_RT_GROUP; i++) x[i] = t0 + i < T ? __ldcg(v + (size_t)(t0 + i) * stride) : 0.0f;
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < QG_RT_GROUP; i++)
-        if (t0 + i < T) s += x[i];
-    return s;
-}
-
-/* Groups of T tiles. */
-__host__ __device__ constexpr int qg_rt_groups(int T) { return (T + QG_RT_GROUP - 1) / QG_RT_GROUP; }
 
 /* P of one tile: w (rows floats of one router row, the tile's), u (rows). */
 __device__ __forceinline__ float qg_rt_partial(const float *w, const float *u, int rows) {
