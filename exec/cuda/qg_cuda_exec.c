@@ -470,36 +470,13 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
         cg->L[j].skip_append = true;
         n_app++;
     }
-    /* router -> the product before it (decode): a MoE node whose rmsnorm
-     * was folded in and whose raw input is the output of the node right
-     * before it (a product, its residual add folded) is routed by that
-     * node; the MoE node skips its router kernel */
-    int n_rt = 0;
-    for (int j = 0; c->o.router_fold && g->n_tok_max == 1 && j < g->n_nodes; j++) {
-        const qg_node *m = &g->nodes[j];
-        if (m->exec != e || cg->skip[j] || m->op != QG_OP_MOE_FUSED || !cg->L[j].pre_norm)
-            continue;
-        int i = j - 1;
-        while (i >= 0 && cg->skip[i]) i--;
-        if (i < 0) continue;
-        const qg_node *p = &g->nodes[i];
-        if (p->exec != e || p->partition != m->partition || cg->L[i].rt_moe ||
-            cg->dev[p->out[0]] != cg->dev[m->in[0]] || !qg_cuda_op_can_fold_router(g, p, m))
-            continue;
-        cg->L[i].rt_moe = m;
-        cg->L[i].rt_norm = cg->L[j].pre_norm;
-        cg->L[i].rt_eps = cg->L[j].pre_eps;
-        cg->L[i].rt_counter = cg->L[j].counters;
-        cg->L[j].router_done = true;
-        n_rt++;
-    }
     if (c->log)
         fprintf(stderr,
                 "cuda: %s graph: folded %d rmsnorm and %d add nodes into neighbours (%d add "
                 "outputs moved to a buffer of their own), %d KV appends into rope, %d rope nodes "
-                "into attention, %d routers into the product before them\n",
+                "into attention\n",
                 g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own, n_app,
-                n_rope, n_rt);
+                n_rope);
     return QG_OK;
 }
 
@@ -1036,7 +1013,6 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
-    c->o.router_fold = env_int("QG_CUDA_ROUTER_FOLD", 1, 0, 2);
     c->o.drop = env_int("QG_CUDA_DEBUG_DROP", 0, 0, 63);
     if (c->o.drop)
         fprintf(stderr, "cuda: QG_CUDA_DEBUG_DROP=%d: decode kernels left out, output is wrong "

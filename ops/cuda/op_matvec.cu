@@ -14,16 +14,12 @@
  *   1 k_router_topk  router rows -> logits, one row per block; the last
  *                    block to finish (an atomic ticket) runs softmax /
  *                    top-k / renormalize in one warp and writes ids, wts
- *                    (F32 routers: k_router_f32, the tiled arithmetic of
- *                    qg_cuda_router.cuh; skipped when the output
- *                    projection before routed, router_done)
  *   2 k_gate_up      rows (k, f): h[k,f] = silu(gate_e x) * (up_e x),
  *                    e = ids[k] read from device memory
  *   3 k_down         y[r] = sum_k wts[k] * (down_e h_k)[r] (+ residual)
  */
 #include "qg_cuda_i8_ops.cuh"
 #include "qg_cuda_internal.cuh"
-#include "qg_cuda_router.cuh"
 
 #define MV_THREADS 256
 #define MV_WARPS (MV_THREADS / 32)
@@ -39,11 +35,13 @@
  * 1 / sqrt(mean(x^2) + eps), the sum of squares in qg_sumsq_fixed's order
  * so the values are exactly the rmsnorm kernel's.  red: QG_SUMSQ_CHUNKS
  * floats of shared memory.  All of a thread's loads are issued before any
- * is used (one memory latency, not one per element).  Block of
+ * is used (one memory latency, not one per element).  nws (optional):
+ * norm_w already in shared memory, float4 i copied by thread i %
+ * MV_THREADS (rt_stage_norm), so no other thread's copy is read.  Block of
  * MV_THREADS threads; ends with __syncthreads(). */
 __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
                                         const float *__restrict__ norm_w, float eps, float *xs,
-                                        float *red) {
+                                        float *red, const float *nws = nullptr) {
     const int n4 = n / 4, tid = threadIdx.x;
     float4 v[MV_STAGE_V4];
 #pragma unroll
@@ -66,7 +64,8 @@ __device__ __forceinline__ void stage_x(const float *__restrict__ x, int n,
 #pragma unroll
         for (int k = 0; k < MV_STAGE_V4; k++) {
             const int i = tid + MV_THREADS * k;
-            w[k] = i < n4 ? ((const float4 *)norm_w)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            w[k] = i >= n4 ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
+                           : (nws ? ((const float4 *)nws)[i] : ((const float4 *)norm_w)[i]);
         }
         __syncthreads();
 #pragma unroll
@@ -491,23 +490,67 @@ struct rt_args {
     int *counter;
 };
 
+/* F32 router rows a thread holds in registers: up to RT_V4 float4 each. */
+#define RT_V4 4
+/* Longest input whose norm weights the router stages in shared memory. */
+#define RT_NWS_MAX 4096
+
+/* Does the register path take F32 router rows of n elements? */
+__host__ __device__ constexpr bool rt_regs_ok(int n) {
+    return n % (4 * MV_THREADS) == 0 && n <= 4 * RT_V4 * MV_THREADS;
+}
+
 template <int DT>
 __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
-    extern __shared__ float sm[]; /* xs (n) | p (X) */
+    extern __shared__ float sm[]; /* xs (n) | p (X) | nws (n), X % 4 == 0 */
     __shared__ float red[QG_SUMSQ_CHUNKS];
     __shared__ int s_last;
-    float *xs = sm, *p = sm + a.n;
-    if (threadIdx.x == 0 && blockIdx.x < a.X) qg_prefetch_l2(a.w + (size_t)blockIdx.x * a.rb, a.rb);
+    float *xs = sm, *p = sm + a.n, *nws = sm + a.n + a.X;
+    /* constant data goes out before the launch wait: an F32 router's first
+     * row straight into registers (else asked of L2), and the norm weights
+     * into shared memory */
+    constexpr bool F32 = DT == QG_F32;
+    const bool regs = F32 && rt_regs_ok(a.n) && blockIdx.x < a.X;
+    const int nv = a.n / (4 * MV_THREADS);
+    float4 wr[RT_V4];
+    if (regs) {
+        const float4 *w4 = (const float4 *)(a.w + (size_t)blockIdx.x * a.rb);
+#pragma unroll
+        for (int k = 0; k < RT_V4; k++)
+            if (k < nv) wr[k] = __ldg(w4 + threadIdx.x + MV_THREADS * k);
+    } else if (threadIdx.x == 0 && blockIdx.x < a.X) {
+        qg_prefetch_l2(a.w + (size_t)blockIdx.x * a.rb, a.rb);
+    }
+    const bool staged = a.norm_w && a.X % 4 == 0 && a.n <= RT_NWS_MAX;
+    if (staged) {
+        for (int i = threadIdx.x; i < a.n / 4; i += MV_THREADS) qg_cp_async16(nws + 4 * i, a.norm_w + 4 * i);
+        qg_cp_commit();
+    }
     qg_pdl_wait();
     qg_pdl_trigger();
-    stage_x(a.x, a.n, a.norm_w, a.eps, xs, red);
+    if (staged) qg_cp_wait_all();
+    stage_x(a.x, a.n, a.norm_w, a.eps, xs, red, staged ? nws : nullptr);
     /* one row per block (the router has few rows and long ones: a warp per
-     * row left most of the GPU idle), every thread over units */
+     * row left most of the GPU idle), every thread over units (or, from
+     * registers, over float4 t, t + MV_THREADS, ...) */
     const int U = a.n / 32;
     for (int r = blockIdx.x; r < a.X; r += gridDim.x) {
         const uint8_t *row = a.w + (size_t)r * a.rb;
         float acc = 0.0f;
-        for (int u = threadIdx.x; u < U; u += MV_THREADS) acc += qg_unit_dot<DT>(row, u, xs);
+        if (regs && r == (int)blockIdx.x) {
+            const float4 *x4 = (const float4 *)xs;
+#pragma unroll
+            for (int k = 0; k < RT_V4; k++) {
+                if (k >= nv) break;
+                const float4 w = wr[k], v = x4[threadIdx.x + MV_THREADS * k];
+                acc = fmaf(w.x, v.x, acc);
+                acc = fmaf(w.y, v.y, acc);
+                acc = fmaf(w.z, v.z, acc);
+                acc = fmaf(w.w, v.w, acc);
+            }
+        } else {
+            for (int u = threadIdx.x; u < U; u += MV_THREADS) acc += qg_unit_dot<DT>(row, u, xs);
+        }
         acc = qg_block_sum(acc, red);
         if (threadIdx.x == 0) a.logits[r] = acc;
     }
@@ -520,78 +563,6 @@ __global__ void __launch_bounds__(MV_THREADS) k_router_topk(rt_args a) {
     if (threadIdx.x == 0) *a.counter = 0;
 }
 
-/* The folded router as a kernel of its own (router_fold == 2, or when the
- * product cannot take it): F32 router rows (qg_rt_ok), block e computes
- * logit e with the tiled arithmetic of qg_cuda_router.cuh (the bits of
- * k_mv8's folded router), thread t tile t, its router and norm-weight
- * slices loaded before the launch wait, so one memory round trip (h)
- * remains; the last block to finish (an atomic ticket) runs softmax /
- * top-k in one warp.  Without norm weights u = h and the logit is S. */
-__global__ void __launch_bounds__(MV_THREADS) k_router_f32(rt_args a) {
-    __shared__ float Ps[MV_THREADS], Qs[MV_THREADS], p[256];
-    __shared__ float s_sum[2];
-    __shared__ int s_last;
-    const int T = a.n / QG_RT_TILE, t = threadIdx.x, e = blockIdx.x;
-    const bool live = t < T && e < a.X;
-    float w[QG_RT_TILE], nw[QG_RT_TILE];
-    if (live) {
-        const float4 *w4 = (const float4 *)(a.w + (size_t)e * a.rb) + 4 * t;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float4 v = __ldg(w4 + k);
-            w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
-        }
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float4 v = a.norm_w ? __ldg((const float4 *)a.norm_w + 4 * t + k)
-                                      : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-            nw[4 * k] = v.x, nw[4 * k + 1] = v.y, nw[4 * k + 2] = v.z, nw[4 * k + 3] = v.w;
-        }
-    }
-    qg_pdl_wait();
-    qg_pdl_trigger();
-    if (live) {
-        float h[QG_RT_TILE], u[QG_RT_TILE];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float4 v = ((const float4 *)a.x)[4 * t + k];
-            h[4 * k] = v.x, h[4 * k + 1] = v.y, h[4 * k + 2] = v.z, h[4 * k + 3] = v.w;
-        }
-#pragma unroll
-        for (int i = 0; i < QG_RT_TILE; i++) u[i] = a.norm_w ? __fmul_rn(nw[i], h[i]) : h[i];
-        Ps[t] = qg_rt_partial(w, u, QG_RT_TILE);
-        Qs[t] = qg_rt_sumsq(h, QG_RT_TILE);
-    }
-    __syncthreads();
-    if (t == 0 || t == 32) { /* two warps, the two sums at once */
-        const float *v = t ? Qs : Ps;
-        float s = 0.0f;
-        for (int i = 0; i < T; i++) s += v[i];
-        s_sum[t ? 1 : 0] = s;
-    }
-    __syncthreads();
-    if (t == 0 && e < a.X)
-        a.logits[e] = a.norm_w ? qg_rt_logit(s_sum[0], s_sum[1], a.n, a.eps) : s_sum[0];
-    __threadfence();
-    __syncthreads();
-    if (t == 0) s_last = atomicAdd(a.counter, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!s_last) return;
-    if (t < 32) qg_cu_warp_topk(a.logits, a.X, a.K, a.ids, a.wts, p);
-    if (t == 0) *a.counter = 0;
-}
-
-/* The router folded into the product before the MoE node, run as its own
- * kernel (k_router_f32, the same bits as the fold in k_mv8): x is the raw
- * h, norm_w / eps the MoE node's folded norm. */
-static cudaError_t router_f32_decode(const qg_cuda_launch *l, const qg_cu_mat *router, int n,
-                                    int K, const float *x, const float *norm_w, float eps,
-                                    float *logits, int32_t *ids, float *wts, int *counter) {
-    if (router->type != QG_F32 || !qg_rt_ok(n, router->m)) return cudaErrorInvalidValue;
-    rt_args a = {router->w, router->rb, n, router->m, K, x, norm_w, eps, logits, ids, wts, counter};
-    return qg_cu_launch(l, k_router_f32, dim3(router->m), dim3(MV_THREADS), 0, a);
-}
-
 static cudaError_t router_topk_decode(const qg_cuda_launch *l, const qg_cu_mat *router, int n,
                                       int K, const float *x, float *logits, int32_t *ids,
                                       float *wts, int *counter) {
@@ -599,7 +570,8 @@ static cudaError_t router_topk_decode(const qg_cuda_launch *l, const qg_cu_mat *
     rt_args a = {router->w, router->rb, n, router->m, K, x, l->pre_norm, l->pre_eps,
                  logits, ids, wts, counter};
     const int blocks = qg_cu_blocks(router->m, 1, l->o.n_sm, 2);
-    const size_t smem = sizeof(float) * ((size_t)n + (size_t)router->m);
+    const size_t smem =
+        sizeof(float) * ((size_t)n + (size_t)router->m + (n <= RT_NWS_MAX ? (size_t)n : 0));
     cudaError_t e = cudaSuccess;
     QG_CUDA_DISPATCH_DT(router->type, e = qg_cu_launch(l, k_router_topk<DT>, dim3(blocks),
                                                        dim3(MV_THREADS), smem, a));
@@ -621,9 +593,6 @@ static qg_cu_mat mat_of(const qg_tensor *t, const void *dev, float *y, int ldy) 
     return m;
 }
 
-static cudaError_t matmul_route(const qg_cuda_launch *l, const qg_cu_mat *mat, int n,
-                                const float *x);
-
 /* matmul: w (N,M), x (N,T) -> y (M,T); router: x, w; lm_head: x, w with
  * only_last. */
 cudaError_t qg_cu_matmul(const qg_cuda_launch *l) {
@@ -634,7 +603,6 @@ cudaError_t qg_cu_matmul(const qg_cuda_launch *l) {
     float *y = qg_cu_out_ptr<float>(l, 0);
     const qg_cu_mat mat = mat_of(wt, l->dev[l->n->in[wi]], y, m);
     const bool last = l->n->op == QG_OP_LM_HEAD && l->n->p.only_last;
-    if (l->rt_moe) return matmul_route(l, &mat, n, qg_cu_in_ptr<const float>(l, xi));
     return qg_cu_product(l, &mat, 1, n, qg_cu_in_ptr<const float>(l, xi), n, last, l->post_add);
 }
 
@@ -685,7 +653,6 @@ struct moe_scratch {
     float *h;       /* (F, K*T) fused only */
     float *g, *u;   /* (F, K*T) mixed gate/up dtypes */
     float *yb;      /* (E, K*T) prefill: per-assignment down outputs */
-    float *part;    /* (E/16, X+1) decode: the folded router's tile partials */
     int32_t *off, *asg, *tiles;
 };
 
@@ -723,7 +690,6 @@ static moe_scratch moe_layout(const qg_graph *g, const qg_node *n, qg_cu_bump *b
     if (fused) {
         s.logits = b->take<float>((size_t)X * Tm);
         s.h = b->take<float>((size_t)F * KT);
-        if (Tm == 1) s.part = b->take<float>((size_t)(E + QG_RT_TILE - 1) / QG_RT_TILE * (X + 1));
     }
     if (mixed) {
         s.g = b->take<float>((size_t)F * KT);
@@ -736,30 +702,6 @@ static moe_scratch moe_layout(const qg_graph *g, const qg_node *n, qg_cu_bump *b
         s.tiles = b->take<int32_t>(1 + 3 * (size_t)qg_cu_max_tiles(K, Tm, X));
     }
     return s;
-}
-
-/* A decode product y = W x that also routes MoE node l->rt_moe from y
- * (qg_cuda_launch.rt_moe): in the product's last block when the integer
- * kernel can hold one tile per block (router_fold 1), else by the router
- * kernel right after (the same bits). */
-static cudaError_t matmul_route(const qg_cuda_launch *l, const qg_cu_mat *mat, int n,
-                                const float *x) {
-    const qg_node *mn = l->rt_moe;
-    const qg_tensor *rt = &l->g->tensors[mn->in[1]];
-    const int E = (int)rt->ne[0], X = (int)rt->ne[1], K = (int)l->g->tensors[mn->out[1]].ne[0];
-    qg_cu_bump b = {(char *)l->scratch, 0};
-    const moe_scratch s = moe_layout(l->g, mn, &b);
-    const qg_i8_route r = {(const float *)l->dev[mn->in[1]], l->rt_norm, l->rt_eps, X, K, s.part,
-                           s.logits, (int32_t *)l->dev[mn->out[1]], (float *)l->dev[mn->out[2]],
-                           l->rt_counter};
-    cudaError_t e = cudaErrorNotSupported;
-    if (l->o.router_fold == 1 && l->o.i8_decode)
-        e = qg_i8_mv_route(l, mat, n, x, l->post_add, &r);
-    if (e != cudaErrorNotSupported) return e;
-    if ((e = qg_cu_product(l, mat, 1, n, x, n, false, l->post_add)) != cudaSuccess) return e;
-    const qg_cu_mat rm = mat_of(rt, l->dev[mn->in[1]], s.logits, X);
-    return router_f32_decode(l, &rm, E, K, mat->y, r.norm, r.eps, s.logits, r.ids, r.wts,
-                             r.counter);
 }
 
 void qg_cu_moe_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o, qg_cu_bump *b,
@@ -844,7 +786,7 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
     cudaError_t e;
     if (qg_cu_decode(l->g)) {
         const int drop = l->o.drop; /* measurement only (qg_cuda_opts.drop) */
-        if (!(drop & QG_CUDA_DROP_ROUTER) && !l->router_done &&
+        if (!(drop & QG_CUDA_DROP_ROUTER) &&
             (e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)))
             return e;
         if (!(drop & QG_CUDA_DROP_GU) &&

@@ -23,7 +23,6 @@
 #include "qg_cuda_i8.cuh"
 #include "qg_cuda_i8_ops.cuh"
 #include "qg_cuda_internal.cuh"
-#include "qg_cuda_router.cuh"
 
 
 /* Rows per tile (the mma's M). */
@@ -236,68 +235,7 @@ __device__ __forceinline__ void mv8_tile_pf(const qg_i8_mv_args &a, int t) {
 /* Tiles ahead of the one in registers that a block keeps asked of L2. */
 #define MV8_PF_AHEAD 2
 
-/* Offset of the router slices in a k_mv8 block's dynamic shared memory:
- * after the image and the staged norm weights (host and device agree). */
-__host__ __device__ __forceinline__ size_t mv8_rt_off(int n, bool norm) {
-    return qg_i8_image_bytes(n) + (norm && n <= I8_NWS_MAX ? sizeof(float) * (size_t)n : 0);
-}
-
-/* Block of tile `tile` (rows r0.., one tile per block): copy the router
- * rows' slices over the tile's rows, (X, 16) floats, and the norm weights'
- * (16) into rs, without registers (waited for in mv8_route). */
-__device__ __forceinline__ void mv8_route_stage(const qg_i8_mv_args &a, int r0, float *rs) {
-    const qg_i8_route &rt = a.rt;
-    const int n = a.m[0];
-    for (int i = threadIdx.x; i < 4 * (rt.X + 1); i += blockDim.x) {
-        const int e = i >> 2, k = i & 3;
-        const float *src = e < rt.X ? rt.w + (size_t)e * n + r0 + 4 * k : rt.norm + r0 + 4 * k;
-        qg_cp_async16(rs + 16 * e + 4 * k, src);
-    }
-    qg_cp_commit();
-}
-
-/* The routing of the MoE node after the product (qg_cuda_router.cuh):
- * every block writes its tile's partials P (one per expert) and Q, and the
- * last block to finish (an atomic ticket) sums them over the tiles in
- * order, forms the logits and runs softmax / top-k in one warp.  hs: the
- * tile's outputs (rows r0 .. r0 + 15), rs: mv8_route_stage's slices. */
-__device__ __forceinline__ void mv8_route(const qg_i8_mv_args &a, int T, int tile, int r0,
-                                          const float *hs, const float *rs, float *sums,
-                                          float *p) {
-    __shared__ int s_last;
-    const qg_i8_route &rt = a.rt;
-    const int X = rt.X, n = a.m[0];
-    qg_cp_wait_all(); /* this thread's slice copies */
-    __syncthreads();
-    if (tile < T) {
-        const int rows = min(QG_RT_TILE, n - r0);
-        float u[QG_RT_TILE];
-#pragma unroll
-        for (int i = 0; i < QG_RT_TILE; i++) u[i] = i < rows ? __fmul_rn(rs[16 * X + i], hs[i]) : 0.0f;
-        for (int e = threadIdx.x; e <= X; e += blockDim.x)
-            rt.part[(size_t)tile * (X + 1) + e] =
-                e < X ? qg_rt_partial(rs + 16 * e, u, rows) : qg_rt_sumsq(hs, rows);
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(rt.counter, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!s_last) return;
-    for (int e = threadIdx.x; e <= X; e += blockDim.x) {
-        float v = 0.0f;
-        for (int t = 0; t < T; t++) v += __ldcg(rt.part + (size_t)t * (X + 1) + e);
-        sums[e] = v;
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < X; e += blockDim.x) rt.logits[e] = qg_rt_logit(sums[e], sums[X], n, rt.eps);
-    __syncthreads();
-    if (threadIdx.x < 32) qg_cu_warp_topk(rt.logits, X, rt.K, rt.ids, rt.wts, p);
-    if (threadIdx.x == 0) *rt.counter = 0;
-}
-
-/* RT: the instantiation that can route (a.rt.w); the others leave the
- * epilogue out (its registers). */
-template <int NW, int NF, int MINB, bool RT = false>
+template <int NW, int NF, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[NW][I8_TILE];
@@ -321,10 +259,6 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     float *nws = (float *)(img + qg_i8_image_bytes(a.n)); /* (n) when staged */
     const bool one = a.norm_w && i8_build1_ok(a.n, NW);
     if (one) i8_stage_norm(a.norm_w, a.n, nws);
-    float *rs = (float *)(img + mv8_rt_off(a.n, a.norm_w != nullptr)); /* (X + 1, 16) */
-    if (RT && a.rt.w && tile < T) mv8_route_stage(a, r0, rs);
-    const int rt_tile = tile, rt_r0 = r0;
-    __shared__ float hs[I8_TILE];
     qg_pdl_wait();
     const float *x = a.x;
     if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
@@ -352,15 +286,9 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
 #pragma unroll
             for (int k = 0; k < NW; k++) s += red[k][threadIdx.x];
             const int r = cr0 + threadIdx.x;
-            const float v = (ci == 0 && a.add) ? a.add[r] + s : s;
-            a.y[ci][r] = v;
-            if (RT) hs[threadIdx.x] = v;
+            a.y[ci][r] = (ci == 0 && a.add) ? a.add[r] + s : s;
         }
         __syncthreads();
-    }
-    if (RT && a.rt.w) {
-        __shared__ float sums[257], p[256];
-        mv8_route(a, T, rt_tile, rt_r0, hs, rs, sums, p);
     }
 }
 
@@ -561,17 +489,11 @@ static int i8_grid(const qg_cuda_launch *l, K k, int threads, size_t smem, int t
 }
 
 /* Launch kernel k over `tiles` tiles (see i8_grid). */
-/* Does a launch with args a need every tile in its own block (the folded
- * router's partials are per block)? */
-static bool i8_one_tile(const qg_i8_mv_args &a) { return a.rt.w != nullptr; }
-template <typename A> static bool i8_one_tile(const A &) { return false; }
-
 template <typename A>
 static cudaError_t i8_launch(const qg_cuda_launch *l, void (*k)(A), int threads, size_t smem,
                              int tiles, int per_sm, const A &a) {
-    const int grid = i8_grid(l, k, threads, smem, tiles, per_sm);
-    if (i8_one_tile(a) && grid < tiles) return cudaErrorNotSupported;
-    return qg_cu_launch(l, k, dim3(grid), dim3(threads), smem, a);
+    return qg_cu_launch(l, k, dim3(i8_grid(l, k, threads, smem, tiles, per_sm)), dim3(threads),
+                        smem, a);
 }
 
 bool qg_i8_mv_ok(const qg_cu_mat *m, int nm, int n) {
@@ -581,10 +503,9 @@ bool qg_i8_mv_ok(const qg_cu_mat *m, int nm, int n) {
     return true;
 }
 
-static cudaError_t i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
-                         const float *x, bool last_col, const float *add, const qg_i8_route *rt) {
+cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n, const float *x,
+                     bool last_col, const float *add) {
     qg_i8_mv_args a = {};
-    if (rt) a.rt = *rt;
     a.tiles[0] = 0;
     for (int i = 0; i < nm; i++) {
         a.w[i] = m[i].w;
@@ -608,14 +529,7 @@ static cudaError_t i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, in
     /* the image, then the norm weights when a block stages them (any
      * shape's warp count passes i8_build1_ok when n <= I8_NWS_MAX: 4
      * warps x 2 super-blocks cover 2048, 8 x 2 cover 4096) */
-    const size_t smem = mv8_rt_off(n, a.norm_w != nullptr) +
-                        (rt ? sizeof(float) * 16 * ((size_t)rt->X + 1) : 0);
-    if (rt) { /* routing instantiations, the default shapes */
-        if (nsb <= 4) return i8_launch(l, k_mv8<4, 1, 3, true>, 128, smem, T, 6, a);
-        if (nsb <= 8) return i8_launch(l, k_mv8<8, 1, 2, true>, 256, smem, T, 4, a);
-        if (nsb <= 16) return i8_launch(l, k_mv8<16, 1, 1, true>, 512, smem, T, 2, a);
-        return i8_launch(l, k_mv8<8, 2, 1, true>, 256, smem, T, 3, a);
-    }
+    const size_t smem = qg_i8_image_bytes(n) + (a.norm_w && n <= I8_NWS_MAX ? sizeof(float) * n : 0);
     const bool head = nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132);
     switch (head ? -1 : l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1]) { /* an explicit shape (QG_CUDA_I8_MV, for A/B) */
     case 0: return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
@@ -637,17 +551,6 @@ static cudaError_t i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, in
      * projection: tg128 338 against 331 tok/s with 8 warps of two) */
     if (nsb <= 16) return i8_launch(l, k_mv8<16, 1, 1>, 512, smem, T, 2, a);
     return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
-}
-
-cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n, const float *x,
-                     bool last_col, const float *add) {
-    return i8_mv(l, m, nm, n, x, last_col, add, nullptr);
-}
-
-cudaError_t qg_i8_mv_route(const qg_cuda_launch *l, const qg_cu_mat *m, int n, const float *x,
-                           const float *add, const qg_i8_route *rt) {
-    if (!qg_i8_mv_ok(m, 1, n) || !qg_rt_ok(m->m, rt->X)) return cudaErrorNotSupported;
-    return i8_mv(l, m, 1, n, x, false, add, rt);
 }
 
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {

@@ -16,20 +16,6 @@
 #define QG_I8_DN_KMAX 32
 #define QG_I8_DN_WARPS 12
 
-/* A MoE node's router folded into the product before it (see
- * qg_cuda_router.cuh and qg_cuda_launch.rt_moe). */
-struct qg_i8_route {
-    const float *w;       /* (n_out, X) F32 router rows over the product's outputs */
-    const float *norm;    /* (n_out) the MoE node's folded rmsnorm weights */
-    float eps;
-    int X, K;
-    float *part;          /* (tiles, X + 1) scratch: P per tile, then Q */
-    float *logits;        /* (X) scratch */
-    int32_t *ids;         /* (K) */
-    float *wts;           /* (K) */
-    int *counter;         /* zero between runs */
-};
-
 struct qg_i8_mv_args {
     const uint8_t *w[3];
     size_t rb[3];
@@ -45,8 +31,6 @@ struct qg_i8_mv_args {
     const float *add;    /* residual of matrix 0, or NULL */
     qg_cuda_prefetch pf; /* a later node's weights, asked of L2 at the start */
     bool tile_pf;        /* ask L2 for a block's later tiles ahead */
-    qg_i8_route rt;      /* rt.w: route after the product (nm == 1, one
-                            tile per block), else NULL */
 };
 
 struct qg_i8_gu_args {
@@ -91,13 +75,6 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
  * dense FFN); invalid ids give NaN rows.  pf_down (or NULL): the down
  * experts that follow, whose chosen rows the kernel asks L2 for (with
  * l->o.prefetch). */
-/* qg_i8_mv of one matrix, then the routing rt of the MoE node that reads
- * its output (the projection's last block reduces the tiles' partials);
- * cudaErrorNotSupported when the product's grid cannot hold one tile per
- * block (nothing launched: the caller routes by a kernel of its own). */
-cudaError_t qg_i8_mv_route(const qg_cuda_launch *l, const qg_cu_mat *m, int n, const float *x,
-                           const float *add, const qg_i8_route *rt);
-
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n);
 cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
                      int K, int X, const float *x, const int32_t *ids, float *h,

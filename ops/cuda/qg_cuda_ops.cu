@@ -5,7 +5,6 @@
  */
 #include "qg_cuda_gemm_i8.cuh"
 #include "qg_cuda_internal.cuh"
-#include "qg_cuda_router.cuh"
 
 #include <initializer_list>
 
@@ -163,15 +162,6 @@ extern "C" bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, co
     return g->n_tok_max == 1 && qg_cuda_op_can_fold_append(g, r, a) && a->in[0] == r->out[0] &&
            hd % 32 == 0 && hd <= 128 && r->p.n_head == a->p.n_head &&
            g->tensors[r->in[2]].type == QG_F32 && g->tensors[r->in[3]].type == QG_F32;
-}
-
-extern "C" bool qg_cuda_op_can_fold_router(const qg_graph *g, const qg_node *p, const qg_node *m) {
-    if (g->n_tok_max != 1 || p->op != QG_OP_MATMUL || m->op != QG_OP_MOE_FUSED) return false;
-    const qg_tensor *h = &g->tensors[p->out[0]], *rt = &g->tensors[m->in[1]];
-    const int E = (int)rt->ne[0], X = (int)rt->ne[1];
-    return rt->type == QG_F32 && h->type == QG_F32 && h->ne[0] == E &&
-           g->tensors[m->in[0]].ne[0] == E && qg_rt_ok(E, X) &&
-           g->tensors[m->out[1]].ne[0] <= X;
 }
 
 extern "C" int qg_cuda_ops_prepare(void) { return (int)qg_cu_gemm_prepare(); }

@@ -73,10 +73,6 @@ typedef struct qg_cuda_opts {
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
-    int router_fold;  /* decode: 0 the MoE node routes itself; 1 the
-                         output projection before it routes in its last
-                         block (qg_cuda_router.cuh); 2 the same arithmetic
-                         as a kernel of its own after the projection */
     int drop;         /* measurement only (QG_CUDA_DEBUG_DROP): decode
                          kernels left out of the step, bits QG_CUDA_DROP_*;
                          the output is then wrong, the time it saves is
@@ -134,16 +130,6 @@ typedef struct qg_cuda_launch {
      * node's last kernel before it waits for its predecessor (all-zero
      * when none; kernels that cannot issue it ignore it). */
     qg_cuda_prefetch pf;
-    /* Router fold (decode, o.router_fold): this product's output is the
-     * raw input of MoE node rt_moe (its rmsnorm folded: rt_norm, rt_eps),
-     * and the product also writes that node's ids and wts (tiled router
-     * arithmetic, qg_cuda_router.cuh); the MoE node then skips its router
-     * (router_done).  rt_counter: the MoE node's ticket counter. */
-    const qg_node *rt_moe;
-    const float *rt_norm;
-    float rt_eps;
-    int *rt_counter;
-    bool router_done;
 } qg_cuda_launch;
 
 /* Does the CUDA executor implement node n (op, dtypes, shapes)? */
@@ -163,10 +149,6 @@ bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
 bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r, const qg_node *a);
 /* Can decode attention node a do rope node r's work itself (rope_fold)? */
 bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, const qg_node *a);
-/* Can product node p route MoE node m (decode; m's router F32 with the
- * tiled arithmetic's shapes, p's output m's input)?  The executor checks the
- * graph side (m right after p, its rmsnorm folded). */
-bool qg_cuda_op_can_fold_router(const qg_graph *g, const qg_node *p, const qg_node *m);
 
 /* Set the kernels' launch attributes on the current device (shared memory
  * above the default limit).  Call before launching, outside any stream
