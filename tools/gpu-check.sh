@@ -16,7 +16,8 @@
 #      with QG_GPU_AGREE_CONTROL=1 also CPU AVX2 vs CPU AVX-512 (control),
 #      QG_GPU_PROFILE=1 `qmoe-graph profile` (per-op GPU times),
 #      QG_GPU_AB="VAR=value ...;VAR=value ..." tg128 benches under each
-#      environment, after one with the defaults
+#      environment, after one with the defaults (QG_GPU_AB_DEPTH=N: each
+#      also at an N-token KV depth)
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
@@ -143,6 +144,12 @@ if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
         step "A/B tg128 with $ab" 200 env "${envs[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 5
         tg=$(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}')
         note "A/B tg128 with $ab: $tg tok/s"
+        if [ -n "${QG_GPU_AB_DEPTH:-}" ]; then # the same at a KV depth
+            step "A/B tg128 @ d$QG_GPU_AB_DEPTH with $ab" 200 env "${envs[@]}" "$QG" bench "$MODEL" \
+                --backend cuda -p 0 -n 128 -d "$QG_GPU_AB_DEPTH" -r 3
+            tg=$(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}')
+            note "A/B tg128 @ d$QG_GPU_AB_DEPTH with $ab: $tg tok/s"
+        fi
     done
 fi
 

@@ -506,9 +506,11 @@ __global__ void __launch_bounds__(AP_WARPS * 32) k_attn_prefill(at_args a) {
 
 /* ---- launch ----------------------------------------------------------- */
 
-/* q heads per decode CTA: the largest of 8, 4, 2, 1 dividing the group. */
-static int attn_gw(const qg_op_params *p) {
+/* q heads per decode CTA: o->attn_gw when it divides the group (A/B),
+ * else the largest of 8, 4, 2, 1 that does. */
+static int attn_gw(const qg_op_params *p, const qg_cuda_opts *o) {
     const int G = p->n_head / p->n_head_kv;
+    if (o->attn_gw > 0 && o->attn_gw <= 8 && G % o->attn_gw == 0) return o->attn_gw;
     for (int gw = 8; gw > 1; gw >>= 1)
         if (G % gw == 0) return gw;
     return 1;
@@ -520,7 +522,7 @@ static int attn_gw(const qg_op_params *p) {
  * multiprocessor at the longest context, never more than the cache fills with AD_MIN_CHUNK
  * rows each, at most 64 (the merge's table). */
 static int attn_ns_max(const qg_graph *g, const qg_op_params *p, const qg_cuda_opts *o) {
-    const int groups = p->n_head / attn_gw(p);
+    const int groups = p->n_head / attn_gw(p, o);
     const int n_sm = (o->n_sm > 0 ? o->n_sm : 132) * (o->attn_ctas > 0 ? o->attn_ctas : 1);
     int ns = (n_sm + groups - 1) / groups;
     const int by_rows = (g->n_ctx + AD_MIN_CHUNK - 1) / AD_MIN_CHUNK;
@@ -536,7 +538,7 @@ void qg_cu_attention_needs(const qg_graph *g, const qg_node *n, const qg_cuda_op
     const qg_op_params *p = &n->p;
     const int nsp = (attn_ns_max(g, p, o) + 3) / 4 * 4;
     b->take<float>((size_t)p->n_head * nsp * (p->head_dim + 2));
-    *n_counters = p->n_head / attn_gw(p);
+    *n_counters = p->n_head / attn_gw(p, o);
 }
 
 template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
@@ -580,7 +582,7 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
     }
     if (T == 1) {
         if (l->o.prefetch) a.pf = l->pf;
-        a.gw = attn_gw(p);
+        a.gw = attn_gw(p, &l->o);
         a.part = (float *)l->scratch;
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
