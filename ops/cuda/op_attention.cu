@@ -518,6 +518,12 @@ static int attn_gw(const qg_op_params *p, const qg_cuda_opts *o) {
 
 #define AD_MIN_CHUNK 64
 
+/* Fewest cache rows per split: o->attn_chunk when set (A/B; a multiple of
+ * the 32-row tile), else AD_MIN_CHUNK. */
+static int attn_chunk(const qg_cuda_opts *o) {
+    return o->attn_chunk >= 32 && o->attn_chunk % 32 == 0 ? o->attn_chunk : AD_MIN_CHUNK;
+}
+
 /* Most splits of the decode kernel: about attn_ctas CTAs per
  * multiprocessor at the longest context, never more than the cache fills with AD_MIN_CHUNK
  * rows each, at most 64 (the merge's table). */
@@ -525,7 +531,7 @@ static int attn_ns_max(const qg_graph *g, const qg_op_params *p, const qg_cuda_o
     const int groups = p->n_head / attn_gw(p, o);
     const int n_sm = (o->n_sm > 0 ? o->n_sm : 132) * (o->attn_ctas > 0 ? o->attn_ctas : 1);
     int ns = (n_sm + groups - 1) / groups;
-    const int by_rows = (g->n_ctx + AD_MIN_CHUNK - 1) / AD_MIN_CHUNK;
+    const int by_rows = (g->n_ctx + attn_chunk(o) - 1) / attn_chunk(o);
     if (ns > by_rows) ns = by_rows;
     if (ns > 64) ns = 64;
     return ns < 1 ? 1 : ns;
@@ -587,7 +593,7 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
         a.nsp = (a.ns_max + 3) / 4 * 4;
-        a.min_chunk = AD_MIN_CHUNK;
+        a.min_chunk = attn_chunk(&l->o);
         const dim3 grid(p->n_head / a.gw, a.ns_max);
         if (dpl == 1) e = qg_cu_launch(l, k_attn_decode<CT, 1>, grid, dim3(256), 0, a);
         else if (dpl == 2) e = qg_cu_launch(l, k_attn_decode<CT, 2>, grid, dim3(256), 0, a);

@@ -65,6 +65,8 @@ typedef struct qg_cuda_opts {
                          split over cache rows aims at (long contexts) */
     int attn_gw;      /* decode attention: q heads per CTA (A/B; 0: the
                          largest of 8, 4, 2, 1 dividing the GQA group) */
+    int attn_chunk;   /* decode attention: fewest cache rows per split
+                         (A/B; 0: 64) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
     int prefetch;     /* decode L2 prefetch, bits QG_CUDA_PF_*: */
 #define QG_CUDA_PF_NODE 1  /* pf below: the next node's dense weights */
