@@ -1015,6 +1015,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
     c->o.attn_gw = env_int("QG_CUDA_ATTN_GW", 0, 1, 8);
     c->o.attn_chunk = env_int("QG_CUDA_ATTN_CHUNK", 0, 32, 4096);
+    c->o.attn_gw_rows = env_int("QG_CUDA_ATTN_GW_ROWS", 512, 0, 1 << 30);
     c->o.drop = env_int("QG_CUDA_DEBUG_DROP", 0, 0, 63);
     if (c->o.drop)
         fprintf(stderr, "cuda: QG_CUDA_DEBUG_DROP=%d: decode kernels left out, output is wrong "

@@ -179,8 +179,12 @@ struct at_args {
     float scale;
     float *o;
     float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, hd, NSP) acc */
-    int *counters; /* (nh / gw) */
-    int gw;        /* q heads per CTA */
+    int *counters; /* (nh / gw_lo) */
+    int gw;        /* q heads per CTA past gw_rows cache rows (one CTA in
+                      gw / gw_lo of the grid's x works, the others exit) */
+    int gw_lo;     /* q heads per CTA up to gw_rows rows (short contexts:
+                      more CTAs, each K/V row read by more of them) */
+    int gw_rows;
     int ns_max, nsp, min_chunk;
     /* rope folded in (decode): raw q / k / v of this step, norms, table */
     bool rope;
@@ -224,8 +228,11 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     const int s = blockIdx.y;
     if (s >= ns) return;
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
-    const bool active = warp < a.gw;
-    const int h = blockIdx.x * a.gw + warp, kvh = blockIdx.x * a.gw / (a.nh / a.nkv);
+    const bool wide = rows > a.gw_rows;
+    if (wide && blockIdx.x % (a.gw / a.gw_lo)) return;
+    const int gw = wide ? a.gw : a.gw_lo, h0 = blockIdx.x * a.gw_lo;
+    const bool active = warp < gw;
+    const int h = h0 + warp, kvh = h0 / (a.nh / a.nkv);
     /* the first tile's loads go out before q and k are normalized and
      * rotated (with rope folded in, this step's row read here is stale and
      * replaced from shared memory below) */
@@ -262,7 +269,7 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
         __syncthreads();
         /* the first CTA of the KV head appends the row (the others read
          * it from shared memory, never from the cache) */
-        if (has_new && (blockIdx.x * a.gw) % (a.nh / a.nkv) == 0) {
+        if (has_new && h0 % (a.nh / a.nkv) == 0) {
             CT *kw = (CT *)a.kcw + (size_t)pn * a.Dkv + (size_t)kvh * HD;
             CT *vw = (CT *)a.vcw + (size_t)pn * a.Dkv + (size_t)kvh * HD;
             for (int i = tid; i < HD; i += 256) {
@@ -520,6 +527,13 @@ static int attn_gw(const qg_op_params *p, const qg_cuda_opts *o) {
 
 /* Fewest cache rows per split: o->attn_chunk when set (A/B; a multiple of
  * the 32-row tile), else AD_MIN_CHUNK. */
+/* q heads per decode CTA at short contexts (see at_args.gw_lo): 2 when
+ * the group allows, none of it when o->attn_gw_rows is 0. */
+static int attn_gw_lo(const qg_op_params *p, const qg_cuda_opts *o) {
+    const int hi = attn_gw(p, o);
+    return o->attn_gw_rows > 0 && hi > 2 && hi % 2 == 0 ? 2 : hi;
+}
+
 static int attn_chunk(const qg_cuda_opts *o) {
     return o->attn_chunk >= 32 && o->attn_chunk % 32 == 0 ? o->attn_chunk : AD_MIN_CHUNK;
 }
@@ -544,7 +558,7 @@ void qg_cu_attention_needs(const qg_graph *g, const qg_node *n, const qg_cuda_op
     const qg_op_params *p = &n->p;
     const int nsp = (attn_ns_max(g, p, o) + 3) / 4 * 4;
     b->take<float>((size_t)p->n_head * nsp * (p->head_dim + 2));
-    *n_counters = p->n_head / attn_gw(p, o);
+    *n_counters = p->n_head / attn_gw_lo(p, o);
 }
 
 template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
@@ -589,12 +603,14 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
     if (T == 1) {
         if (l->o.prefetch) a.pf = l->pf;
         a.gw = attn_gw(p, &l->o);
+        a.gw_lo = attn_gw_lo(p, &l->o);
+        a.gw_rows = l->o.attn_gw_rows;
         a.part = (float *)l->scratch;
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
         a.nsp = (a.ns_max + 3) / 4 * 4;
         a.min_chunk = attn_chunk(&l->o);
-        const dim3 grid(p->n_head / a.gw, a.ns_max);
+        const dim3 grid(p->n_head / a.gw_lo, a.ns_max);
         if (dpl == 1) e = qg_cu_launch(l, k_attn_decode<CT, 1>, grid, dim3(256), 0, a);
         else if (dpl == 2) e = qg_cu_launch(l, k_attn_decode<CT, 2>, grid, dim3(256), 0, a);
         else if (dpl == 3) e = qg_cu_launch(l, k_attn_decode<CT, 3>, grid, dim3(256), 0, a);

@@ -65,6 +65,9 @@ typedef struct qg_cuda_opts {
                          split over cache rows aims at (long contexts) */
     int attn_gw;      /* decode attention: q heads per CTA (A/B; 0: the
                          largest of 8, 4, 2, 1 dividing the GQA group) */
+    int attn_gw_rows; /* decode attention: up to this many cache rows, 2
+                         q heads per CTA (more CTAs); past it attn_gw's
+                         (fewer K/V reads); 0: always attn_gw's */
     int attn_chunk;   /* decode attention: fewest cache rows per split
                          (A/B; 0: 64) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
