@@ -180,11 +180,11 @@ struct at_args {
     float *o;
     float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, hd, NSP) acc */
     int *counters; /* (nh / gw_lo) */
-    int gw;        /* q heads per CTA past gw_rows cache rows (one CTA in
-                      gw / gw_lo of the grid's x works, the others exit) */
+    int gw;        /* q heads per CTA past gw_rows cache rows */
     int gw_lo;     /* q heads per CTA up to gw_rows rows (short contexts:
                       more CTAs, each K/V row read by more of them) */
     int gw_rows;
+    int ns_lo;     /* most splits up to gw_rows rows */
     int ns_max, nsp, min_chunk;
     /* rope folded in (decode): raw q / k / v of this step, norms, table */
     bool rope;
@@ -221,16 +221,20 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     qg_pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tid = threadIdx.x;
     const int rows = a.pos[0] + 1;
-    int chunk = (rows + a.ns_max - 1) / a.ns_max;
+    /* the one-dimensional grid as (head slot, split) of this step's mode:
+     * wide (past gw_rows rows) gw heads per slot and up to ns_max splits,
+     * else gw_lo heads and up to ns_lo */
+    const bool wide = rows > a.gw_rows;
+    const int gw = wide ? a.gw : a.gw_lo, nsx = wide ? a.ns_max : a.ns_lo;
+    const int slot = blockIdx.x / nsx, s = blockIdx.x - slot * nsx;
+    if (slot >= a.nh / gw) return;
+    int chunk = (rows + nsx - 1) / nsx;
     chunk = (chunk + R - 1) / R * R;
     if (chunk < a.min_chunk) chunk = a.min_chunk;
     const int ns = (rows + chunk - 1) / chunk;
-    const int s = blockIdx.y;
     if (s >= ns) return;
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
-    const bool wide = rows > a.gw_rows;
-    if (wide && blockIdx.x % (a.gw / a.gw_lo)) return;
-    const int gw = wide ? a.gw : a.gw_lo, h0 = blockIdx.x * a.gw_lo;
+    const int h0 = slot * gw;
     const bool active = warp < gw;
     const int h = h0 + warp, kvh = h0 / (a.nh / a.nkv);
     /* the first tile's loads go out before q and k are normalized and
@@ -366,7 +370,7 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     }
     __threadfence();
     __syncthreads();
-    if (tid == 0) s_last = atomicAdd(&a.counters[blockIdx.x], 1) == ns - 1;
+    if (tid == 0) s_last = atomicAdd(&a.counters[slot], 1) == ns - 1;
     __syncthreads();
     if (!s_last) return;
     if (active) {
@@ -397,7 +401,7 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
             a.o[(size_t)h * HD + 4 * lane + c] = A * inv;
         }
     }
-    if (tid == 0) a.counters[blockIdx.x] = 0;
+    if (tid == 0) a.counters[slot] = 0;
 }
 
 /* ---- prefill ----------------------------------------------------------
@@ -551,12 +555,20 @@ static int attn_ns_max(const qg_graph *g, const qg_op_params *p, const qg_cuda_o
     return ns < 1 ? 1 : ns;
 }
 
+/* Most splits up to gw_rows rows (gw_lo heads per CTA): the rows in
+ * chunks of the fewest per split, at most 64. */
+static int attn_ns_lo(const qg_op_params *p, const qg_cuda_opts *o) {
+    if (attn_gw_lo(p, o) == attn_gw(p, o)) return 1;
+    const int ns = (o->attn_gw_rows + attn_chunk(o) - 1) / attn_chunk(o);
+    return ns < 1 ? 1 : (ns > 64 ? 64 : ns);
+}
+
 void qg_cu_attention_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
                            qg_cu_bump *b, int *n_counters) {
     *n_counters = 0;
     if (g->n_tok_max != 1) return;
     const qg_op_params *p = &n->p;
-    const int nsp = (attn_ns_max(g, p, o) + 3) / 4 * 4;
+    const int nsp = (QG_MAX(attn_ns_max(g, p, o), attn_ns_lo(p, o)) + 3) / 4 * 4;
     b->take<float>((size_t)p->n_head * nsp * (p->head_dim + 2));
     *n_counters = p->n_head / attn_gw_lo(p, o);
 }
@@ -605,12 +617,14 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.gw = attn_gw(p, &l->o);
         a.gw_lo = attn_gw_lo(p, &l->o);
         a.gw_rows = l->o.attn_gw_rows;
+        a.ns_lo = attn_ns_lo(p, &l->o);
+        if (a.gw_lo == a.gw) a.gw_rows = -1; /* one mode: always the wide one */
         a.part = (float *)l->scratch;
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
-        a.nsp = (a.ns_max + 3) / 4 * 4;
+        a.nsp = (QG_MAX(a.ns_max, attn_ns_lo(p, &l->o)) + 3) / 4 * 4;
         a.min_chunk = attn_chunk(&l->o);
-        const dim3 grid(p->n_head / a.gw_lo, a.ns_max);
+        const dim3 grid(QG_MAX(p->n_head / a.gw * a.ns_max, p->n_head / a.gw_lo * a.ns_lo));
         if (dpl == 1) e = qg_cu_launch(l, k_attn_decode<CT, 1>, grid, dim3(256), 0, a);
         else if (dpl == 2) e = qg_cu_launch(l, k_attn_decode<CT, 2>, grid, dim3(256), 0, a);
         else if (dpl == 3) e = qg_cu_launch(l, k_attn_decode<CT, 3>, grid, dim3(256), 0, a);
