@@ -748,7 +748,9 @@ static void test_moe_fused(void **state) {
         for (int ph = 0; ph < 2; ph++) {
             qg_test_rng r = rng_for(16, case_id++);
             const int T = ph ? 40 : 1, X = ph ? 5 : 8, K = ph ? 2 : 3;
-            const int64_t E = 256, F = 256;
+            /* decode: E = 1024, so F32 router rows take the register path
+             * (k_router_topk: rows of a multiple of 1024) */
+            const int64_t E = ph ? 256 : 1024, F = 256;
             const qg_dtype rt = rts[ti % 2], gt = MOE_TYPES[ti][0], ut = MOE_TYPES[ti][1],
                            dt = MOE_TYPES[ti][2];
             qg_optest_fx f = qg_optest_fx_new(ph ? QG_PHASE_PREFILL : QG_PHASE_DECODE, T, 64, true);
@@ -812,7 +814,8 @@ static void test_fold(void **state) {
         size_t res_n[6] = {0};
         for (int e = 0; e < 2; e++) {
             qg_test_rng r = rng_for(17, c); /* same weights and inputs on both executors */
-            const int64_t E = 256, F = 256, Dq = 128, Dkv = 64, V = 300;
+            /* E = 1024: the folded router takes its register path */
+            const int64_t E = 1024, F = 256, Dq = 128, Dkv = 64, V = 300;
             const int X = 8, K = 2;
             qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
             const qg_dtype wt = c == 0 ? QG_Q4_K : c == 1 ? QG_Q8_0 : QG_F16;
