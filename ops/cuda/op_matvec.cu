@@ -456,9 +456,9 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
 
 static cudaError_t down_decode(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K,
                                int X, const float *h, const int32_t *ids, const float *wts,
-                               const float *add, float *y, bool ids_early) {
+                               const float *add, float *y) {
     if (l->o.i8_decode && qg_i8_dn_ok(down, F, K))
-        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y, ids_early);
+        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y);
     if (K > DN_KMAX) return cudaErrorInvalidValue;
     dn_args a = {down->w, down->rb, down->es, F, down->m, K, X, h, ids, wts, add, y};
     const bool hs = K * F <= DN_HS_MAX;
@@ -757,7 +757,7 @@ cudaError_t qg_cu_aggregate(const qg_cuda_launch *l) {
     qg_cu_bump b = {(char *)l->scratch, 0};
     const moe_scratch s = moe_layout(l->g, l->n, &b);
     qg_cu_mat d = mat_of(dt, l->dev[l->n->in[1]], y, E);
-    if (qg_cu_decode(l->g)) return down_decode(l, &d, F, K, X, h, ids, wts, l->post_add, y, false);
+    if (qg_cu_decode(l->g)) return down_decode(l, &d, F, K, X, h, ids, wts, l->post_add, y);
     cudaError_t e = qg_cu_moe_lists(l, ids, K, X, s.off, s.asg, s.tiles);
     if (e != cudaSuccess) return e;
     d.y = s.yb;
@@ -793,8 +793,7 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
             (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
             return e;
         if (drop & QG_CUDA_DROP_DOWN) return cudaSuccess;
-        /* ids, wts: the router's, written before gate/up ran */
-        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y, true);
+        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
     }
     if ((e = qg_cu_product(l, &r, 1, E, x, E, false, nullptr))) return e;
     if ((e = qg_cu_topk_raw(l, s.logits, X, K, ids, wts))) return e;

@@ -405,6 +405,7 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
     const int w = threadIdx.x >> 5, nsb = a.F / 256, T = (a.E + I8_TILE - 1) / I8_TILE;
     const size_t ib = qg_i8_image_bytes(a.F);
     qg_prefetch_ranges(a.pf);
+    qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[DN_PAIRS];
     i8_job job[DN_PAIRS] = {};
@@ -416,12 +417,7 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
             if (job[q].live) i8_load(f[q], job[q].type, job[q].rg, job[q].rg8, p % nsb);
         }
     };
-    /* ids_early: the ids were written two kernels back (the router, before
-     * gate/up), so the first tile's loads go out before the wait for
-     * gate/up (see qg_pdl_wait) */
-    if (a.ids_early && tile < T) load(tile);
-    qg_pdl_wait();
-    if (!a.ids_early && tile < T) load(tile);
+    if (tile < T) load(tile);
     if (threadIdx.x == 0) s_bad = 0;
     __syncthreads();
     if (threadIdx.x < a.K) {
@@ -611,7 +607,7 @@ bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K) {
 
 cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
                      const float *h, const int32_t *ids, const float *wts, const float *add,
-                     float *y, bool ids_early) {
+                     float *y) {
     qg_i8_dn_args a = {};
     a.w = down->w;
     a.rb = down->rb;
@@ -627,7 +623,6 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.add = add;
     a.y = y;
     if (l->o.prefetch & QG_CUDA_PF_NODE) a.pf = l->pf;
-    a.ids_early = ids_early && l->o.dn_early;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
     return i8_launch(l, k_dn8, QG_I8_DN_WARPS * 32, (size_t)K * qg_i8_image_bytes(F), T, 4, a);
 }

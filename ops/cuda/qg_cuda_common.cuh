@@ -69,12 +69,8 @@ __device__ __forceinline__ float qg_byte_f(uint32_t v, int i) {
  * is still running.  Every kernel calls qg_pdl_wait() before it reads
  * anything a predecessor wrote, and before any early exit (so its own
  * completion still implies its predecessors'); only constant data (weights)
- * may be touched before, and data written two or more kernels back: with
- * the implicit trigger (below) a kernel launches only once every block of
- * its predecessor has exited, so each of them had returned from its own
- * wait, for which the kernel before had completed and flushed.
- * qg_pdl_trigger() lets the successor launch.  Both are no-ops without the
- * attribute. */
+ * may be touched before.  qg_pdl_trigger() lets the successor launch.  Both
+ * are no-ops without the attribute. */
 __device__ __forceinline__ void qg_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -82,8 +78,7 @@ __device__ __forceinline__ void qg_pdl_wait() {
 }
 /* (An explicit early trigger, griddepcontrol.launch_dependents, measured
  * slower on H200: the successor's CTAs occupy the SMs while they wait.  The
- * implicit trigger at the predecessor's exit is kept, and the rule above
- * for data two kernels back depends on it.) */
+ * implicit trigger at the predecessor's exit is kept.) */
 __device__ __forceinline__ void qg_pdl_trigger() {}
 /* Ask for [p, p + bytes) in L2 (one bulk prefetch; sm_90), the range
  * widened to 16-byte bounds.  For constant data only. */

@@ -62,8 +62,6 @@ struct qg_i8_dn_args {
     const float *add;     /* (E) or NULL */
     float *y;             /* (E) */
     qg_cuda_prefetch pf;  /* as qg_i8_mv_args.pf */
-    bool ids_early;       /* ids, wts written two kernels back or earlier:
-                             read before the launch wait */
 };
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
@@ -83,12 +81,10 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
                      const qg_cu_mat *pf_down);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
- * y NaN.  ids_early: ids were written before the kernel right before this
- * one (the fused MoE node: router, gate/up, down), so the weight loads may
- * go out before the launch wait (with l->o.dn_early). */
+ * y NaN. */
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K);
 cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
                      const float *h, const int32_t *ids, const float *wts, const float *add,
-                     float *y, bool ids_early);
+                     float *y);
 
 #endif

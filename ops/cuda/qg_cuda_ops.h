@@ -63,8 +63,6 @@ typedef struct qg_cuda_opts {
                          tensor cores (op_matvec_i8.cu) */
     int attn_ctas;    /* decode attention: CTAs per multiprocessor the
                          split over cache rows aims at (long contexts) */
-    bool dn_early;    /* decode MoE down: the router's ids read and the
-                         weight loads issued before the launch wait */
     int attn_gw;      /* decode attention: q heads per CTA (A/B; 0: the
                          largest of 8, 4, 2, 1 dividing the GQA group) */
     int attn_gw_rows; /* decode attention: up to this many cache rows, 2
