@@ -18,7 +18,13 @@
  * Weight loads go out before anything else a block waits for: before the
  * programmatic-launch wait for dense products (weights are constant),
  * right after reading the expert ids for the MoE ones, and the next
- * tile's loads under the current tile's epilogue.
+ * tile's loads under the current tile's epilogue.  A normalized input is
+ * read once (i8_build1: the norm weights copied in by cp.async before the
+ * wait).  Grids hold no more blocks than the device runs at once (i8_grid,
+ * o.i8_fit), so no block waits for another to leave and each builds its
+ * image once.  L2 prefetch (o.prefetch bits): k_gu8 asks for the chosen
+ * experts' down rows (on by default); the next node's dense weights and a
+ * block's later tiles are A/B options that measured slower.
  */
 #include "qg_cuda_i8.cuh"
 #include "qg_cuda_i8_ops.cuh"
