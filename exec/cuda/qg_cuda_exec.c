@@ -480,62 +480,6 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
     return QG_OK;
 }
 
-/* L2 prefetch plan (decode graphs): a node's kernel asks L2 for the dense
- * weights of the next node that reads at least PF_MIN_BYTES of them (the
- * attention node for the output projection's, the output projection for
- * the router's, the MoE node for the next layer's q/k/v), at most
- * PF_MAX_BYTES so they are still in L2 when read.  Weight ranges below
- * PF_TINY_BYTES (norm vectors) are left out. */
-#define PF_MIN_BYTES ((size_t)256 << 10)
-#define PF_MAX_BYTES ((size_t)8 << 20)
-#define PF_TINY_BYTES ((size_t)64 << 10)
-
-/* Is tensor t a dense weight (not one expert of a stack) worth a prefetch? */
-static bool pf_weight(const qg_tensor *t) {
-    return t->role == QG_ROLE_WEIGHT && t->ne[2] <= 1 && t->nbytes >= PF_TINY_BYTES;
-}
-
-static size_t pf_dense_bytes(const qg_graph *g, const qg_node *n) {
-    size_t b = 0;
-    for (int k = 0; k < n->n_in; k++)
-        if (pf_weight(&g->tensors[n->in[k]])) b += g->tensors[n->in[k]].nbytes;
-    return b;
-}
-
-static void plan_prefetch(cuda_exec *c, cuda_graph *cg) {
-    const qg_graph *g = cg->g;
-    if (g->n_tok_max != 1 || !(c->o.prefetch & QG_CUDA_PF_NODE)) return;
-    int n_pf = 0;
-    size_t total = 0;
-    for (int i = 0; i < g->n_nodes; i++) {
-        const qg_node *n = &g->nodes[i];
-        if (n->exec != cg->exec_index || cg->skip[i] || !cg->L[i].n) continue;
-        for (int j = i + 1; j < g->n_nodes; j++) {
-            const qg_node *m = &g->nodes[j];
-            if (m->partition != n->partition) break;
-            if (cg->skip[j] || m->op == QG_OP_EMBED || pf_dense_bytes(g, m) < PF_MIN_BYTES)
-                continue;
-            qg_cuda_prefetch *pf = &cg->L[i].pf;
-            size_t left = PF_MAX_BYTES;
-            int r = 0;
-            for (int k = 0; k < m->n_in && r < QG_CUDA_PF_MAX && left; k++) {
-                const qg_tensor *t = &g->tensors[m->in[k]];
-                if (!pf_weight(t) || !cg->dev[m->in[k]]) continue;
-                pf->p[r] = cg->dev[m->in[k]];
-                pf->bytes[r] = QG_MIN(t->nbytes, left);
-                left -= pf->bytes[r];
-                total += pf->bytes[r];
-                r++;
-            }
-            n_pf += r > 0;
-            break;
-        }
-    }
-    if (c->log)
-        fprintf(stderr, "cuda: decode graph: %d nodes ask L2 for the next node's weights (%.1f MiB)\n",
-                n_pf, total / 1048576.0);
-}
-
 /* ---- vtable ----------------------------------------------------------- */
 
 static bool cuda_supports(void *self, const qg_graph *g, const qg_node *n) {
@@ -755,7 +699,6 @@ static qg_status cuda_compile(void *self, qg_graph *g, int exec_index, qg_error 
         if ((st = rope_cos_sin(cg, err))) goto fail;
     }
     if (c->fuse && (st = fold_nodes(c, cg, err))) goto fail;
-    plan_prefetch(c, cg);
     /* the zeroing memsets above run on the legacy stream, which does not
      * order with ours (non-blocking): finish them before any step */
     QG_CUDA_TRY(cudaDeviceSynchronize());
@@ -1008,7 +951,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.f32_prefill = env_is("QG_CUDA_F32_PREFILL", "1");
     c->o.pdl = prop.major >= 9 && !env_is("QG_CUDA_PDL", "0");
     c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
-    c->o.prefetch = env_int("QG_CUDA_PREFETCH", QG_CUDA_PF_DOWN, 0, 7);
+    c->o.prefetch = !env_is("QG_CUDA_PREFETCH", "0");
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
@@ -1033,13 +976,13 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
         fprintf(stderr,
                 "cuda: device %d: %s, compute %d.%d, %d SMs, %.1f GiB; graphs %s, fusion %s, "
                 "programmatic dependent launch %s, prefill products %s, decode products %s, "
-                "L2 prefetch bits %d, one-wave decode grids %s\n",
+                "L2 prefetch of the chosen down rows %s, one-wave decode grids %s\n",
                 dev, c->name, prop.major, prop.minor, prop.multiProcessorCount,
                 prop.totalGlobalMem / 1073741824.0, c->use_graphs ? "on" : "off",
                 c->fuse ? "on" : "off", c->o.pdl ? "on" : "off",
                 c->o.f32_prefill ? "f32" : "f16 tensor cores",
                 c->o.i8_decode ? "integer tensor cores (Q4_K, Q6_K)" : "f32",
-                c->o.prefetch, c->o.i8_fit ? "on" : "off");
+                c->o.prefetch ? "on" : "off", c->o.i8_fit ? "on" : "off");
     if (c->log && (c->o.i8_mv_cfg[0] >= 0 || c->o.i8_mv_cfg[1] >= 0 || c->o.i8_gu_cfg >= 0))
         fprintf(stderr, "cuda: decode product shapes mv %d / %d, gate-up %d (-1: default)\n",
                 c->o.i8_mv_cfg[0], c->o.i8_mv_cfg[1], c->o.i8_gu_cfg);

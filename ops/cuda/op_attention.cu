@@ -194,7 +194,6 @@ struct at_args {
     int ncs;
     float eps;
     void *kcw, *vcw; /* the caches, for the append */
-    qg_cuda_prefetch pf; /* a later node's weights, asked of L2 at the start */
 };
 
 #define AD_ROWS 32
@@ -216,7 +215,6 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
     __shared__ __align__(16) float Qs[8][HD];
     __shared__ float Fs[8][64];
     __shared__ int s_last;
-    qg_prefetch_ranges(a.pf);
     qg_pdl_wait();
     qg_pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tid = threadIdx.x;
@@ -613,7 +611,6 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.vcw = vc;
     }
     if (T == 1) {
-        if (l->o.prefetch) a.pf = l->pf;
         a.gw = attn_gw(p, &l->o);
         a.gw_lo = attn_gw_lo(p, &l->o);
         a.gw_rows = l->o.attn_gw_rows;

@@ -22,9 +22,9 @@
  * read once (i8_build1: the norm weights copied in by cp.async before the
  * wait).  Grids hold no more blocks than the device runs at once (i8_grid,
  * o.i8_fit), so no block waits for another to leave and each builds its
- * image once.  L2 prefetch (o.prefetch bits): k_gu8 asks for the chosen
- * experts' down rows (on by default); the next node's dense weights and a
- * block's later tiles are A/B options that measured slower.
+ * image once.  k_gu8 asks L2 for the chosen experts' down rows, which
+ * k_dn8 reads next (o.prefetch; asking for the next node's dense weights
+ * or a block's later tiles measured slower and was removed).
  */
 #include "qg_cuda_i8.cuh"
 #include "qg_cuda_i8_ops.cuh"
@@ -133,6 +133,36 @@ __device__ __forceinline__ void i8_build1(const float *__restrict__ x, int n, co
     __syncthreads();
 }
 
+/* Dynamic shared memory of a block's input image: the image, and the norm
+ * weights when a folded norm can take the single-read build (host and
+ * device agree on the layout: weights right after the image). */
+__host__ __device__ __forceinline__ size_t i8_img_smem(int n, bool norm) {
+    return qg_i8_image_bytes(n) + (norm && n <= I8_NWS_MAX ? sizeof(float) * (size_t)n : 0);
+}
+
+/* Block (nw warps): before the programmatic-launch wait, start staging
+ * norm_w (or NULL) for the single-read build when it takes this input;
+ * returns whether it does (pass it to i8_build_x). */
+__device__ __forceinline__ bool i8_norm_begin(const float *norm_w, int n, int nw, uint8_t *img) {
+    const bool one = norm_w && i8_build1_ok(n, nw);
+    if (one) i8_stage_norm(norm_w, n, (float *)(img + qg_i8_image_bytes(n)));
+    return one;
+}
+
+/* Block: the image of one input x (n elements), normalized by norm_w when
+ * given, by the single-read build when i8_norm_begin said so.  Ends with
+ * __syncthreads(). */
+__device__ __forceinline__ void i8_build_x(const float *__restrict__ x, int n,
+                                           const float *norm_w, float eps, bool one, float *cs,
+                                           uint8_t *img) {
+    if (one) {
+        i8_build1(x, n, (const float *)(img + qg_i8_image_bytes(n)), eps, cs, img);
+        return;
+    }
+    const float sc = norm_w ? i8_norm_scale(x, n, eps, cs) : 1.0f;
+    i8_build(x, n, 1, norm_w, sc, img);
+}
+
 /* ---- one warp's share of a tile --------------------------------------------- */
 
 /* The loaded weights of one super-block of a 16-row tile, either format. */
@@ -229,18 +259,6 @@ __device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int
     *r0 = I8_TILE * (tile - a.tiles[k]);
 }
 
-/* Ask L2 for the rows of dense tile t, when there is one (a later tile of
- * this block: its loads then hit L2). */
-__device__ __forceinline__ void mv8_tile_pf(const qg_i8_mv_args &a, int t) {
-    if (t >= a.tiles[a.nm]) return;
-    int i, r0;
-    mv8_locate(a, t, &i, &r0);
-    qg_prefetch_l2(a.w[i] + (size_t)r0 * a.rb[i], (size_t)min(I8_TILE, a.m[i] - r0) * a.rb[i]);
-}
-
-/* Tiles ahead of the one in registers that a block keeps asked of L2. */
-#define MV8_PF_AHEAD 2
-
 template <int NW, int NF, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
@@ -252,28 +270,17 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     i8_frag f[NF];
     i8_job job = {};
     /* the weights are constant: the first tile's loads go out before the
-     * previous kernel has finished (programmatic launch), then the L2
-     * requests for this block's next tiles and for a later node */
+     * previous kernel has finished (programmatic launch) */
     if (tile < T) {
         mv8_locate(a, tile, &mi, &r0);
         job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
         i8_job_load(job, f, w, NW, nsb);
     }
-    if (a.tile_pf && threadIdx.x == 0)
-        for (int k = 1; k <= MV8_PF_AHEAD; k++) mv8_tile_pf(a, tile + k * G);
-    qg_prefetch_ranges(a.pf);
-    float *nws = (float *)(img + qg_i8_image_bytes(a.n)); /* (n) when staged */
-    const bool one = a.norm_w && i8_build1_ok(a.n, NW);
-    if (one) i8_stage_norm(a.norm_w, a.n, nws);
+    const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
     qg_pdl_wait();
     const float *x = a.x;
     if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
-    if (one) {
-        i8_build1(x, a.n, nws, a.eps, cs, img);
-    } else {
-        const float sc = a.norm_w ? i8_norm_scale(x, a.n, a.eps, cs) : 1.0f;
-        i8_build(x, a.n, 1, a.norm_w, sc, img);
-    }
+    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
     for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
@@ -283,7 +290,6 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
             mv8_locate(a, tile + G, &mi, &r0);
             job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
             i8_job_load(job, f, w, NW, nsb);
-            if (a.tile_pf && threadIdx.x == 0) mv8_tile_pf(a, tile + (MV8_PF_AHEAD + 1) * G);
         }
         i8_warp_rows(ag, ag8, red[w]);
         __syncthreads();
@@ -311,21 +317,6 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int 
               : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
 }
 
-/* Ask L2 for gate and up rows of tile t, when there is one and its expert
- * id is valid. */
-__device__ __forceinline__ void gu8_tile_pf(const qg_i8_gu_args &a, int t) {
-    const int FT = (a.F + I8_TILE - 1) / I8_TILE, k = t / FT, r0 = I8_TILE * (t - k * FT);
-    if (k >= a.K) return;
-    const int e = a.ids ? a.ids[k] : 0;
-    if (e < 0 || e >= a.X) return;
-    const int rows = min(I8_TILE, a.F - r0);
-    qg_prefetch_l2(a.wg + (size_t)e * a.esg + (size_t)r0 * a.rbg, (size_t)rows * a.rbg);
-    qg_prefetch_l2(a.wu + (size_t)e * a.esu + (size_t)r0 * a.rbu, (size_t)rows * a.rbu);
-}
-
-/* Tiles of a block asked of L2 ahead (every later one, up to this). */
-#define GU8_PF_AHEAD 4
-
 template <int NWH, int NF, int MINB>
 __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
@@ -333,34 +324,24 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     __shared__ float cs[QG_SUMSQ_CHUNKS];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, wi = w >= NWH ? w - NWH : w;
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
-    qg_prefetch_ranges(a.pf);
-    float *nws = (float *)(img + qg_i8_image_bytes(a.n)); /* (n) when staged */
-    const bool one = a.norm_w && i8_build1_ok(a.n, 2 * NWH);
-    if (one) i8_stage_norm(a.norm_w, a.n, nws);
+    const bool one = i8_norm_begin(a.norm_w, a.n, 2 * NWH, img);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[NF];
     i8_job job = {};
     /* the expert ids are known: the first tile's loads go out before x's
-     * image is built, then the L2 requests for this block's later tiles
-     * and for the chosen experts' down rows (the next kernel's) */
+     * image is built, then the L2 requests for the chosen experts' down
+     * rows (the next kernel's) */
     if (tile < T) {
         job = gu8_job(a, tile, NWH);
         i8_job_load(job, f, wi, NWH, nsb);
     }
-    if (a.tile_pf && threadIdx.x == 0)
-        for (int k = 1; k <= GU8_PF_AHEAD; k++) gu8_tile_pf(a, tile + k * (int)gridDim.x);
     if (a.pf_down)
         for (int k = 0; k < a.K; k++) {
             const int e = a.ids[k];
             if (e >= 0 && e < a.X) qg_prefetch_grid(a.pf_down + (size_t)e * a.pf_es, a.pf_es);
         }
-    if (one) {
-        i8_build1(a.x, a.n, nws, a.eps, cs, img);
-    } else {
-        const float sc = a.norm_w ? i8_norm_scale(a.x, a.n, a.eps, cs) : 1.0f;
-        i8_build(a.x, a.n, 1, a.norm_w, sc, img);
-    }
+    i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
     for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
@@ -410,7 +391,6 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
     __shared__ int s_bad;
     const int w = threadIdx.x >> 5, nsb = a.F / 256, T = (a.E + I8_TILE - 1) / I8_TILE;
     const size_t ib = qg_i8_image_bytes(a.F);
-    qg_prefetch_ranges(a.pf);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[DN_PAIRS];
@@ -529,13 +509,10 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.add = add;
-    if (l->o.prefetch & QG_CUDA_PF_NODE) a.pf = l->pf;
-    a.tile_pf = (l->o.prefetch & QG_CUDA_PF_TILES) != 0;
     const int nsb = n / 256, T = a.tiles[nm];
-    /* the image, then the norm weights when a block stages them (any
-     * shape's warp count passes i8_build1_ok when n <= I8_NWS_MAX: 4
-     * warps x 2 super-blocks cover 2048, 8 x 2 cover 4096) */
-    const size_t smem = qg_i8_image_bytes(n) + (a.norm_w && n <= I8_NWS_MAX ? sizeof(float) * n : 0);
+    /* room for staged norm weights whenever n allows; a shape whose warps
+     * cannot hold the input takes the two-pass build and leaves it unused */
+    const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
     const bool head = nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132);
     switch (head ? -1 : l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1]) { /* an explicit shape (QG_CUDA_I8_MV, for A/B) */
     case 0: return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
@@ -585,14 +562,12 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.h = h;
-    if ((l->o.prefetch & QG_CUDA_PF_NODE) && !ids) a.pf = l->pf;
-    a.tile_pf = (l->o.prefetch & QG_CUDA_PF_TILES) != 0;
-    if ((l->o.prefetch & QG_CUDA_PF_DOWN) && pf_down && ids) {
+    if (l->o.prefetch && pf_down && ids) {
         a.pf_down = pf_down->w;
         a.pf_es = pf_down->es;
     }
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
-    const size_t smem = qg_i8_image_bytes(n) + (a.norm_w && n <= I8_NWS_MAX ? sizeof(float) * n : 0);
+    const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
     switch (l->o.i8_gu_cfg) { /* an explicit shape (QG_CUDA_I8_GU, for A/B) */
     case 0: return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
     case 1: return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
@@ -628,7 +603,6 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.wts = wts;
     a.add = add;
     a.y = y;
-    if (l->o.prefetch & QG_CUDA_PF_NODE) a.pf = l->pf;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
     return i8_launch(l, k_dn8, QG_I8_DN_WARPS * 32, (size_t)K * qg_i8_image_bytes(F), T, 4, a);
 }

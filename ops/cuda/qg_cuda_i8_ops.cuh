@@ -29,8 +29,6 @@ struct qg_i8_mv_args {
     const float *norm_w; /* pre-norm weights (n), or NULL */
     float eps;
     const float *add;    /* residual of matrix 0, or NULL */
-    qg_cuda_prefetch pf; /* a later node's weights, asked of L2 at the start */
-    bool tile_pf;        /* ask L2 for a block's later tiles ahead */
 };
 
 struct qg_i8_gu_args {
@@ -43,8 +41,6 @@ struct qg_i8_gu_args {
     const float *norm_w;
     float eps;
     float *h;             /* (F, K) */
-    qg_cuda_prefetch pf;  /* dense (ids NULL) only: as qg_i8_mv_args.pf */
-    bool tile_pf;         /* ask L2 for a block's later tiles ahead */
     const uint8_t *pf_down; /* the down experts (es bytes each, rows of
                                expert e at pf_down + e * pf_es), the chosen
                                ones asked of L2; NULL: none */
@@ -61,7 +57,6 @@ struct qg_i8_dn_args {
     const float *wts;     /* (K) */
     const float *add;     /* (E) or NULL */
     float *y;             /* (E) */
-    qg_cuda_prefetch pf;  /* as qg_i8_mv_args.pf */
 };
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column

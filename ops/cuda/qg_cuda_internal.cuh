@@ -62,12 +62,6 @@ static inline cudaError_t qg_cu_launch(const qg_cuda_launch *l, void (*k)(P...),
     return cudaLaunchKernelEx(&cfg, k, ((P)args)...);
 }
 
-/* This thread's share of asking L2 for the ranges of pf (see
- * qg_cuda_prefetch; constant data, so it may precede qg_pdl_wait). */
-__device__ __forceinline__ void qg_prefetch_ranges(const qg_cuda_prefetch &pf) {
-#pragma unroll
-    for (int i = 0; i < QG_CUDA_PF_MAX; i++) qg_prefetch_grid(pf.p[i], pf.bytes[i]);
-}
 /* Bump allocator over a scratch base (NULL: sizing only). */
 struct qg_cu_bump {
     char *base;

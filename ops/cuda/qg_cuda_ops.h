@@ -45,16 +45,6 @@
 extern "C" {
 #endif
 
-/* Weight ranges a kernel asks L2 to fetch ahead (decode graphs): the
- * constant weights a later node will read, requested while the GPU's
- * memory would otherwise idle (launch gaps, attention, norms), so that the
- * later node's loads hit L2.  A hint: nothing waits for it. */
-#define QG_CUDA_PF_MAX 4
-typedef struct qg_cuda_prefetch {
-    const void *p[QG_CUDA_PF_MAX]; /* NULL: unused */
-    size_t bytes[QG_CUDA_PF_MAX];
-} qg_cuda_prefetch;
-
 /* Options of the executor that change which kernels run. */
 typedef struct qg_cuda_opts {
     bool f32_prefill; /* prefill products in f32 (exact path) for every dtype */
@@ -71,10 +61,9 @@ typedef struct qg_cuda_opts {
     int attn_chunk;   /* decode attention: fewest cache rows per split
                          (A/B; 0: 64) */
     int n_sm;         /* multiprocessors of the device (split sizes) */
-    int prefetch;     /* decode L2 prefetch, bits QG_CUDA_PF_*: */
-#define QG_CUDA_PF_NODE 1  /* pf below: the next node's dense weights */
-#define QG_CUDA_PF_TILES 2 /* a block's later tiles of its own product */
-#define QG_CUDA_PF_DOWN 4  /* gate/up: the chosen experts' down rows */
+    bool prefetch;    /* decode MoE: the gate/up kernel asks L2 for the
+                         chosen experts' down rows (read by the next
+                         kernel) */
     bool i8_fit;      /* decode products: grids no larger than the blocks
                          the device holds at once (one wave) */
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
@@ -132,11 +121,6 @@ typedef struct qg_cuda_launch {
     const float *rope_q, *rope_k;   /* raw q (Dq), k (Dkv) */
     const float *rope_qn, *rope_kn; /* q_norm, k_norm weights (head_dim) */
     float rope_eps;
-    /* Decode graphs with o.prefetch: the dense weights of the next node
-     * that reads more than a few hundred KiB of them, asked of L2 by this
-     * node's last kernel before it waits for its predecessor (all-zero
-     * when none; kernels that cannot issue it ignore it). */
-    qg_cuda_prefetch pf;
 } qg_cuda_launch;
 
 /* Does the CUDA executor implement node n (op, dtypes, shapes)? */
