@@ -66,17 +66,24 @@ static qg_test_rng rng_for(int test, int case_id) {
 
 /* ---- executors -------------------------------------------------------- */
 
-typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE } ex_kind;
+/* EX_NOSTAGE: decode products with register-fed weights (QG_CUDA_STAGE=0);
+ * EX_EARLY: staged products that launch their successor early
+ * (QG_CUDA_EARLY=1). */
+typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_NOSTAGE, EX_EARLY } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
     if (k == EX_F32_PREFILL) setenv("QG_CUDA_F32_PREFILL", "1", 1);
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
+    if (k == EX_NOSTAGE) setenv("QG_CUDA_STAGE", "0", 1);
+    if (k == EX_EARLY) setenv("QG_CUDA_EARLY", "1", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
     qg_status st = qg_exec_cuda_new(&o, &ex, &err);
     unsetenv("QG_CUDA_F32_PREFILL");
     unsetenv("QG_CUDA_FUSE");
+    unsetenv("QG_CUDA_STAGE");
+    unsetenv("QG_CUDA_EARLY");
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -234,10 +241,12 @@ static void test_rmsnorm_add(void **state) {
 static void mm_cases(qg_op op, int test_id, ex_kind k) {
     qg_exec ex = ex_new(k);
     int case_id = 0;
-    const int64_t shapes[][2] = {{256, 37}, {512, 70}, {768, 130}};
+    /* 2048 x 70: Q4_K rows of 1152 bytes, which the staged decode kernels
+     * copy one by one (padded), and a partial last tile */
+    const int64_t shapes[][2] = {{256, 37}, {512, 70}, {768, 130}, {2048, 70}};
     for (size_t d = 0; d < QG_ARRAY_LEN(QG_OPTEST_ALL_W); d++)
-        for (int si = 0; si < 3; si++)
-            for (int ph = (k == EX_F32_PREFILL); ph < 2; ph++)
+        for (int si = 0; si < 4; si++)
+            for (int ph = (k == EX_F32_PREFILL); ph < (si == 3 ? 1 : 2); ph++)
                 for (int ol = 0; ol < (op == QG_OP_LM_HEAD ? 2 : 1); ol++) {
                     qg_test_rng r = rng_for(test_id, case_id++);
                     const int T = ph ? 37 : 1; /* two gemm column tiles of 32 */
@@ -668,13 +677,15 @@ static void test_expert_swiglu_aggregate(void **state) {
     for (int kind = 0; kind < 2; kind++) {
         qg_exec ex = ex_new(kind ? EX_F32_PREFILL : EX_DEFAULT);
         int case_id = 0;
-        const int XK[][2] = {{6, 2}, {4, 3}, {16, 8}};
+        /* the last: decode only, F = 2048, so Q4_K down rows (1152 bytes)
+         * are staged one by one */
+        const int XK[][2] = {{6, 2}, {4, 3}, {16, 8}, {4, 3}};
         for (size_t ti = 0; ti < QG_ARRAY_LEN(MOE_TYPES); ti++)
-            for (int xi = 0; xi < 3; xi++)
-                for (int ph = kind; ph < 2; ph++) {
+            for (int xi = 0; xi < 4; xi++)
+                for (int ph = kind; ph < (xi == 3 ? 1 : 2); ph++) {
                     qg_test_rng r = rng_for(14 + kind, case_id++);
                     const int T = ph ? 40 : 1, X = XK[xi][0], K = XK[xi][1];
-                    const int64_t E = 256, F = 256;
+                    const int64_t E = 256, F = xi == 3 ? 2048 : 256;
                     const qg_dtype gt = MOE_TYPES[ti][0], ut = MOE_TYPES[ti][1],
                                    dt = MOE_TYPES[ti][2];
                     qg_optest_fx f =
@@ -796,26 +807,34 @@ static void test_moe_fused(void **state) {
 
 /* ---- executor-level folds --------------------------------------------- */
 
-/* A decode chain with every fold the executor makes:
+/* A decode chain with every fold the executor makes (E = 2048: the Q4_K
+ * products' rows are 1152 bytes, staged one by one; lm_head's last tile
+ * is partial):
  *   x -> rmsnorm -> moe_fused -> add(x, .) = r          (pre_norm, post_add)
  *   r -> matmul(W2, r) -> add(r, .) = s                 (post_add)
  *   s -> rmsnorm -> qkv -> q, k, v                      (pre_norm)
  *   s -> rmsnorm -> lm_head -> logits                   (pre_norm)
- * run on the default executor and on one made with QG_CUDA_FUSE=0: every
- * output bit-identical (the folded kernels compute the same f32 values in
- * the same order), and the logits near the float64 reference of the chain
+ * run on the default executor and on ones made with QG_CUDA_FUSE=0,
+ * QG_CUDA_STAGE=0 and QG_CUDA_EARLY=1: every output bit-identical (the
+ * folded kernels compute the same f32 values in the same order, the
+ * staged and register-fed products do the same work per warp in the same
+ * order at these shapes, and an early launch changes only when a kernel
+ * starts), and the logits near the float64 reference of the chain
  * (|l - ref| <= 1e-4 * sum|w h| + 1e-5: four f32 stages). */
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    qg_exec exs[2] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE)};
+    enum { NEX = 4 };
+    static const char *const ex_names[NEX] = {"fused", "unfused", "register-fed", "early launch"};
+    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NOSTAGE),
+                        ex_new(EX_EARLY)};
     for (int c = 0; c < 3; c++) {
-        void *res[2][6] = {{0}};
+        void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};
-        for (int e = 0; e < 2; e++) {
-            qg_test_rng r = rng_for(17, c); /* same weights and inputs on both executors */
-            /* E = 1024: the folded router takes its register path */
-            const int64_t E = 1024, F = 256, Dq = 128, Dkv = 64, V = 300;
+        for (int e = 0; e < NEX; e++) {
+            qg_test_rng r = rng_for(17, c); /* same weights and inputs on every executor */
+            /* E = 2048: the folded router takes its register path */
+            const int64_t E = 2048, F = 256, Dq = 128, Dkv = 64, V = 300;
             const int X = 8, K = 2;
             qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
             const qg_dtype wt = c == 0 ? QG_Q4_K : c == 1 ? QG_Q8_0 : QG_F16;
@@ -861,7 +880,7 @@ static void test_fold(void **state) {
                                &p);
             cx_compile(&f, &exs[e]);
             char label[96];
-            snprintf(label, sizeof label, "fold %s %s", qg_dtype_name(wt), e ? "unfused" : "fused");
+            snprintf(label, sizeof label, "fold %s %s", qg_dtype_name(wt), ex_names[e]);
             qg_optest_fill_act(&f, x, 1, &r, -1, 1);
             const int outs[6] = {ids, wts, q, k, v, lg};
             qg_optest_step(&f, f.ex, (int[]){x}, 1, outs, 6, 1, 0, label);
@@ -871,11 +890,11 @@ static void test_fold(void **state) {
                 assert_non_null(res[e][i]);
                 memcpy(res[e][i], f.host[outs[i]], res_n[i]);
             }
+            for (int i = 0; e > 0 && i < 6; i++)
+                if (memcmp(res[0][i], res[e][i], res_n[i]) != 0)
+                    fail_msg("%s: output %s differs from the default executor's", label,
+                             f.g->tensors[outs[i]].name);
             if (e == 1) {
-                for (int i = 0; i < 6; i++)
-                    if (memcmp(res[0][i], res[1][i], res_n[i]) != 0)
-                        fail_msg("%s: output %s differs between the folded and the plain graph",
-                                 label, f.g->tensors[outs[i]].name);
                 /* reference of the chain up to the logits, in double from
                  * the kernels' own routing */
                 double *hd = qg_optest_dalloc(E), *yd = qg_optest_dalloc(E),
@@ -914,11 +933,10 @@ static void test_fold(void **state) {
             }
             qg_optest_fx_free(&f);
         }
-        for (int e = 0; e < 2; e++)
+        for (int e = 0; e < NEX; e++)
             for (int i = 0; i < 6; i++) free(res[e][i]);
     }
-    ex_free(&exs[0]);
-    ex_free(&exs[1]);
+    for (int e = 0; e < NEX; e++) ex_free(&exs[e]);
 }
 
 /* ---- supports --------------------------------------------------------- */
