@@ -66,24 +66,17 @@ static qg_test_rng rng_for(int test, int case_id) {
 
 /* ---- executors -------------------------------------------------------- */
 
-/* EX_NOSTAGE: decode products with register-fed weights (QG_CUDA_STAGE=0);
- * EX_EARLY: staged products that launch their successor early
- * (QG_CUDA_EARLY=1). */
-typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_NOSTAGE, EX_EARLY } ex_kind;
+typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
     if (k == EX_F32_PREFILL) setenv("QG_CUDA_F32_PREFILL", "1", 1);
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
-    if (k == EX_NOSTAGE) setenv("QG_CUDA_STAGE", "0", 1);
-    if (k == EX_EARLY) setenv("QG_CUDA_EARLY", "1", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
     qg_status st = qg_exec_cuda_new(&o, &ex, &err);
     unsetenv("QG_CUDA_F32_PREFILL");
     unsetenv("QG_CUDA_FUSE");
-    unsetenv("QG_CUDA_STAGE");
-    unsetenv("QG_CUDA_EARLY");
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -241,8 +234,8 @@ static void test_rmsnorm_add(void **state) {
 static void mm_cases(qg_op op, int test_id, ex_kind k) {
     qg_exec ex = ex_new(k);
     int case_id = 0;
-    /* 2048 x 70: Q4_K rows of 1152 bytes, which the staged decode kernels
-     * copy one by one (padded), and a partial last tile */
+    /* 2048 x 70: the 30B's input length (Q4_K rows of 1152 bytes) and a
+     * partial last tile of the 16-row decode products */
     const int64_t shapes[][2] = {{256, 37}, {512, 70}, {768, 130}, {2048, 70}};
     for (size_t d = 0; d < QG_ARRAY_LEN(QG_OPTEST_ALL_W); d++)
         for (int si = 0; si < 4; si++)
@@ -677,8 +670,8 @@ static void test_expert_swiglu_aggregate(void **state) {
     for (int kind = 0; kind < 2; kind++) {
         qg_exec ex = ex_new(kind ? EX_F32_PREFILL : EX_DEFAULT);
         int case_id = 0;
-        /* the last: decode only, F = 2048, so Q4_K down rows (1152 bytes)
-         * are staged one by one */
+        /* the last: decode only, F = 2048 (down rows of eight
+         * super-blocks) */
         const int XK[][2] = {{6, 2}, {4, 3}, {16, 8}, {4, 3}};
         for (size_t ti = 0; ti < QG_ARRAY_LEN(MOE_TYPES); ti++)
             for (int xi = 0; xi < 4; xi++)
@@ -807,27 +800,22 @@ static void test_moe_fused(void **state) {
 
 /* ---- executor-level folds --------------------------------------------- */
 
-/* A decode chain with every fold the executor makes (E = 2048: the Q4_K
- * products' rows are 1152 bytes, staged one by one; lm_head's last tile
- * is partial):
+/* A decode chain with every fold the executor makes (E = 2048, the 30B's
+ * input length; lm_head's last tile is partial):
  *   x -> rmsnorm -> moe_fused -> add(x, .) = r          (pre_norm, post_add)
  *   r -> matmul(W2, r) -> add(r, .) = s                 (post_add)
  *   s -> rmsnorm -> qkv -> q, k, v                      (pre_norm)
  *   s -> rmsnorm -> lm_head -> logits                   (pre_norm)
- * run on the default executor and on ones made with QG_CUDA_FUSE=0,
- * QG_CUDA_STAGE=0 and QG_CUDA_EARLY=1: every output bit-identical (the
- * folded kernels compute the same f32 values in the same order, the
- * staged and register-fed products do the same work per warp in the same
- * order at these shapes, and an early launch changes only when a kernel
- * starts), and the logits near the float64 reference of the chain
+ * run on the default executor and on one made with QG_CUDA_FUSE=0: every
+ * output bit-identical (the folded kernels compute the same f32 values in
+ * the same order), and the logits near the float64 reference of the chain
  * (|l - ref| <= 1e-4 * sum|w h| + 1e-5: four f32 stages). */
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    enum { NEX = 4 };
-    static const char *const ex_names[NEX] = {"fused", "unfused", "register-fed", "early launch"};
-    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NOSTAGE),
-                        ex_new(EX_EARLY)};
+    enum { NEX = 2 };
+    static const char *const ex_names[NEX] = {"fused", "unfused"};
+    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE)};
     for (int c = 0; c < 3; c++) {
         void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};

@@ -342,13 +342,11 @@ static cudaError_t gate_up_launch(const qg_cuda_launch *l, qg_dtype t, const gu_
 
 /* Decode gate/up of K experts (ids on the device; NULL: the dense FFN with
  * K = 1).  Same dtypes: one launch.  Mixed: gate and up separately into
- * g, u (F*K floats each, scratch), then silu(g) * u.  *early (or NULL):
- * see qg_i8_gu. */
+ * g, u (F*K floats each, scratch), then silu(g) * u. */
 static cudaError_t gate_up_decode(const qg_cuda_launch *l, const qg_cu_mat *gate,
                                   const qg_cu_mat *up, int n, int K, int X, const float *x,
                                   const int32_t *ids, float *h, float *g, float *u,
-                                  const qg_cu_mat *pf_down, bool *early = nullptr) {
-    if (early) *early = false;
+                                  const qg_cu_mat *pf_down) {
     gu_args a = {};
     a.wg = gate->w;
     a.rbg = gate->rb;
@@ -361,7 +359,7 @@ static cudaError_t gate_up_decode(const qg_cuda_launch *l, const qg_cu_mat *gate
     a.ids = ids;
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
-    if (l->o.i8_decode && qg_i8_gu_ok(gate, up, n)) return qg_i8_gu(l, gate, up, n, K, X, x, ids, h, pf_down, early);
+    if (l->o.i8_decode && qg_i8_gu_ok(gate, up, n)) return qg_i8_gu(l, gate, up, n, K, X, x, ids, h, pf_down);
     if (gate->type == up->type) {
         a.wu = up->w;
         a.rbu = up->rb;
@@ -458,9 +456,9 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
 
 static cudaError_t down_decode(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K,
                                int X, const float *h, const int32_t *ids, const float *wts,
-                               const float *add, float *y, bool ids_early = false) {
+                               const float *add, float *y) {
     if (l->o.i8_decode && qg_i8_dn_ok(down, F, K))
-        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y, ids_early);
+        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y);
     if (K > DN_KMAX) return cudaErrorInvalidValue;
     dn_args a = {down->w, down->rb, down->es, F, down->m, K, X, h, ids, wts, add, y};
     const bool hs = K * F <= DN_HS_MAX;
@@ -791,12 +789,11 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
         if (!(drop & QG_CUDA_DROP_ROUTER) &&
             (e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)))
             return e;
-        bool early = false; /* gate/up launched down right after its wait */
         if (!(drop & QG_CUDA_DROP_GU) &&
-            (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d, &early)))
+            (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
             return e;
         if (drop & QG_CUDA_DROP_DOWN) return cudaSuccess;
-        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y, early);
+        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
     }
     if ((e = qg_cu_product(l, &r, 1, E, x, E, false, nullptr))) return e;
     if ((e = qg_cu_topk_raw(l, s.logits, X, K, ids, wts))) return e;

@@ -29,10 +29,6 @@ struct qg_i8_mv_args {
     const float *norm_w; /* pre-norm weights (n), or NULL */
     float eps;
     const float *add;    /* residual of matrix 0, or NULL */
-    /* staged kernels (op_matvec_s8.cu) only: */
-    int stages;           /* ring stages per block */
-    unsigned stage_bytes; /* bytes per stage */
-    bool early;           /* launch the next kernel after the launch wait */
 };
 
 struct qg_i8_gu_args {
@@ -49,9 +45,6 @@ struct qg_i8_gu_args {
                                expert e at pf_down + e * pf_es), the chosen
                                ones asked of L2; NULL: none */
     size_t pf_es;
-    int stages;           /* staged kernels only (see qg_i8_mv_args) */
-    unsigned stage_bytes;
-    bool early;
 };
 
 struct qg_i8_dn_args {
@@ -64,11 +57,6 @@ struct qg_i8_dn_args {
     const float *wts;     /* (K) */
     const float *add;     /* (E) or NULL */
     float *y;             /* (E) */
-    int stages;           /* staged kernels only (see qg_i8_mv_args) */
-    unsigned stage_bytes;
-    bool early;
-    bool ids_early;       /* read ids before the launch wait (the gate/up
-                             kernel before this one launched it early) */
 };
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
@@ -81,29 +69,17 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
 /* h (F, K) = silu(gate_e x) * (up_e x), e = ids[k] (ids NULL: K = 1, the
  * dense FFN); invalid ids give NaN rows.  pf_down (or NULL): the down
  * experts that follow, whose chosen rows the kernel asks L2 for (with
- * l->o.prefetch).  *early (or NULL) is set when the kernel launches its
- * successor right after its own launch wait (qg_i8_dn's ids_early). */
+ * l->o.prefetch). */
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n);
 cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
                      int K, int X, const float *x, const int32_t *ids, float *h,
-                     const qg_cu_mat *pf_down, bool *early);
+                     const qg_cu_mat *pf_down);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
- * y NaN.  ids_early: the previous kernel (gate/up) said *early, so ids
- * (two kernels back) may be read before the launch wait. */
+ * y NaN. */
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K);
 cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
                      const float *h, const int32_t *ids, const float *wts, const float *add,
-                     float *y, bool ids_early);
-
-/* The staged forms (op_matvec_s8.cu), which the three launchers above try
- * first: each returns false when it does not take the product (l->o.stage
- * off, alignment, shared memory), else launches (error in *e), filling
- * the staging fields of *a. */
-bool qg_s8_mv(const qg_cuda_launch *l, qg_i8_mv_args *a, cudaError_t *e);
-bool qg_s8_gu(const qg_cuda_launch *l, qg_i8_gu_args *a, cudaError_t *e);
-bool qg_s8_dn(const qg_cuda_launch *l, qg_i8_dn_args *a, bool ids_early, cudaError_t *e);
-/* Shared-memory limits of the staged kernels (outside any capture). */
-cudaError_t qg_s8_prepare(void);
+                     float *y);
 
 #endif

@@ -69,11 +69,6 @@ typedef struct qg_cuda_opts {
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
-    bool stage;       /* decode products: weights staged in shared memory
-                         by the copy engine (op_matvec_s8.cu) */
-    int stage_kb;     /* staged products: KiB of stages per block */
-    bool early;       /* staged products launch the next kernel right
-                         after their launch wait */
     int drop;         /* measurement only (QG_CUDA_DEBUG_DROP): decode
                          kernels left out of the step, bits QG_CUDA_DROP_*;
                          the output is then wrong, the time it saves is
