@@ -18,7 +18,8 @@
  *                    row j, online softmax per warp; each split writes
  *                    (max, sum, acc) per head, and the last CTA of a head
  *                    group (an atomic ticket) merges the splits and writes
- *                    o (split-contiguous partials, vector loads).
+ *                    o (each split's partial row contiguous: a lane reads
+ *                    its four dims of eight splits at once).
  *   prefill graphs   k_attn_prefill: a CTA takes one head and 8 tokens
  *                    (a warp each) and walks tiles of 32 cache rows up to
  *                    the largest position among them, staged in shared
@@ -178,7 +179,7 @@ struct at_args {
     int nh, nkv, Dkv;
     float scale;
     float *o;
-    float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, hd, NSP) acc */
+    float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, NSP, hd) acc */
     int *counters; /* (nh / gw_lo) */
     int gw;        /* q heads per CTA past gw_rows cache rows */
     int gw_lo;     /* q heads per CTA up to gw_rows rows (short contexts:
@@ -363,8 +364,8 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
             pl[(size_t)h * NS + s] = l;
         }
         if (owns)
-#pragma unroll
-            for (int c = 0; c < 4; c++) pa[((size_t)h * HD + 4 * lane + c) * NS + s] = acc[c];
+            *(float4 *)(pa + ((size_t)h * NS + s) * HD + 4 * lane) =
+                make_float4(acc[0], acc[1], acc[2], acc[3]);
     }
     __threadfence();
     __syncthreads();
@@ -384,19 +385,22 @@ __global__ void __launch_bounds__(256) k_attn_decode(at_args a) {
         L = qg_warp_sum(L);
         __syncwarp();
         const float inv = 1.0f / L;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            if (!owns) break;
-            const float *src = pa + ((size_t)h * HD + 4 * lane + c) * NS;
-            float A = 0.0f;
-            int s2 = 0;
-            for (; s2 + 4 <= ns; s2 += 4) {
-                const float4 v = __ldcg((const float4 *)(src + s2));
-                A += v.x * Fs[warp][s2] + v.y * Fs[warp][s2 + 1] + v.z * Fs[warp][s2 + 2] +
-                     v.w * Fs[warp][s2 + 3];
+        if (owns) {
+            /* lane: dims 4 lane .. +3 of every split, one float4 each,
+             * eight splits' loads in flight at a time */
+            const float *src = pa + (size_t)h * NS * HD + 4 * lane;
+            float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+            for (int s2 = 0; s2 < ns; s2++) {
+                const float4 v = __ldcg((const float4 *)(src + (size_t)s2 * HD));
+                const float f = Fs[warp][s2];
+                A.x = fmaf(v.x, f, A.x);
+                A.y = fmaf(v.y, f, A.y);
+                A.z = fmaf(v.z, f, A.z);
+                A.w = fmaf(v.w, f, A.w);
             }
-            for (; s2 < ns; s2++) A += __ldcg(src + s2) * Fs[warp][s2];
-            a.o[(size_t)h * HD + 4 * lane + c] = A * inv;
+            *(float4 *)(a.o + (size_t)h * HD + 4 * lane) =
+                make_float4(A.x * inv, A.y * inv, A.z * inv, A.w * inv);
         }
     }
     if (tid == 0) a.counters[slot] = 0;

@@ -174,24 +174,24 @@ __device__ __forceinline__ void qg_cu_warp_topk(const float *l, int X, int K, in
     __syncwarp();
     float wsum = 0.0f;
     for (int k = 0; k < K; k++) {
-        float bv = -2.0f; /* below every probability and the taken mark */
-        int bi = 0x7fffffff;
+        /* each lane's largest untaken probability (the lowest id on a tie)
+         * as an order-preserving key (bits + 1 of a non-negative float;
+         * 0: taken, negative or NaN, never chosen), then one warp-wide
+         * max of the keys and one min of the ids that hold it */
+        unsigned bk = 0u;
+        int li = 0x7fffffff;
         for (int e = lane; e < X; e += 32) {
             const float v = p[e];
-            if (v != -1.0f && v > bv) {
-                bv = v;
-                bi = e;
+            const unsigned key = v >= 0.0f ? __float_as_uint(fabsf(v)) + 1u : 0u;
+            if (key > bk) {
+                bk = key;
+                li = e;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
+        const unsigned mk = __reduce_max_sync(0xffffffffu, bk);
+        const int bi = mk ? (int)__reduce_min_sync(0xffffffffu, bk == mk ? (unsigned)li : 0x7fffffffu)
+                          : 0x7fffffff;
+        const float bv = mk ? __uint_as_float(mk - 1u) : -2.0f; /* -2: below every probability */
         wsum += bv;
         if (lane == 0) {
             ids[k] = bi;
