@@ -50,6 +50,12 @@ typedef struct qg_exec_i {
     /* Forget graph g (free its arena). */
     void (*release)(void *self, qg_graph *g);
     void (*free)(void *self);
+    /* optional: host memory that tensor_get copies into directly (pinned:
+     * no staging copy), `bytes` of it, or NULL (the caller then uses
+     * malloc); host_free returns it.  Both NULL when the executor gains
+     * nothing from it. */
+    void *(*host_alloc)(void *self, size_t bytes);
+    void (*host_free)(void *self, void *p);
 } qg_exec_i;
 
 typedef struct qg_exec {

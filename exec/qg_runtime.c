@@ -20,6 +20,7 @@ struct qg_ctx {
     qg_graph *prefill; /* n_tok_max = n_batch */
     int n_past;
     float *logits;     /* (n_vocab) last token */
+    int logits_exec;   /* executor whose host_alloc gave logits, or -1 (malloc) */
     int32_t *tokens;   /* (n_batch) staging */
     int32_t *pos;      /* (n_batch) staging */
     void *staging;     /* copies between two non-host executors */
@@ -85,6 +86,7 @@ static qg_graph *build_and_schedule(qg_ctx *c, qg_phase phase, int n_tok, bool a
 qg_ctx *qg_ctx_new(const qg_model *m, const qg_ctx_params *p, qg_error *err) {
     qg_ctx *c = calloc(1, sizeof *c);
     if (!c) { qg_error_set(err, QG_ERR_NOMEM, "out of memory"); return NULL; }
+    c->logits_exec = -1;
     c->m = m;
     c->p = *p;
     if (c->p.n_ctx <= 0) c->p.n_ctx = (int)QG_MIN(4096u, m->hp.n_ctx_train);
@@ -107,7 +109,15 @@ qg_ctx *qg_ctx_new(const qg_model *m, const qg_ctx_params *p, qg_error *err) {
             c->execs[e].i->compile(c->execs[e].self, c->prefill, e, err))
             goto fail;
     }
-    c->logits = malloc(sizeof(float) * m->hp.n_vocab);
+    /* the last token's logits, in memory the logits' executor copies into
+     * fastest (pinned for CUDA) when it offers such memory */
+    if (!c->p.plan_only) {
+        const qg_exec *le = &c->execs[c->decode->tensors[c->decode->t_logits].exec];
+        if (le->i->host_alloc &&
+            (c->logits = le->i->host_alloc(le->self, sizeof(float) * m->hp.n_vocab)))
+            c->logits_exec = c->decode->tensors[c->decode->t_logits].exec;
+    }
+    if (!c->logits) c->logits = malloc(sizeof(float) * m->hp.n_vocab);
     c->tokens = malloc(sizeof(int32_t) * (size_t)c->p.n_batch);
     c->pos = malloc(sizeof(int32_t) * (size_t)c->p.n_batch);
     if (!c->logits || !c->tokens || !c->pos) {
@@ -132,6 +142,11 @@ fail:
 
 void qg_ctx_free(qg_ctx *c) {
     if (!c) return;
+    if (c->logits_exec >= 0) { /* returned before its executor goes */
+        const qg_exec *le = &c->execs[c->logits_exec];
+        le->i->host_free(le->self, c->logits);
+        c->logits = NULL;
+    }
     for (int e = 0; e < c->n_exec; e++) {
         if (c->p.plan_only) { c->execs[e].i->free(c->execs[e].self); continue; }
         if (c->decode) c->execs[e].i->release(c->execs[e].self, c->decode);
@@ -193,9 +208,10 @@ static qg_status run_step(qg_ctx *c, qg_graph *g, int n_tok, float *rows_out, qg
             return st;
         }
     }
+    /* tensor_get waits for the executor's work itself (its copy goes out
+     * right behind the step, with no host round trip in between) */
     const qg_tensor *lt = &g->tensors[g->t_logits];
     const qg_exec *le = &c->execs[lt->exec];
-    if ((st = le->i->sync(le->self, err))) return st;
     size_t V = c->m->hp.n_vocab, row = sizeof(float) * V;
     int rows = (int)lt->ne[1];
     if (rows == 1) return le->i->tensor_get(le->self, g, g->t_logits, c->logits, 0, row, err);

@@ -186,6 +186,8 @@ static const qg_exec_i CPU_EXEC = {
     .sync = cpu_sync,
     .release = cpu_release,
     .free = cpu_free,
+    .host_alloc = NULL,
+    .host_free = NULL,
 };
 
 qg_status qg_exec_cpu_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {

@@ -44,6 +44,7 @@
 
 #define QG_CUDA_MAX_GRAPHS 8
 #define STAGING_BYTES ((size_t)8 << 20) /* pinned host buffer for small copies */
+#define QG_CUDA_MAX_PINNED 4 /* host blocks cuda_host_alloc hands out at once */
 #define DEV_ALIGN 256
 
 /* Fill err for a failed CUDA call, naming the call and where it was. */
@@ -130,6 +131,10 @@ typedef struct cuda_exec {
     unsigned char *staging; /* pinned, STAGING_BYTES */
     size_t staging_off;
     cuda_graph graphs[QG_CUDA_MAX_GRAPHS];
+    struct { /* pinned host blocks handed out by cuda_host_alloc */
+        void *p;
+        size_t n;
+    } pinned[QG_CUDA_MAX_PINNED];
 } cuda_exec;
 
 static cuda_graph *find_graph(cuda_exec *c, const qg_graph *g) {
@@ -850,6 +855,46 @@ static qg_status cuda_tensor_set(void *self, const qg_graph *g, int t, const voi
     return copy_in(c, (char *)cg->dev[t] + off, src, n, err);
 }
 
+/* Does [p, p + n) lie in one of the pinned blocks cuda_host_alloc gave? */
+static bool pinned_holds(const cuda_exec *c, const void *p, size_t n) {
+    const char *q = p;
+    for (int i = 0; i < QG_CUDA_MAX_PINNED; i++) {
+        const char *b = c->pinned[i].p;
+        if (b && q >= b && q + n <= b + c->pinned[i].n) return true;
+    }
+    return false;
+}
+
+/* Pinned host memory (cudaMallocHost), so that tensor_get into it is one
+ * DMA with no staging copy (the runtime's logits); NULL when none is
+ * left (the caller falls back to malloc). */
+static void *cuda_host_alloc(void *self, size_t bytes) {
+    cuda_exec *c = self;
+    if (env_is("QG_CUDA_PINNED", "0")) return NULL; /* A/B: staged copies */
+    for (int i = 0; i < QG_CUDA_MAX_PINNED; i++) {
+        if (c->pinned[i].p) continue;
+        void *p = NULL;
+        if (cudaSetDevice(c->device) != cudaSuccess || cudaMallocHost(&p, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            return NULL;
+        }
+        c->pinned[i].p = p;
+        c->pinned[i].n = bytes;
+        return p;
+    }
+    return NULL;
+}
+
+static void cuda_host_free(void *self, void *p) {
+    cuda_exec *c = self;
+    for (int i = 0; i < QG_CUDA_MAX_PINNED; i++)
+        if (p && c->pinned[i].p == p) {
+            cudaFreeHost(p);
+            c->pinned[i].p = NULL;
+            c->pinned[i].n = 0;
+        }
+}
+
 static qg_status cuda_tensor_get(void *self, const qg_graph *g, int t, void *dst, size_t off,
                                  size_t n, qg_error *err) {
     cuda_exec *c = self;
@@ -859,7 +904,10 @@ static qg_status cuda_tensor_get(void *self, const qg_graph *g, int t, void *dst
         return qg_error_set(err, QG_ERR_BACKEND, "cuda: bad read of tensor %s", g->tensors[t].name);
     const char *src = (const char *)cg->dev[t] + off;
     QG_CUDA_TRY(cudaSetDevice(c->device));
-    if (n > STAGING_BYTES) {
+    if (pinned_holds(c, dst, n)) { /* straight into the caller's pinned memory */
+        QG_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream));
+        QG_CUDA_TRY(cudaStreamSynchronize(c->stream));
+    } else if (n > STAGING_BYTES) {
         QG_CUDA_TRY(cudaStreamSynchronize(c->stream));
         QG_CUDA_TRY(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
     } else {
@@ -895,6 +943,8 @@ static void cuda_free(void *self) {
         if (c->pools[i].mem) cudaFree(c->pools[i].mem);
     if (c->kv) cudaFree(c->kv);
     if (c->staging) cudaFreeHost(c->staging);
+    for (int i = 0; i < QG_CUDA_MAX_PINNED; i++) /* blocks never handed back */
+        if (c->pinned[i].p) cudaFreeHost(c->pinned[i].p);
     if (c->stream) cudaStreamDestroy(c->stream);
     cudaGetLastError();
     free(c->pools);
@@ -915,6 +965,8 @@ static const qg_exec_i CUDA_EXEC = {
     .sync = cuda_sync,
     .release = cuda_release,
     .free = cuda_free,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
 };
 
 /* Number of CUDA devices, or an error message in err. */

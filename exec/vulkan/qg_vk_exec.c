@@ -715,6 +715,8 @@ static const qg_exec_i VK_EXEC = {
     .sync = vk_sync,
     .release = vk_release,
     .free = vk_free,
+    .host_alloc = NULL,
+    .host_free = NULL,
 };
 
 static bool env_on(const char *name) {
