@@ -237,43 +237,55 @@ __global__ void __launch_bounds__(128) k_gemm_f32(gm_args a) {
     for (int q = 0; q < NM; q++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[q][i] = 0.0f;
-    for (int k0 = 0; k0 < a.n; k0 += BK) {
-        for (int idx = tid; idx < NM * BM * UPR; idx += 128) {
-            const int mat = idx / (BM * UPR), rem = idx - mat * BM * UPR;
-            const int r = rem / UPR, uu = rem - r * UPR;
-            const int gr = row0 + r, gu = k0 / 32 + uu;
-            if (gr < a.m && gu < U) {
-                const uint8_t *rowp = mat ? w2 + (size_t)gr * a.rb2 : w + (size_t)gr * a.rb;
-                float v[32];
-                int st[4];
-                qg_unit<DT>::decode(rowp, gu, v, st);
+    /* each step's weight unit (one per thread: NM * BM * UPR <= 128) and x
+     * columns are loaded into registers one step ahead, so their latency
+     * hides behind the previous step's FMAs (the FMAs and their order are
+     * unchanged) */
+    static_assert(NM * BM * UPR <= 128, "one weight unit per thread");
+    constexpr int NX = BN * BK / 4 / 128; /* float4 of x per thread */
+    const bool has_unit = tid < NM * BM * UPR;
+    const int umat = tid / (BM * UPR), urem = tid - umat * (BM * UPR);
+    const int ur = urem / UPR, uu = urem - ur * UPR, ugr = row0 + ur;
+    const uint8_t *urow = !has_unit || ugr >= a.m ? nullptr
+                          : umat ? w2 + (size_t)ugr * a.rb2
+                                 : w + (size_t)ugr * a.rb;
+    float v[32];
+    int st[4];
+    bool vok = false;
+    float4 xv[NX];
+    auto load = [&](int k0) {
+        const int gu = k0 / 32 + uu;
+        vok = urow && gu < U;
+        if (vok) qg_unit<DT>::decode(urow, gu, v, st);
 #pragma unroll
-                for (int i = 0; i < 32; i++) Ws[mat][qg_unit_elem<DT>(st, i) - k0][r] = v[i];
+        for (int q = 0; q < NX; q++) {
+            const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
+            const int c = colx[j];
+            xv[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (c >= 0 && k0 + 4 * k4 < a.n) xv[q] = *(const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * k4);
+        }
+    };
+    load(0);
+    for (int k0 = 0; k0 < a.n; k0 += BK) {
+        if (has_unit) {
+            if (vok) {
+#pragma unroll
+                for (int i = 0; i < 32; i++) Ws[umat][qg_unit_elem<DT>(st, i) - k0][ur] = v[i];
             } else {
 #pragma unroll
-                for (int i = 0; i < 32; i++) Ws[mat][32 * uu + i][r] = 0.0f;
+                for (int i = 0; i < 32; i++) Ws[umat][32 * uu + i][ur] = 0.0f;
             }
         }
-        {
-            constexpr int NX = BN * BK / 4 / 128; /* float4 of x per thread */
-            float4 xv[NX];
 #pragma unroll
-            for (int q = 0; q < NX; q++) {
-                const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
-                const int c = colx[j];
-                xv[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (c >= 0 && k0 + 4 * k4 < a.n) xv[q] = *(const float4 *)(a.x + (size_t)c * a.ldx + k0 + 4 * k4);
-            }
-#pragma unroll
-            for (int q = 0; q < NX; q++) {
-                const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
-                Xs[4 * k4][j] = xv[q].x;
-                Xs[4 * k4 + 1][j] = xv[q].y;
-                Xs[4 * k4 + 2][j] = xv[q].z;
-                Xs[4 * k4 + 3][j] = xv[q].w;
-            }
+        for (int q = 0; q < NX; q++) {
+            const int idx = tid + 128 * q, j = idx / (BK / 4), k4 = idx - j * (BK / 4);
+            Xs[4 * k4][j] = xv[q].x;
+            Xs[4 * k4 + 1][j] = xv[q].y;
+            Xs[4 * k4 + 2][j] = xv[q].z;
+            Xs[4 * k4 + 3][j] = xv[q].w;
         }
         __syncthreads();
+        if (k0 + BK < a.n) load(k0 + BK);
 #pragma unroll 8
         for (int k = 0; k < BK; k++) {
 #pragma unroll
