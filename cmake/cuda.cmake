@@ -66,3 +66,11 @@ foreach(src ${QG_KERNEL_LAB})
   target_link_libraries(lab_${name} PRIVATE qmoe)
   target_compile_options(lab_${name} PRIVATE ${QG_CUDA_WARN})
 endforeach()
+
+# The decode-step tracer (tools/cupti): a preload library of CUPTI activity
+# records that tools/trace-decode.sh runs qmoe-graph under; built when the
+# toolkit has CUPTI (measurement only, nothing links it).
+if(TARGET CUDA::cupti)
+  add_library(qg_cupti_trace SHARED tools/cupti/qg_cupti_trace.c)
+  target_link_libraries(qg_cupti_trace PRIVATE CUDA::cupti)
+endif()

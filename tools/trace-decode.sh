@@ -12,11 +12,13 @@ set -uo pipefail
 BUILD=$1 MODEL=$2 OUT=$3 DEPTH=${4:-0}
 mkdir -p "$OUT"
 CUDA=${CUDA_HOME:-/usr/local/cuda}
-LIB=$BUILD/libqg_cupti_trace.so
-CUPTI_LIB=$(dirname "$(find "$CUDA"/ -name 'libcupti.so' 2>/dev/null | head -1)")
-gcc -std=c11 -O2 -shared -fPIC -o "$LIB" tools/cupti/qg_cupti_trace.c -I"$CUDA/include" \
-    -I"$CUDA/extras/CUPTI/include" -L"$CUPTI_LIB" -lcupti -Wl,-rpath,"$CUPTI_LIB" ||
-    { echo "cannot build the CUPTI tracer"; exit 1; }
+LIB=$BUILD/libqg_cupti_trace.so # the CMake target qg_cupti_trace, else built here
+if [ ! -f "$LIB" ]; then
+    CUPTI_LIB=$(dirname "$(find "$CUDA"/ -name 'libcupti.so' 2>/dev/null | head -1)")
+    gcc -std=c11 -O2 -shared -fPIC -o "$LIB" tools/cupti/qg_cupti_trace.c -I"$CUDA/include" \
+        -I"$CUDA/extras/CUPTI/include" -L"$CUPTI_LIB" -lcupti -Wl,-rpath,"$CUPTI_LIB" ||
+        { echo "cannot build the CUPTI tracer"; exit 1; }
+fi
 timeout 300 env QG_TRACE_OUT="$OUT/decode-trace.csv" LD_PRELOAD="$LIB" "$BUILD/qmoe-graph" bench \
     "$MODEL" --backend cuda -p 0 -n 24 -d "$DEPTH" -r 1 > "$OUT/trace-bench.log" 2>&1 ||
     { tail -20 "$OUT/trace-bench.log"; exit 1; }
