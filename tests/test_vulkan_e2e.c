@@ -25,7 +25,10 @@
  * tensors cross executors every layer), the unfused MoE chain, and one run
  * through the executor interface with the Khronos validation layer
  * (synchronization validation included) that requires zero messages and
- * checks the per-node timestamps of a profiled step.
+ * checks the per-node timestamps of a profiled step, and the decode folds
+ * (test_decode_folds: norms and residual adds riding in the neighbouring
+ * products give the same bytes as their own dispatches, and save the
+ * dispatches and barriers they should).
  * The oracle is required unless QG_ALLOW_NO_ORACLE=1; a Vulkan device is
  * required unless QG_ALLOW_NO_VULKAN=1; without a Vulkan build the test
  * skips and says why.  Files, references, logits and the per-file bound are
@@ -241,6 +244,97 @@ static void test_validation(void **state) {
     qg_e2e_file_free(&f);
 }
 
+/* Logits (V, n) of f's first n tokens fed one at a time through decode
+ * graph g, compiled on executor e (its KV cache allocated and zeroed
+ * first); poisoned with NaN before every step. */
+static float *decode_steps(const qg_exec *e, qg_graph *g, const qg_e2e_file *f, int n) {
+    qg_error err = {0};
+    if (e->i->kv_alloc(e->self, g->kv_bytes[0], &err)) fail_msg("kv: %s", err.msg);
+    if (e->i->compile(e->self, g, 0, &err)) fail_msg("compile: %s", err.msg);
+    float *out = malloc(sizeof(float) * f->V * (size_t)n);
+    assert_non_null(out);
+    for (int t = 0; t < n; t++) {
+        const int32_t step[QG_STEP_N] = {1, t + 1, 0, 0}, pos = t;
+        float *row = out + (size_t)t * f->V;
+        for (size_t i = 0; i < f->V; i++) row[i] = NAN;
+        if (e->i->tensor_set(e->self, g, g->t_tokens, &f->tok[t], 0, 4, &err) ||
+            e->i->tensor_set(e->self, g, g->t_pos, &pos, 0, 4, &err) ||
+            e->i->tensor_set(e->self, g, g->t_step, step, 0, sizeof step, &err) ||
+            e->i->run(e->self, g, 0, step, NULL, &err) || e->i->sync(e->self, &err) ||
+            e->i->tensor_get(e->self, g, g->t_logits, row, 0, sizeof(float) * f->V, &err))
+            fail_msg("step %d: %s", t, err.msg);
+    }
+    return out;
+}
+
+/* The decode graph of preset/ftype on two Vulkan executors over the same
+ * device, decode folds on (validated) and off (QG_VK_FOLD=0), with
+ * subgroup or shared-memory reductions: every step's logits byte for byte
+ * the same (the folded norms sum in rmsnorm.comp's order, the folded adds
+ * are add.comp's), within the per-file bound of the float64 reference,
+ * and each fold present: per layer the two norm dispatches (and their
+ * barriers) are gone, plus the output norm's; `saved_per_layer` says how
+ * many per layer (2 for qwen3moe; 1 for qwen3, whose FFN norm feeds the
+ * dense swiglu and keeps its dispatch). */
+static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool no_subgroup,
+                      int saved_per_layer) {
+    qg_e2e_file f;
+    qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
+    qg_error err = {0};
+    const qg_exec_opts eo = {.n_threads = 2, .device = -1};
+    const qg_vk_opts vo[2] = {{.validation = true, .no_subgroup = no_subgroup},
+                              {.no_subgroup = no_subgroup, .no_fold = true}};
+    qg_exec ex[3]; /* folds on, folds off, cpu */
+    for (int i = 0; i < 2; i++)
+        if (qg_exec_vulkan_new_ex(&eo, &vo[i], &ex[i], &err)) fail_msg("vulkan: %s", err.msg);
+    if (qg_exec_cpu_new(&eo, &ex[2], &err)) fail_msg("cpu: %s", err.msg);
+    const qg_build_opts bo = {.phase = QG_PHASE_DECODE, .n_tok_max = 1, .n_ctx = N_CTX,
+                              .kv_type = QG_F16};
+    qg_graph *g = qg_model_build_graph(f.m, &bo, &err);
+    if (!g) fail_msg("build: %s", err.msg);
+    const qg_exec sched[2] = {ex[0], ex[2]};
+    qg_place_opts po = {.n_exec = 2, .execs = sched, .cpu_index = 1};
+    if (qg_graph_schedule(g, true, &po, &err)) fail_msg("schedule: %s", err.msg);
+    assert_int_equal(g->n_parts, 1); /* everything on Vulkan: both compile it as executor 0 */
+    float *on = decode_steps(&ex[0], g, &f, N_TOK);
+    float *off = decode_steps(&ex[1], g, &f, N_TOK);
+    int nb_on = 0, nb_off = 0, n_layer = 0;
+    const int nd_on = qg_exec_vulkan_counts(&ex[0], g, &nb_on);
+    const int nd_off = qg_exec_vulkan_counts(&ex[1], g, &nb_off);
+    for (int i = 0; i < g->n_nodes; i++) n_layer += g->nodes[i].op == QG_OP_QKV;
+    printf("  %-10s %-7s %s: folds on %d dispatches, %d barriers; off %d, %d\n", preset, ftype,
+           no_subgroup ? "shared-memory" : "subgroups", nd_on, nb_on, nd_off, nb_off);
+    const int saved = saved_per_layer * n_layer + 1; /* + the output norm */
+    assert_true(n_layer > 0);
+    assert_int_equal(nd_off - nd_on, saved);
+    assert_int_equal(nb_off - nb_on, saved);
+    for (size_t i = 0; i < f.V * N_TOK; i++)
+        if (memcmp(&on[i], &off[i], sizeof(float)))
+            fail_msg("%s %s: logit %zu (step %zu) folded %.9g, unfolded %.9g", preset, ftype, i,
+                     i / f.V, (double)on[i], (double)off[i]);
+    for (size_t i = 0; i < f.V * N_TOK; i++)
+        if (!isfinite(on[i])) fail_msg("logit %zu is not finite", i);
+    qg_e2e_expect_vs_ref(&f, "vulkan folded", on);
+    const size_t msgs = qg_exec_vulkan_messages(&ex[0]);
+    for (int i = 0; i < 2; i++) ex[i].i->release(ex[i].self, g);
+    if (msgs) fail_msg("%zu validation messages (see stderr)", msgs);
+    for (int i = 0; i < 3; i++) ex[i].i->free(ex[i].self);
+    qg_graph_free(g);
+    free(on);
+    free(off);
+    qg_e2e_file_free(&f);
+}
+
+static void test_decode_folds(void **state) {
+    (void)state;
+    need_vulkan();
+    fold_case("tiny", "q4_k_m", 600, false, 2);
+    fold_case("tiny", "q4_k_m", 601, true, 2);
+    fold_case("small", "q8_0", 602, false, 2);
+    fold_case("small", "f32", 603, true, 2);
+    fold_case("tiny-dense", "q4_k_m", 604, false, 1);
+}
+
 /* No device index past the list; a clear error. */
 static void test_bad_device(void **state) {
     (void)state;
@@ -286,6 +380,7 @@ int main(void) {
         cmocka_unit_test(test_small),
         cmocka_unit_test(test_mixed_and_unfused),
         cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_decode_folds),
     };
     if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER")); /* one test */
     return cmocka_run_group_tests(tests, setup, teardown);

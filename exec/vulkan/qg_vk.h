@@ -7,6 +7,8 @@
  *                     set layouts, pipelines cached by (shader, constants)
  *   qg_vk_record.c    the one switch over ops: which nodes are supported,
  *                     and each node as a list of dispatches
+ *   qg_vk_fold.c      which decode-graph norms and residual adds fold into
+ *                     a neighbouring product (no dispatch of their own)
  *   qg_vk_exec.c      the executor vtable: compile (upload, plan buffers,
  *                     record one command buffer per partition), run
  *                     (resubmit), tensor_set / tensor_get, profiling
@@ -121,7 +123,7 @@ typedef enum qg_vk_shader {
 } qg_vk_shader;
 
 #define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
-#define QG_VK_MAX_SPEC 8  /* specialization constants, ids 0.. */
+#define QG_VK_MAX_SPEC 10 /* specialization constants, ids 0.. */
 #define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
 #define QG_VK_PUSH_BYTES 64
 
@@ -189,6 +191,7 @@ typedef struct qg_vk_rec_ctx {
     qg_vk_loc (*rope_table)(void *self, const qg_node *n);
     qg_vk_loc moe_scratch;                /* moe_fused's logits | h */
     bool fuse;                            /* peephole fusion of node pairs */
+    bool fold;                            /* decode folds (qg_vk_fold.c) */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */
@@ -206,9 +209,25 @@ size_t qg_vk_moe_scratch_bytes(const qg_graph *g, const qg_node *n);
  *   add -> rmsnorm of its result     one add_rmsnorm dispatch (node ni)
  *   rope -> attention of its q, k    rope also appends k and v to the
  *                                    caches; then attention (node ni+1)
- * The fused dispatches compute the same values with the same f32
+ * and, when c->fold, up to 3 for the folds of qg_vk_fold.c (an rmsnorm
+ * covers the product after it, which covers the add after it).  The fused
+ * and folded dispatches compute the same values with the same f32
  * operations.  Aborts on allocation failure (compile time only). */
 int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **out, int *n,
                       int *cap);
+
+/* ---- decode folds (qg_vk_fold.c) --------------------------------------- */
+
+/* Does rmsnorm node ni fold into the product at ni + 1 (< end)?  True in
+ * decode graphs when that product (qkv, matmul, router, lm_head,
+ * moe_fused) is the only reader of the norm's output (an activation), and
+ * the column fits matmul.comp's shared memory on device d. */
+bool qg_vk_fold_norm(const qg_vk_dev *d, const qg_graph *g, int ni, int end);
+
+/* Does the add at pi + 1 (< end) fold into the product at pi (matmul or
+ * moe_fused)?  In decode graphs, when the add is the only reader of the
+ * product's output (an activation of the add's shape).  Returns the add's
+ * other input (the residual), or -1. */
+int qg_vk_fold_add_resid(const qg_graph *g, int pi, int end);
 
 #endif

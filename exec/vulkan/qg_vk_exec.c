@@ -6,7 +6,8 @@
  *     step values and every tensor the host reads or writes (inputs,
  *     outputs, both ends of copies: tensor_set/get and tensor_host are
  *     plain memcpy there; see plan_io), a device mirror of its
- *     host-written part, and moe_fused's scratch;
+ *     host-written part, moe_fused's scratch, and in decode graphs with
+ *     folds the outputs of folded adds (plan_own);
  *   - weights: uploaded once per executor through staging (deduplicated
  *     by host pointer, so the decode and prefill graphs share them), kept
  *     in their GGUF block formats;
@@ -53,12 +54,15 @@ typedef struct vk_part {
     VkQueryPool qp;         /* n_nodes + 1 timestamps */
     uint64_t *ts;           /* (n_nodes + 1) their values, read after a timed run */
     int d0, nd;             /* its dispatches [d0, d0+nd) */
+    int n_barrier;          /* barriers between its dispatches (plain buffer) */
 } vk_part;
 
 typedef struct vk_graph {
     qg_graph *g;
     int exec_index;
     qg_vk_buf act, io, scratch;
+    qg_vk_buf own;        /* folded adds' outputs, each in memory of its own */
+    VkDeviceSize *own_off;/* (n_tensors) offset in own, or NO_IO */
     qg_vk_buf in;         /* device mirror of io's host-written region */
     VkDeviceSize in_bytes;
     qg_vk_buf ind;        /* (n_disp) VkDispatchIndirectCommand, host-visible */
@@ -84,6 +88,8 @@ typedef struct vk_exec {
     VkFence fence;
     bool in_flight;
     bool no_fuse; /* QG_VK_NO_FUSE=1: one node, one set of dispatches */
+    bool no_fold; /* QG_VK_FOLD=0: no decode folds (qg_vk_fold.c); the
+                     node-pair fusions stay on */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -145,6 +151,9 @@ static qg_vk_loc tensor_loc(void *self, int t) {
         QG_ASSERT(w && w->nbytes >= ts->nbytes);
         l.buf = w->b.buf;
         l.range = w->b.size; /* whole 32-bit words: shaders read words */
+    } else if (vg->own_off[t] != NO_IO) {
+        l.buf = vg->own.buf;
+        l.off = vg->own_off[t];
     } else if (vg->io_off[t] != NO_IO) { /* host-written: the device mirror */
         l.buf = vg->io_off[t] < vg->in_bytes ? vg->in.buf : vg->io.buf;
         l.off = vg->io_off[t];
@@ -325,10 +334,12 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT,
                         SHADER_RW | VK_ACCESS_INDIRECT_COMMAND_READ_BIT);
                 n_acc = 0;
+                vp->n_barrier += !timed;
             } else if (hazard(d, acc, n_acc) || n_acc + d->n_bind > (int)QG_ARRAY_LEN(acc)) {
                 barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
                 n_acc = 0;
+                vp->n_barrier += !timed;
             }
             vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe);
             vkCmdBindDescriptorSets(cb, VK_PIPELINE_BIND_POINT_COMPUTE, x->pipes.layout[d->n_bind],
@@ -400,6 +411,34 @@ static VkDeviceSize plan_io(vk_graph *vg, VkDeviceSize *in_bytes) {
     return top;
 }
 
+/* Decode graphs with folds: give the output of every add that folds into
+ * the product before it (qg_vk_fold_add_resid) a range of its own in
+ * vg->own, 256-aligned, instead of its memory-plan slot.  The plan may
+ * place it over a tensor that dies at the product (the attention output,
+ * the routing ids), and the folded product still reads those while it
+ * writes the add's output.  A few n_embd rows per layer.  Host-visible
+ * tensors (io) keep their place.  Returns the bytes (at least 4). */
+static VkDeviceSize plan_own(vk_graph *vg, bool fold) {
+    const qg_graph *g = vg->g;
+    VkDeviceSize top = 0;
+    for (int t = 0; t < g->n_tensors; t++) vg->own_off[t] = NO_IO;
+    if (!fold || g->n_tok_max != 1) return 4;
+    for (int p = 0; p < g->n_parts; p++) {
+        const qg_partition *part = &g->parts[p];
+        if (part->exec != vg->exec_index) continue;
+        for (int i = part->first; i < part->first + part->n; i++) {
+            if (qg_vk_fold_add_resid(g, i, part->first + part->n) < 0) continue;
+            const int t = g->nodes[i + 1].out[0];
+            const qg_tensor *ts = &g->tensors[t];
+            if (ts->role != QG_ROLE_ACT || vg->io_off[t] != NO_IO || vg->own_off[t] != NO_IO)
+                continue;
+            vg->own_off[t] = top;
+            top += qg_align_up(ts->nbytes ? ts->nbytes : 4, 256);
+        }
+    }
+    return top ? top : 4;
+}
+
 static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     vk_exec *x = self;
     vk_release(x, g);
@@ -411,9 +450,10 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     x->cur = vg;
     qg_status st = QG_OK;
     vg->io_off = malloc(sizeof *vg->io_off * (size_t)QG_MAX(g->n_tensors, 1));
+    vg->own_off = malloc(sizeof *vg->own_off * (size_t)QG_MAX(g->n_tensors, 1));
     vg->parts = calloc((size_t)QG_MAX(g->n_parts, 1), sizeof *vg->parts);
     vg->wids = malloc(sizeof *vg->wids * (size_t)QG_MAX(g->n_tensors, 1));
-    if (!vg->io_off || !vg->parts || !vg->wids) {
+    if (!vg->io_off || !vg->own_off || !vg->parts || !vg->wids) {
         st = qg_error_set(err, QG_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -438,10 +478,13 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         if (n->op == QG_OP_ROPE && (st = make_rope(x, n, g->n_ctx, err))) goto out;
     }
     const VkDeviceSize io_bytes = plan_io(vg, &vg->in_bytes);
+    const bool fold = !x->no_fold && !x->no_fuse;
+    const VkDeviceSize own_bytes = plan_own(vg, fold);
     if ((st = qg_vk_buf_new(&x->d, io_bytes, true, &vg->io, err)) ||
         (st = qg_vk_buf_new(&x->d, vg->in_bytes, false, &vg->in, err)) ||
         (st = qg_vk_buf_new(&x->d, g->act_bytes[e], false, &vg->act, err)) ||
-        (st = qg_vk_buf_new(&x->d, scratch, false, &vg->scratch, err))) {
+        (st = qg_vk_buf_new(&x->d, scratch, false, &vg->scratch, err)) ||
+        (st = qg_vk_buf_new(&x->d, own_bytes, false, &vg->own, err))) {
         qg_error_prefix(err, "vulkan activations of the %s graph",
                         g->phase == QG_PHASE_DECODE ? "decode" : "prefill");
         goto out;
@@ -452,7 +495,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
-                        .fuse = !x->no_fuse};
+                        .fuse = !x->no_fuse, .fold = fold};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -528,6 +571,17 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         for (int v = 0; v < variants; v++)
             if ((st = record_part(x, vg, p, v == 1, err))) goto out;
     }
+    if (qg_debug_enabled("vulkan")) {
+        int nn = 0, nb = 0;
+        for (int p = 0; p < g->n_parts; p++)
+            if (vg->parts[p].cmd[0]) {
+                nn += g->parts[p].n;
+                nb += vg->parts[p].n_barrier;
+            }
+        fprintf(stderr, "vulkan: %s graph: %d nodes, %d dispatches, %d barriers%s\n",
+                g->phase == QG_PHASE_DECODE ? "decode" : "prefill", nn, vg->n_disp, nb,
+                x->no_fuse ? " (QG_VK_NO_FUSE)" : x->no_fold ? " (QG_VK_FOLD=0)" : "");
+    }
 out:
     x->cur = NULL;
     if (st) vk_release(x, g);
@@ -555,6 +609,7 @@ static void vk_release(void *self, qg_graph *g) {
     qg_vk_buf_free(&x->d, &vg->io);
     qg_vk_buf_free(&x->d, &vg->in);
     qg_vk_buf_free(&x->d, &vg->scratch);
+    qg_vk_buf_free(&x->d, &vg->own);
     qg_vk_buf_free(&x->d, &vg->ind);
     for (int i = 0; i < vg->n_wids; i++) {
         vk_weight *w = &x->w[vg->wids[i]];
@@ -565,6 +620,7 @@ static void vk_release(void *self, qg_graph *g) {
     }
     free(vg->wids);
     free(vg->io_off);
+    free(vg->own_off);
     free(vg->disp);
     free(vg->parts);
     memset(vg, 0, sizeof *vg);
@@ -640,6 +696,10 @@ static const qg_vk_buf *access_loc(vk_exec *x, vk_graph *vg, int t, VkDeviceSize
     if (vg->io_off[t] != NO_IO) {
         *off = vg->io_off[t];
         return &vg->io;
+    }
+    if (vg->own_off[t] != NO_IO) {
+        *off = vg->own_off[t];
+        return &vg->own;
     }
     if (ts->exec != vg->exec_index) return NULL;
     if (ts->role == QG_ROLE_KV) {
@@ -732,6 +792,8 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         opts.validation = env_on("QG_VK_VALIDATION");
         opts.sync_validation = opts.validation && !strcmp(getenv("QG_VK_VALIDATION"), "2");
         opts.no_subgroup = env_on("QG_VK_NO_SUBGROUP");
+        const char *fold = getenv("QG_VK_FOLD");
+        opts.no_fold = fold && !strcmp(fold, "0");
     }
     vk_exec *x = calloc(1, sizeof *x);
     if (!x) return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
@@ -744,6 +806,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     QG_VK_CHECK(vkCreateFence(x->d.dev, &fci, NULL, &x->fence));
     x->no_fuse = env_on("QG_VK_NO_FUSE");
+    x->no_fold = opts.no_fold;
     if (qg_debug_enabled("vulkan")) fprintf(stderr, "vulkan: %s\n", x->d.desc);
     out->i = &VK_EXEC;
     out->self = x;
@@ -767,4 +830,15 @@ size_t qg_exec_vulkan_messages(const qg_exec *e) {
 const char *qg_exec_vulkan_device_name(const qg_exec *e) {
     QG_ASSERT(e && e->i == &VK_EXEC);
     return ((const vk_exec *)e->self)->d.desc;
+}
+
+int qg_exec_vulkan_counts(const qg_exec *e, const qg_graph *g, int *n_barrier) {
+    QG_ASSERT(e && e->i == &VK_EXEC);
+    vk_graph *vg = find_graph(e->self, g);
+    if (!vg) return -1;
+    int nb = 0;
+    for (int p = 0; p < g->n_parts; p++)
+        if (vg->parts[p].cmd[0]) nb += vg->parts[p].n_barrier;
+    if (n_barrier) *n_barrier = nb;
+    return vg->n_disp;
 }

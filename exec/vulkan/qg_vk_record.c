@@ -3,8 +3,13 @@
  * shaders.
  *
  * A node becomes one or more dispatches (qkv: three matmuls; attention:
- * kv_append then attention; moe_fused: see rec_moe_fused), and two node
- * pairs fuse (see qg_vk_record_node).  Dispatches are recorded for the
+ * kv_append then attention; moe_fused: see rec_moe_fused), two node
+ * pairs fuse (see qg_vk_record_node), and in decode graphs norms and
+ * residual adds fold into the neighbouring products (qg_vk_fold.c,
+ * rec_product): a qwen3moe decode layer is 10 dispatches in 8 barrier
+ * stages (qkv x3 | rope_kv | attention | attn output + add | router with
+ * the ffn norm | topk | expert swiglu | aggregate + add), against 12 in
+ * 10 with QG_VK_FOLD=0.  Dispatches are recorded for the
  * worst case (g->n_tok_max tokens); the shaders read the live token count
  * from the step buffer (binding 0), and in prefill graphs the token
  * dimension's workgroup count is rewritten per step (indirect dispatch),
@@ -185,6 +190,20 @@ static void bind(qg_vk_dispatch *d, qg_vk_loc l, bool write) {
 
 static qg_vk_loc tloc(rec *r, int t) { return r->c->loc(r->c->self, t); }
 
+/* The folds one decode product dispatch takes (qg_vk_fold.c); all zero:
+ * none. */
+typedef struct xfold {
+    bool norm;      /* x is an rmsnorm's input, normalized in the prologue */
+    qg_vk_loc nw;   /* norm: its weight (n) */
+    float eps;      /* norm */
+    bool store;     /* norm: workgroup 0 also writes the normalized column */
+    qg_vk_loc nout; /* store: there (the rmsnorm's output) */
+    bool resid;     /* y = res + the product: a residual add folded in */
+    qg_vk_loc res;  /* resid */
+} xfold;
+
+static const xfold NO_FOLD;
+
 static void push(qg_vk_dispatch *d, uint32_t v) {
     QG_ASSERT(d->push_bytes + 4 <= QG_VK_PUSH_BYTES);
     d->push[d->push_bytes / 4] = v;
@@ -280,10 +299,12 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
     return d;
 }
 
-/* y (m, ncol) = W (n, m) x; last_only: the last live column only. */
+/* y (m, ncol) = W (n, m) x; last_only: the last live column only; f: the
+ * decode folds (a one-column product). */
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
-                       bool last_only) {
+                       bool last_only, const xfold *f) {
     const int Tm = r->c->g->n_tok_max;
+    QG_ASSERT(Tm == 1 || (!f->norm && !f->resid));
     if (Tm > 1 && !last_only) {
         rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
         return;
@@ -300,16 +321,24 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[2] = L.tpr;
     d->spec[3] = NT;
     d->spec[4] = L.rpt;
+    d->spec[5] = f->norm ? (f->store ? 2 : 1) : 0;
+    d->spec[6] = f->resid;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[8] = f->norm ? (uint32_t)(wt->ne[0] / 4) : 1; /* XN4 */
     bind(d, w, false);
     bind(d, x, false);
     bind(d, y, true);
+    /* the fold bindings, or stand-ins the shader never touches */
+    bind(d, f->norm ? f->nw : x, false);
+    bind(d, f->norm && f->store ? f->nout : y, true);
+    bind(d, f->resid ? f->res : x, false);
     row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
     push(d, row_bytes(wt));
     push(d, last_only ? 1 : 0);
     push(d, d->groups[0]);
+    pushf(d, f->eps);
     if (last_only) d->groups[2] = 1;
     else tok_groups(d, Tm, 1, NT);
 }
@@ -361,21 +390,24 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
     tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
-/* y = sum_k wts * D_ids h_k; D (F, E, X). */
+/* y = sum_k wts * D_ids h_k (+ res when f->resid); D (F, E, X). */
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
-                          qg_vk_loc wts, qg_vk_loc y, int K) {
+                          qg_vk_loc wts, qg_vk_loc y, int K, const xfold *f) {
+    QG_ASSERT(!f->norm);
     const rows L = rows_for(r->c->d, dt->ne[0], 1, 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
     d->spec[2] = L.tpr;
     d->spec[3] = L.rpt;
+    d->spec[4] = f->resid;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     bind(d, dw, false);
     bind(d, h, false);
     bind(d, ids, false);
     bind(d, wts, false);
     bind(d, y, true);
+    bind(d, f->resid ? f->res : h, false); /* h: a stand-in, never read */
     row_groups(d, div_up((uint64_t)dt->ne[1], L.nr));
     push(d, (uint32_t)dt->ne[0]);
     push(d, (uint32_t)dt->ne[1]);
@@ -425,12 +457,16 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
 }
 
 /* moe_fused.  Decode: router (matmul), topk, expert swiglu (one workgroup
- * column per chosen expert), aggregate.  Multi-token graphs: router
+ * column per chosen expert), aggregate; with the folds f: the router
+ * normalizes x's source column and stores it in x (the dropped rmsnorm's
+ * output) for the expert swiglu, and the aggregate writes y + residual
+ * into y (the folded add's output).  Multi-token graphs: router
  * (gemm), topk, moe_sort (assignments grouped by expert, tiles of up to
  * MOE_NT), gemm_swiglu_moe and gemm_moe over the tiles (indirect
  * dispatches sized by moe_sort, each expert's weights read once per tile),
  * moe_combine (weighted sum per token). */
-static void rec_moe_fused(rec *r, const qg_node *nd) {
+static void rec_moe_fused(rec *r, const qg_node *nd, qg_vk_loc x_src, qg_vk_loc y,
+                          const xfold *f) {
     const qg_graph *g = r->c->g;
     const qg_tensor *T = g->tensors;
     const qg_tensor *rt = &T[nd->in[1]], *gt = &T[nd->in[2]], *ut = &T[nd->in[3]];
@@ -442,13 +478,15 @@ static void rec_moe_fused(rec *r, const qg_node *nd) {
     QG_ASSERT(s.range >= ms.total);
     const qg_vk_loc logits = {s.buf, s.off + ms.logits, 4 * (VkDeviceSize)X * Tm};
     const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
-    const qg_vk_loc x = tloc(r, nd->in[0]), y = tloc(r, nd->out[0]);
+    const qg_vk_loc x = tloc(r, nd->in[0]);
     const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
-    rec_matmul(r, rt, tloc(r, nd->in[1]), x, logits, false);
+    const xfold fr = {.norm = f->norm, .nw = f->nw, .eps = f->eps, .store = f->norm, .nout = x};
+    const xfold fa = {.resid = f->resid, .res = f->res};
+    rec_matmul(r, rt, tloc(r, nd->in[1]), x_src, logits, false, &fr);
     rec_topk(r, logits, X, K, ids, wts);
     if (Tm == 1) {
         rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X);
-        rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K);
+        rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K, &fa);
         return;
     }
     const VkDeviceSize A = (VkDeviceSize)K * Tm;
@@ -489,6 +527,69 @@ static void rec_moe_fused(rec *r, const qg_node *nd) {
     d->groups[0] = div_up((uint64_t)E, 256);
     d->groups[1] = 1;
     tok_groups(d, Tm, 1, 1);
+}
+
+/* Do two locations share bytes? */
+static bool overlap(qg_vk_loc a, qg_vk_loc b) {
+    return a.buf == b.buf && a.off < b.off + b.range && b.off < a.off + a.range;
+}
+
+/* Product node pi (qkv, matmul, router, lm_head, moe_fused) with its
+ * decode folds: ri >= 0 is the rmsnorm node before it that it takes into
+ * its prologue (qg_vk_fold_norm said so), and the add after it, when
+ * qg_vk_fold_add_resid allows, goes into its epilogue.  Returns the nodes
+ * covered from pi: 1, or 2 with the add. */
+static int rec_product(rec *r, int pi, int end, int ri) {
+    const qg_graph *g = r->c->g;
+    const qg_tensor *T = g->tensors;
+    const qg_node *nd = &g->nodes[pi];
+    const int n0 = *r->n;
+    xfold f = NO_FOLD;
+    qg_vk_loc x = tloc(r, nd->in[nd->op == QG_OP_MATMUL ? 1 : 0]);
+    if (ri >= 0) { /* x's source column and the norm's weight instead */
+        const qg_node *rn = &g->nodes[ri];
+        f.norm = true;
+        f.nw = tloc(r, rn->in[1]);
+        f.eps = rn->p.eps;
+        x = tloc(r, rn->in[0]);
+    }
+    const int res = r->c->fold ? qg_vk_fold_add_resid(g, pi, end) : -1;
+    const qg_vk_loc y = tloc(r, res >= 0 ? g->nodes[pi + 1].out[0] : nd->out[0]);
+    if (res >= 0) {
+        f.resid = true;
+        f.res = tloc(r, res);
+    }
+    r->node = pi;
+    switch (nd->op) {
+    case QG_OP_QKV:
+        for (int i = 0; i < 3; i++)
+            rec_matmul(r, &T[nd->in[1 + i]], tloc(r, nd->in[1 + i]), x, tloc(r, nd->out[i]), false,
+                       &f);
+        break;
+    case QG_OP_MATMUL:
+        rec_matmul(r, &T[nd->in[0]], tloc(r, nd->in[0]), x, y, false, &f);
+        break;
+    case QG_OP_ROUTER:
+    case QG_OP_LM_HEAD:
+        rec_matmul(r, &T[nd->in[1]], tloc(r, nd->in[1]), x, y,
+                   nd->op == QG_OP_LM_HEAD && nd->p.only_last, &f);
+        break;
+    case QG_OP_MOE_FUSED:
+        rec_moe_fused(r, nd, x, y, &f);
+        break;
+    default:
+        QG_ABORT("vulkan: %s is no product", nd->name);
+    }
+    if (res < 0) return 1;
+    /* the add's output: its own memory (qg_vk_exec.c), so nothing the
+     * product reads can share its bytes */
+    for (int i = n0; i < *r->n; i++)
+        for (int k = 1; k < (*r->out)[i].n_bind; k++) {
+            const qg_vk_loc b = (*r->out)[i].b[k];
+            QG_ASSERT(!overlap(b, y) || (b.buf == y.buf && b.off == y.off &&
+                                         ((*r->out)[i].writes >> k & 1u)));
+        }
+    return 2;
 }
 
 /* Does node b fuse into node a (see qg_vk_record_node)? */
@@ -534,6 +635,7 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         return 1;
     }
     case QG_OP_RMSNORM:
+        if (c->fold && qg_vk_fold_norm(c->d, g, ni, end)) return 1 + rec_product(&r, ni + 1, end, ni);
         d = new_dispatch(&r, QG_VK_RMSNORM);
         bind(d, IN(0), false);
         bind(d, IN(1), false);
@@ -567,8 +669,11 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         tok_groups(d, (int)Tm, 1, 1);
         return 1;
     case QG_OP_QKV:
-        for (int i = 0; i < 3; i++) rec_matmul(&r, TIN(1 + i), IN(1 + i), IN(0), OUT(i), false);
-        return 1;
+    case QG_OP_MATMUL:
+    case QG_OP_ROUTER:
+    case QG_OP_LM_HEAD:
+    case QG_OP_MOE_FUSED:
+        return rec_product(&r, ni, end, -1);
     case QG_OP_ROPE:
         d = new_dispatch(&r, fused ? QG_VK_ROPE_KV : QG_VK_ROPE);
         for (int i = 0; i < 5; i++) bind(d, IN(i), false);
@@ -596,15 +701,6 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
     case QG_OP_ATTENTION:
         rec_attention(&r, nd, true);
         return 1;
-    case QG_OP_MATMUL:
-        rec_matmul(&r, TIN(0), IN(0), IN(1), OUT(0), false);
-        return 1;
-    case QG_OP_ROUTER:
-        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), false);
-        return 1;
-    case QG_OP_LM_HEAD:
-        rec_matmul(&r, TIN(1), IN(1), IN(0), OUT(0), p->only_last);
-        return 1;
     case QG_OP_SWIGLU:
         rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0);
         return 1;
@@ -616,10 +712,8 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
                    (int)TIN(3)->ne[0], (int)TIN(1)->ne[2]);
         return 1;
     case QG_OP_AGGREGATE:
-        rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0]);
-        return 1;
-    case QG_OP_MOE_FUSED:
-        rec_moe_fused(&r, nd);
+        rec_aggregate(&r, TIN(1), IN(1), IN(0), IN(2), IN(3), OUT(0), (int)TIN(2)->ne[0],
+                      &NO_FOLD);
         return 1;
     case QG_OP_COPY:
     case QG_OP_COUNT:

@@ -2,13 +2,17 @@
  * qg_vulkan.h - the Vulkan executor's extras beyond exec/qg_exec.h.
  *
  * qg_exec_vulkan_new() (declared in exec/qg_exec.h) makes the executor with
- * default options; the environment can change two of them:
+ * default options; the environment can change three of them:
  *   QG_VK_VALIDATION=1   enable VK_LAYER_KHRONOS_validation and a debug
  *                        messenger that prints every message to stderr;
  *                        =2 adds synchronization validation (slow: it
  *                        checks every barrier between dispatches)
  *   QG_VK_NO_SUBGROUP=1  use the shared-memory reduction shaders even where
  *                        the device has subgroup arithmetic
+ *   QG_VK_FOLD=0         no decode folds: every rmsnorm and residual add of
+ *                        a decode graph gets a dispatch of its own instead
+ *                        of riding in the neighbouring product (the same
+ *                        bits either way; for A/B)
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -29,6 +33,7 @@ typedef struct qg_vk_opts {
     bool validation;  /* Khronos validation layer + messenger */
     bool sync_validation; /* with validation: synchronization checks too */
     bool no_subgroup; /* force the shared-memory reduction shaders */
+    bool no_fold;     /* no decode folds (exec/vulkan/qg_vk_fold.c) */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
@@ -40,6 +45,12 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo,
  * Vulkan executor e (0 when validation is off).  e must be a Vulkan
  * executor (e->i->name is "vulkan"). */
 size_t qg_exec_vulkan_messages(const qg_exec *e);
+
+/* The dispatches recorded for graph g (compiled on the Vulkan executor e),
+ * and in *n_barrier (may be NULL) the pipeline barriers between them in
+ * its plain command buffers; -1 if g is not compiled there.  For tests and
+ * QG_DEBUG=vulkan: what the folds and fusions saved. */
+int qg_exec_vulkan_counts(const qg_exec *e, const qg_graph *g, int *n_barrier);
 
 /* Short description of the device e runs on ("llvmpipe (LLVM 15.0.6, 256
  * bits), cpu, subgroup 8"); e must be a Vulkan executor. */

@@ -4,8 +4,12 @@
  * in one dispatch (the executor fuses an add node followed by an rmsnorm
  * node of the add's output): y = a + b; h = y / sqrt(mean(y^2) + eps) * w.
  * Both y and h are written; the values are those of add.comp then
- * rmsnorm.comp (same f32 operations, same reduction).  One workgroup per
- * token (gl_WorkGroupID.z).
+ * rmsnorm.comp (same f32 operations, qg_norm.glsl's summation order; its
+ * partials recompute a + b, which is exact to repeat).  Every read of a
+ * and b comes before the norm's barriers and h is made from the y each
+ * invocation wrote itself, so h may share memory with a or b (the plan
+ * lets it: they die at the add).  One workgroup per token
+ * (gl_WorkGroupID.z).
  */
 #include "qg_common.glsl"
 
@@ -23,19 +27,15 @@ layout(push_constant) uniform PC {
     float eps;
 } pc;
 
-#include "qg_reduce.glsl"
+#include "qg_norm.glsl"
 
 void main() {
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK)) return;
     const uint o = t * pc.n;
-    float s = 0.0;
-    for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) {
-        const float v = a[o + i] + b[o + i];
-        y[o + i] = v;
-        s += v * v;
-    }
-    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
+    for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) y[o + i] = a[o + i] + b[o + i];
+    QG_NORM_PARTIALS(pc.n, a[o + i] + b[o + i]);
+    const float scale = qg_norm_scale(pc.n, pc.eps);
     /* each invocation reads back only the elements it wrote */
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) h[o + i] = y[o + i] * scale * w[i];
 }

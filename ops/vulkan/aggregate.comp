@@ -8,6 +8,10 @@
  * lanes take units of every chosen expert's rows and accumulate
  * wts * partial dot; the RPT sums per lane are reduced over the row's
  * lanes.  An id outside [0, X) writes NaN.
+ * RESID = 1 (executor fold, decode graphs: exec/vulkan/qg_vk_fold.c):
+ *   y = r + sum, r (m, T) at binding 6: the residual add that was the
+ *   MoE output's only reader (add.comp's f32 add); otherwise binding 6 is
+ *   bound to h and never read.
  */
 #include "qg_common.glsl"
 
@@ -15,6 +19,7 @@ layout(constant_id = 0) const uint WG = 128u;
 layout(constant_id = 1) const int WTYPE = 0;
 layout(constant_id = 2) const uint TPR = 32u;
 layout(constant_id = 3) const uint RPT = 1u; /* <= min(16, TPR) */
+layout(constant_id = 4) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(local_size_x_id = 0) in;
 
@@ -24,6 +29,7 @@ layout(std430, binding = 2) readonly buffer HBuf { vec4 h4[]; };     /* (f, K, T
 layout(std430, binding = 3) readonly buffer IBuf { int ids[]; };     /* (K, T) */
 layout(std430, binding = 4) readonly buffer WtBuf { float wts[]; };  /* (K, T) */
 layout(std430, binding = 5) writeonly buffer YBuf { float y[]; };    /* (m, T) */
+layout(std430, binding = 6) readonly buffer RBuf { float res[]; };   /* (m, T) RESID */
 
 layout(push_constant) uniform PC {
     uint n;        /* f: elements per row */
@@ -81,6 +87,9 @@ void main() {
     uint j, gg;
     if (qg_rows_slot(RPT, j, gg)) {
         const uint r = r0 + gg + j * G;
-        if (r < pc.m) y[t * pc.m + r] = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_sum(acc, j, gg);
+        if (r < pc.m) {
+            const float v = bad ? uintBitsToFloat(0x7fc00000u) : qg_rows_sum(acc, j, gg);
+            y[t * pc.m + r] = RESID != 0u ? res[t * pc.m + r] + v : v;
+        }
     }
 }

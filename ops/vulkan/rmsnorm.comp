@@ -1,7 +1,9 @@
 #version 450
 /*
  * rmsnorm.comp - y[:, t] = x[:, t] / sqrt(mean(x^2) + eps) * w, f32.
- * One workgroup per token (gl_WorkGroupID.z).
+ * One workgroup per token (gl_WorkGroupID.z).  The scale is qg_norm.glsl's
+ * (one summation order for every shader), so products that fold this norm
+ * into their prologue (qg_xnorm.glsl) compute the same bits.
  */
 #include "qg_common.glsl"
 
@@ -17,14 +19,13 @@ layout(push_constant) uniform PC {
     float eps;
 } pc;
 
-#include "qg_reduce.glsl"
+#include "qg_norm.glsl"
 
 void main() {
     const uint t = gl_WorkGroupID.z;
     if (t >= uint(N_TOK)) return;
     const uint o = t * pc.n;
-    float s = 0.0;
-    for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) s += x[o + i] * x[o + i];
-    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.n) + pc.eps);
+    QG_NORM_PARTIALS(pc.n, x[o + i]);
+    const float scale = qg_norm_scale(pc.n, pc.eps);
     for (uint i = gl_LocalInvocationIndex; i < pc.n; i += WG) y[o + i] = x[o + i] * scale * w[i];
 }
