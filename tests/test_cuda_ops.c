@@ -66,17 +66,21 @@ static qg_test_rng rng_for(int test, int case_id) {
 
 /* ---- executors -------------------------------------------------------- */
 
-typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE } ex_kind;
+/* EX_ATTN_SIMT: decode attention over F16 caches on the f32 SIMT kernel
+ * instead of the tensor-core one (QG_CUDA_ATTN_TC=0). */
+typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_ATTN_SIMT } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
     if (k == EX_F32_PREFILL) setenv("QG_CUDA_F32_PREFILL", "1", 1);
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
+    if (k == EX_ATTN_SIMT) setenv("QG_CUDA_ATTN_TC", "0", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
     qg_status st = qg_exec_cuda_new(&o, &ex, &err);
     unsetenv("QG_CUDA_F32_PREFILL");
     unsetenv("QG_CUDA_FUSE");
+    unsetenv("QG_CUDA_ATTN_TC");
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -533,83 +537,98 @@ static void check_attention(qg_optest_fx *f, const qg_optest_attn *c, int nt, co
 static void test_attention(void **state) {
     (void)state;
     NEED_DEVICE();
-    qg_exec ex = ex_new(EX_DEFAULT);
+    /* decode runs on both kernels over F16 caches: the tensor-core one
+     * (default) and the f32 SIMT one */
+    qg_exec exs[2] = {ex_new(EX_DEFAULT), ex_new(EX_ATTN_SIMT)};
+    static const char *const ex_names[2] = {"default", "simt"};
     int case_id = 0;
     /* hd, n_head, n_head_kv: groups of 2, 1, 6 (-> 2 per CTA), 8, 8 x 2 */
     const int heads[][3] = {{32, 4, 2}, {64, 3, 3}, {128, 6, 1}, {128, 8, 1}, {64, 16, 2}};
     const qg_dtype cts[] = {QG_F32, QG_F16};
     for (int hi = 0; hi < 5; hi++)
         for (int ci = 0; ci < 2; ci++)
-            for (int ph = 0; ph < 3; ph++) {
-                /* ph 0: decode, short cache; 1: decode, 700 rows (many
-                 * splits); 2: prefill, 40 tokens (5 CTAs of 8) */
-                qg_test_rng r = rng_for(12, case_id++);
-                const int T = ph == 2 ? 40 : 1, C = ph == 0 ? 48 : ph == 1 ? 700 : 96;
-                const int hd = heads[hi][0], nh = heads[hi][1], nkv = heads[hi][2];
-                const qg_dtype ct = cts[ci];
-                const int64_t Dq = (int64_t)hd * nh, Dkv = (int64_t)hd * nkv;
-                qg_optest_fx f =
-                    qg_optest_fx_new(ph == 2 ? QG_PHASE_PREFILL : QG_PHASE_DECODE, T, C, true);
-                const int q = qg_optest_add_tensor(&f, "q", QG_F32, QG_ROLE_INPUT, 2, Dq, T, 1);
-                const int k = qg_optest_add_tensor(&f, "k", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
-                const int v = qg_optest_add_tensor(&f, "v", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
-                const int kc = qg_optest_add_tensor(&f, "cache_k", ct, QG_ROLE_KV, 2, Dkv, C, 1);
-                const int vc = qg_optest_add_tensor(&f, "cache_v", ct, QG_ROLE_KV, 2, Dkv, C, 1);
-                const int pos = qg_optest_add_tensor(&f, "pos", QG_I32, QG_ROLE_INPUT, 1, T, 1, 1);
-                f.g->t_pos = pos;
-                const int o = qg_optest_add_tensor(&f, "o", QG_F32, QG_ROLE_OUTPUT, 2, Dq, T, 1);
-                qg_op_params p = {.head_dim = hd, .n_head = nh, .n_head_kv = nkv};
-                qg_optest_add_node(&f, QG_OP_ATTENTION, "attention", (int[]){q, k, v, kc, vc, pos},
-                                   6, (int[]){o}, 1, &p);
-                cx_compile(&f, &ex);
-                const size_t cb = f.g->tensors[kc].nbytes;
-                void *kc0 = malloc(cb), *vc0 = malloc(cb);
-                assert_true(kc0 && vc0);
-                const int ntoks[2] = {ph == 2 ? 7 : 1, T};
-                for (int run = 0; run < 2; run++) {
-                    const int nt = ntoks[run];
-                    /* earlier rows: random, in the cache type */
-                    qg_optest_fill_cache(ct, kc0, vc0, (size_t)(Dkv * C), &r);
-                    memcpy(f.host[kc], kc0, cb);
-                    memcpy(f.host[vc], vc0, cb);
-                    qg_optest_fill_act(&f, q, nt, &r, -2, 2);
-                    qg_optest_fill_act(&f, k, nt, &r, -1, 1);
-                    qg_optest_fill_act(&f, v, nt, &r, -1, 1);
-                    /* consecutive positions from a random start; the second
-                     * decode run of the long cache uses the last rows */
-                    int p0 = qg_test_rng_int(&r, C - nt + 1);
-                    if (run == 0 && ph == 0) p0 = 0;
-                    if (run == 1 && ph == 1) p0 = C - 1;
-                    for (int t = 0; t < T; t++) qg_optest_i32(&f, pos)[t] = t < nt ? p0 + t : -1;
-                    char label[160];
-                    snprintf(label, sizeof label,
-                             "attention hd=%d nh=%d nkv=%d %s C=%d n_tok=%d p0=%d", hd, nh, nkv,
-                             qg_dtype_name(ct), C, nt, p0);
-                    qg_optest_step(&f, f.ex, (int[]){q, k, v, kc, vc, pos}, 6, (int[]){o}, 1, nt,
-                                   p0 + nt, label);
-                    qg_optest_download(&f, f.ex, kc);
-                    qg_optest_download(&f, f.ex, vc);
-                    const qg_optest_attn c = {.q = q,
-                                              .k = k,
-                                              .v = v,
-                                              .kc = kc,
-                                              .vc = vc,
-                                              .pos = pos,
-                                              .o = o,
-                                              .hd = hd,
-                                              .nh = nh,
-                                              .nkv = nkv,
-                                              .C = C,
-                                              .ct = ct,
-                                              .kc0 = kc0,
-                                              .vc0 = vc0};
-                    check_attention(&f, &c, nt, label);
+            for (int ph = 0; ph < 3; ph++)
+                for (int xi = 0; xi < (ph == 2 || cts[ci] != QG_F16 ? 1 : 2); xi++) {
+                    /* ph 0: decode, short cache; 1: decode, 700 rows (many
+                     * splits); 2: prefill, 40 tokens (5 CTAs of 8) */
+                    qg_test_rng r = rng_for(12, case_id++);
+                    qg_exec ex = exs[xi];
+                    const int T = ph == 2 ? 40 : 1, C = ph == 0 ? 48 : ph == 1 ? 700 : 96;
+                    const int hd = heads[hi][0], nh = heads[hi][1], nkv = heads[hi][2];
+                    const qg_dtype ct = cts[ci];
+                    const int64_t Dq = (int64_t)hd * nh, Dkv = (int64_t)hd * nkv;
+                    qg_optest_fx f =
+                        qg_optest_fx_new(ph == 2 ? QG_PHASE_PREFILL : QG_PHASE_DECODE, T, C, true);
+                    const int q = qg_optest_add_tensor(&f, "q", QG_F32, QG_ROLE_INPUT, 2, Dq, T, 1);
+                    const int k =
+                        qg_optest_add_tensor(&f, "k", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
+                    const int v =
+                        qg_optest_add_tensor(&f, "v", QG_F32, QG_ROLE_INPUT, 2, Dkv, T, 1);
+                    const int kc =
+                        qg_optest_add_tensor(&f, "cache_k", ct, QG_ROLE_KV, 2, Dkv, C, 1);
+                    const int vc =
+                        qg_optest_add_tensor(&f, "cache_v", ct, QG_ROLE_KV, 2, Dkv, C, 1);
+                    const int pos =
+                        qg_optest_add_tensor(&f, "pos", QG_I32, QG_ROLE_INPUT, 1, T, 1, 1);
+                    f.g->t_pos = pos;
+                    const int o =
+                        qg_optest_add_tensor(&f, "o", QG_F32, QG_ROLE_OUTPUT, 2, Dq, T, 1);
+                    qg_op_params p = {.head_dim = hd, .n_head = nh, .n_head_kv = nkv};
+                    qg_optest_add_node(&f, QG_OP_ATTENTION, "attention",
+                                       (int[]){q, k, v, kc, vc, pos}, 6, (int[]){o}, 1, &p);
+                    cx_compile(&f, &ex);
+                    const size_t cb = f.g->tensors[kc].nbytes;
+                    void *kc0 = malloc(cb), *vc0 = malloc(cb);
+                    assert_true(kc0 && vc0);
+                    const int ntoks[2] = {ph == 2 ? 7 : 1, T};
+                    for (int run = 0; run < 2; run++) {
+                        const int nt = ntoks[run];
+                        /* earlier rows: random, in the cache type */
+                        qg_optest_fill_cache(ct, kc0, vc0, (size_t)(Dkv * C), &r);
+                        memcpy(f.host[kc], kc0, cb);
+                        memcpy(f.host[vc], vc0, cb);
+                        qg_optest_fill_act(&f, q, nt, &r, -2, 2);
+                        qg_optest_fill_act(&f, k, nt, &r, -1, 1);
+                        qg_optest_fill_act(&f, v, nt, &r, -1, 1);
+                        /* consecutive positions from a random start; the second
+                         * decode run of the long cache uses the last rows */
+                        int p0 = qg_test_rng_int(&r, C - nt + 1);
+                        if (run == 0 && ph == 0)
+                            p0 = 0;
+                        if (run == 1 && ph == 1)
+                            p0 = C - 1;
+                        for (int t = 0; t < T; t++)
+                            qg_optest_i32(&f, pos)[t] = t < nt ? p0 + t : -1;
+                        char label[160];
+                        snprintf(label, sizeof label,
+                                 "attention hd=%d nh=%d nkv=%d %s C=%d n_tok=%d p0=%d %s", hd, nh,
+                                 nkv, qg_dtype_name(ct), C, nt, p0, ex_names[xi]);
+                        qg_optest_step(&f, f.ex, (int[]){q, k, v, kc, vc, pos}, 6, (int[]){o}, 1,
+                                       nt, p0 + nt, label);
+                        qg_optest_download(&f, f.ex, kc);
+                        qg_optest_download(&f, f.ex, vc);
+                        const qg_optest_attn c = {.q = q,
+                                                  .k = k,
+                                                  .v = v,
+                                                  .kc = kc,
+                                                  .vc = vc,
+                                                  .pos = pos,
+                                                  .o = o,
+                                                  .hd = hd,
+                                                  .nh = nh,
+                                                  .nkv = nkv,
+                                                  .C = C,
+                                                  .ct = ct,
+                                                  .kc0 = kc0,
+                                                  .vc0 = vc0};
+                        check_attention(&f, &c, nt, label);
+                    }
+                    free(kc0);
+                    free(vc0);
+                    qg_optest_fx_free(&f);
                 }
-                free(kc0);
-                free(vc0);
-                qg_optest_fx_free(&f);
-            }
-    ex_free(&ex);
+    ex_free(&exs[0]);
+    ex_free(&exs[1]);
 }
 
 /* ---- topk ------------------------------------------------------------- */

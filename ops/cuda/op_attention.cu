@@ -28,79 +28,11 @@
  *                    matrix is materialized.
  * Scores (q . k) / sqrt(hd), softmax and the weighted sum are f32.
  */
-#include "qg_cuda_internal.cuh"
+#include "qg_cuda_attention.cuh"
 
 #include <math.h>
 
 /* ---- rope ------------------------------------------------------------- */
-
-__device__ __forceinline__ void cache_put(half *d, float v) { *d = __float2half_rn(v); }
-__device__ __forceinline__ void cache_put(float *d, float v) { *d = v; }
-__device__ __forceinline__ float cache_get(const half *p) { return __half2float(*p); }
-__device__ __forceinline__ float cache_get(const float *p) { return *p; }
-
-/* The append folded into rope: caches (Dkv, C), F16 or F32. */
-struct rope_kv {
-    void *kc, *vc;
-    const float *v; /* (Dkv, T) */
-    int f16, C;
-};
-
-__device__ __forceinline__ void kv_put(const rope_kv &kv, bool isv, size_t i, float x) {
-    void *c = isv ? kv.vc : kv.kc;
-    if (kv.f16) cache_put((half *)c + i, x);
-    else cache_put((float *)c + i, x);
-}
-
-/* cos and sin of angle r at position p: from the CPU's table (csp: the
- * position's row, cos | sin) when there is one, else float64 sincos of
- * p * freq[r] rounded to f32. */
-__device__ __forceinline__ void rope_angle(const float *csp, const double *freq, int p, int r,
-                                           int half, float *c, float *s) {
-    if (csp) {
-        *c = csp[r];
-        *s = csp[half + r];
-        return;
-    }
-    double sd, cd;
-    sincos((double)p * freq[r], &sd, &cd);
-    *c = (float)cd;
-    *s = (float)sd;
-}
-
-/* One warp: rmsnorm(src) * w then RoPE at position p into dst (hd floats,
- * shared or global), k_rope's arithmetic exactly; round: each output
- * rounded as the cache stores it (CT), for this step's K row. */
-template <typename CT>
-__device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
-                                          const double *__restrict__ freq,
-                                          const float *__restrict__ cs, int ncs, int hd, float eps,
-                                          int p, bool round, float *dst) {
-    const int lane = threadIdx.x & 31;
-    float ss = 0.0f;
-    for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
-    ss = qg_warp_sum(ss);
-    const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
-    const int half = hd / 2;
-    const float *csp = cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr;
-    for (int r = lane; r < half; r += 32) {
-        const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
-        const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
-        float c, s;
-        rope_angle(csp, freq, p, r, half, &c, &s);
-        float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, s));
-        float o1 = __fadd_rn(__fmul_rn(y0, s), __fmul_rn(y1, c));
-        if (round) {
-            CT t0, t1;
-            cache_put(&t0, o0);
-            cache_put(&t1, o1);
-            o0 = cache_get(&t0);
-            o1 = cache_get(&t1);
-        }
-        dst[r] = o0;
-        dst[r + half] = o1;
-    }
-}
 
 __global__ void __launch_bounds__(128)
 k_rope(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ qn,
@@ -171,31 +103,6 @@ k_kv_append(const float *__restrict__ k, const float *__restrict__ v, const int3
 }
 
 /* ---- decode: split-K -------------------------------------------------- */
-
-struct at_args {
-    const float *q;
-    const void *kc, *vc;
-    const int32_t *pos, *step;
-    int nh, nkv, Dkv;
-    float scale;
-    float *o;
-    float *part;   /* (nh, NSP) max | (nh, NSP) sum | (nh, NSP, hd) acc */
-    int *counters; /* (nh / gw_lo) */
-    int gw;        /* q heads per CTA past gw_rows cache rows */
-    int gw_lo;     /* q heads per CTA up to gw_rows rows (short contexts:
-                      more CTAs, each K/V row read by more of them) */
-    int gw_rows;
-    int ns_lo;     /* most splits up to gw_rows rows */
-    int ns_max, nsp, min_chunk;
-    /* rope folded in (decode): raw q / k / v of this step, norms, table */
-    bool rope;
-    const float *rq, *rk, *rv, *qn, *kn;
-    const double *freq;
-    const float *cs; /* the CPU's cos | sin table (hd, ncs), or NULL */
-    int ncs;
-    float eps;
-    void *kcw, *vcw; /* the caches, for the append */
-};
 
 #define AD_ROWS 32
 
@@ -614,7 +521,18 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.kcw = kc;
         a.vcw = vc;
     }
-    if (T == 1) {
+    if (T == 1 && qg_cu_attn_tc_ok(l, kt->type, hd)) {
+        /* tensor cores (op_attention_decode_tc.cu): every step in the
+         * wide mode's slots, splits of a multiple of 16 rows */
+        a.gw = attn_gw(p, &l->o);
+        a.part = (float *)l->scratch;
+        a.counters = l->counters;
+        a.ns_max = attn_ns_max(l->g, p, &l->o);
+        a.nsp = (QG_MAX(a.ns_max, attn_ns_lo(p, &l->o)) + 3) / 4 * 4;
+        a.min_chunk = attn_chunk(&l->o);
+        a.sl2 = (float)(1.4426950408889634 / sqrt((double)hd));
+        e = qg_cu_attention_decode_tc(l, a, hd);
+    } else if (T == 1) {
         a.gw = attn_gw(p, &l->o);
         a.gw_lo = attn_gw_lo(p, &l->o);
         a.gw_rows = l->o.attn_gw_rows;

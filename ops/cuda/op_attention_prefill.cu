@@ -37,13 +37,7 @@
  * CTAs per multiprocessor; q_hi, q_lo (64) and O (64) live in registers for
  * the whole walk.  Larger tiles (BC = 64 for F16, 32 for F32) spill.
  *
- * Fragments (PTX ISA, mma.m16n8k16 .f16 A/B, .f32 C/D; g = lane / 4,
- * c = lane % 4):
- *   A (16x16, row major): a0 = (g, 2c..2c+1), a1 = (g+8, 2c..), a2 = (g,
- *     2c+8..), a3 = (g+8, 2c+8..), two f16 per register, lower column in
- *     the low half;
- *   B (16x8, k x n): b0 = (k 2c..2c+1, n g), b1 = (k 2c+8.., n g);
- *   C (16x8): c0, c1 = (g, 2c..2c+1), c2, c3 = (g+8, 2c..2c+1).
+ * Fragments (qg_cuda_mma_f16.cuh has the PTX layouts):
  *   S = Q K^T: A = q rows (k = head dims) held in registers for the whole
  *     walk; B = K^T, i.e. b0 = K[key g][dims 2c, 2c+1]: ldmatrix (no
  *     transpose) over K rows gives it.
@@ -73,62 +67,13 @@
  *   (|q|, |k|, |v| < 65504): F16 caches already require it of k and v.
  */
 #include "qg_cuda_internal.cuh"
+#include "qg_cuda_mma_f16.cuh"
 
 #include <math.h>
 
 #define PF_WARPS 4
 #define PF_THREADS (PF_WARPS * 32)
 #define PF_ROWS (PF_WARPS * 16) /* (token, head) rows per CTA */
-
-/* ---- PTX wrappers ------------------------------------------------------ */
-
-__device__ __forceinline__ uint32_t pf_smem(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* Four 8x8 b16 matrices; lane i gives the address of row i % 8 of matrix
- * i / 8 and receives (row i / 4, columns 2 (i % 4), +1) of each. */
-__device__ __forceinline__ void pf_ldsm_x4(uint32_t (&r)[4], const half *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(pf_smem(p)));
-}
-/* Same, transposed: lane i receives (rows 2 (i % 4), +1; column i / 4). */
-__device__ __forceinline__ void pf_ldsm_x4_t(uint32_t (&r)[4], const half *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(pf_smem(p)));
-}
-
-/* d += a b (16x16 f16 by 16x8 f16, f32 accumulate). */
-__device__ __forceinline__ void pf_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                       uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros and
- * reads nothing. */
-__device__ __forceinline__ void pf_cp16(half *dst, const half *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(pf_smem(dst)), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void pf_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void pf_cp_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-
-__device__ __forceinline__ uint32_t pf_h2u(half2 h) { return *(uint32_t *)&h; }
-
-/* (x, y) -> hi = f16(x, y), lo = f16((x, y) - hi); x - f16(x) is exact in
- * f32 for |x| < 65504. */
-__device__ __forceinline__ void pf_split(float x, float y, uint32_t &hi, uint32_t &lo) {
-    const half2 h = __floats2half2_rn(x, y);
-    const float2 hf = __half22float2(h);
-    hi = pf_h2u(h);
-    lo = pf_h2u(__floats2half2_rn(x - hf.x, y - hf.y));
-}
 
 /* ---- K/V tiles --------------------------------------------------------- */
 
@@ -149,13 +94,13 @@ template <int HD> struct pf_tile<half, HD> {
             const int idx = (int)threadIdx.x + PF_THREADS * k, r = idx / CPR, c = idx % CPR;
             const int j = j0 + r;
             const bool ok = j < kend;
-            pf_cp16(dst + r * LD + 8 * c, src + (size_t)(ok ? j : 0) * Dkv + 8 * c, ok ? 16 : 0);
+            qg_cp16_zfill(dst + r * LD + 8 * c, src + (size_t)(ok ? j : 0) * Dkv + 8 * c, ok ? 16 : 0);
         }
-        pf_cp_commit();
+        qg_cp_commit();
     }
     __device__ __forceinline__ void land(half *dst) {
         (void)dst;
-        pf_cp_wait_all();
+        qg_cp_wait_all();
     }
 };
 
@@ -180,8 +125,8 @@ template <int HD> struct pf_tile<float, HD> {
         for (int k = 0; k < N; k++) {
             const int idx = (int)threadIdx.x + PF_THREADS * k, r = idx / CPR, c = idx % CPR;
             uint2 hi, lo;
-            pf_split(buf[k].x, buf[k].y, hi.x, lo.x);
-            pf_split(buf[k].z, buf[k].w, hi.y, lo.y);
+            qg_split_f16x2(buf[k].x, buf[k].y, hi.x, lo.x);
+            qg_split_f16x2(buf[k].z, buf[k].w, hi.y, lo.y);
             *(uint2 *)(dst + r * LD + 4 * c) = hi;
             *(uint2 *)(dst + (BC + r) * LD + 4 * c) = lo;
         }
@@ -255,10 +200,10 @@ __global__ void __launch_bounds__(PF_THREADS, 2) k_attn_prefill_tc(pf_args a) {
             const float2 x1 = live1 ? *(const float2 *)(q1 + 16 * ks) : z;
             const float2 x2 = live0 ? *(const float2 *)(q0 + 16 * ks + 8) : z;
             const float2 x3 = live1 ? *(const float2 *)(q1 + 16 * ks + 8) : z;
-            pf_split(x0.x, x0.y, qh[ks][0], ql[ks][0]);
-            pf_split(x1.x, x1.y, qh[ks][1], ql[ks][1]);
-            pf_split(x2.x, x2.y, qh[ks][2], ql[ks][2]);
-            pf_split(x3.x, x3.y, qh[ks][3], ql[ks][3]);
+            qg_split_f16x2(x0.x, x0.y, qh[ks][0], ql[ks][0]);
+            qg_split_f16x2(x1.x, x1.y, qh[ks][1], ql[ks][1]);
+            qg_split_f16x2(x2.x, x2.y, qh[ks][2], ql[ks][2]);
+            qg_split_f16x2(x3.x, x3.y, qh[ks][3], ql[ks][3]);
         }
     }
 
@@ -266,8 +211,8 @@ __global__ void __launch_bounds__(PF_THREADS, 2) k_attn_prefill_tc(pf_args a) {
     /* ldmatrix row addresses of this lane (see the fragment notes):
      * K, x4 = (keys +0..7 | +0..7 | +8..15 | +8..15) x (dims +0 | +8 | +0 | +8)
      * V^T, x4 = (keys +0..7 | +8..15 | +0..7 | +8..15) x (dims +0 | +0 | +8 | +8) */
-    const int k_row = (lane & 7) + ((lane >> 4) << 3), k_col = ((lane >> 3) & 1) << 3;
-    const int v_row = (lane & 7) + (((lane >> 3) & 1) << 3), v_col = (lane >> 4) << 3;
+    const int k_row = qg_ldsm_k_row(lane), k_col = qg_ldsm_k_col(lane);
+    const int v_row = qg_ldsm_v_row(lane), v_col = qg_ldsm_v_col(lane);
 
     float oacc[ND][4];
 #pragma unroll
@@ -295,13 +240,13 @@ __global__ void __launch_bounds__(PF_THREADS, 2) k_attn_prefill_tc(pf_args a) {
 #pragma unroll
                     for (int sp = NS - 1; sp >= 0; sp--) {
                         uint32_t b[4];
-                        pf_ldsm_x4(b, Ks + (sp * BC + 16 * np + k_row) * LD + 16 * ks + k_col);
+                        qg_ldsm_x4(b, Ks + (sp * BC + 16 * np + k_row) * LD + 16 * ks + k_col);
                         if (sp == 0) {
-                            pf_mma(s[2 * np], ql[ks], b[0], b[1]);
-                            pf_mma(s[2 * np + 1], ql[ks], b[2], b[3]);
+                            qg_mma_f16(s[2 * np], ql[ks], b[0], b[1]);
+                            qg_mma_f16(s[2 * np + 1], ql[ks], b[2], b[3]);
                         }
-                        pf_mma(s[2 * np], qh[ks], b[0], b[1]);
-                        pf_mma(s[2 * np + 1], qh[ks], b[2], b[3]);
+                        qg_mma_f16(s[2 * np], qh[ks], b[0], b[1]);
+                        qg_mma_f16(s[2 * np + 1], qh[ks], b[2], b[3]);
                     }
                 }
             }
@@ -353,22 +298,22 @@ __global__ void __launch_bounds__(PF_THREADS, 2) k_attn_prefill_tc(pf_args a) {
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) {
                 uint32_t ph[4], pl[4];
-                pf_split(s[2 * kk][0], s[2 * kk][1], ph[0], pl[0]);
-                pf_split(s[2 * kk][2], s[2 * kk][3], ph[1], pl[1]);
-                pf_split(s[2 * kk + 1][0], s[2 * kk + 1][1], ph[2], pl[2]);
-                pf_split(s[2 * kk + 1][2], s[2 * kk + 1][3], ph[3], pl[3]);
+                qg_split_f16x2(s[2 * kk][0], s[2 * kk][1], ph[0], pl[0]);
+                qg_split_f16x2(s[2 * kk][2], s[2 * kk][3], ph[1], pl[1]);
+                qg_split_f16x2(s[2 * kk + 1][0], s[2 * kk + 1][1], ph[2], pl[2]);
+                qg_split_f16x2(s[2 * kk + 1][2], s[2 * kk + 1][3], ph[3], pl[3]);
 #pragma unroll
                 for (int dp = 0; dp < ND / 2; dp++) {
 #pragma unroll
                     for (int sp = NS - 1; sp >= 0; sp--) {
                         uint32_t b[4];
-                        pf_ldsm_x4_t(b, Vs + (sp * BC + 16 * kk + v_row) * LD + 16 * dp + v_col);
+                        qg_ldsm_x4_t(b, Vs + (sp * BC + 16 * kk + v_row) * LD + 16 * dp + v_col);
                         if (sp == 0) {
-                            pf_mma(oacc[2 * dp], pl, b[0], b[1]);
-                            pf_mma(oacc[2 * dp + 1], pl, b[2], b[3]);
+                            qg_mma_f16(oacc[2 * dp], pl, b[0], b[1]);
+                            qg_mma_f16(oacc[2 * dp + 1], pl, b[2], b[3]);
                         }
-                        pf_mma(oacc[2 * dp], ph, b[0], b[1]);
-                        pf_mma(oacc[2 * dp + 1], ph, b[2], b[3]);
+                        qg_mma_f16(oacc[2 * dp], ph, b[0], b[1]);
+                        qg_mma_f16(oacc[2 * dp + 1], ph, b[2], b[3]);
                     }
                 }
             }

@@ -4,6 +4,7 @@
  * the dispatch to the op_*.cu launchers.
  */
 #include "qg_cuda_gemm_i8.cuh"
+#include "qg_cuda_attention.cuh"
 #include "qg_cuda_internal.cuh"
 
 #include <initializer_list>
@@ -164,7 +165,10 @@ extern "C" bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, co
            g->tensors[r->in[2]].type == QG_F32 && g->tensors[r->in[3]].type == QG_F32;
 }
 
-extern "C" int qg_cuda_ops_prepare(void) { return (int)qg_cu_gemm_prepare(); }
+extern "C" int qg_cuda_ops_prepare(void) {
+    const cudaError_t e = qg_cu_gemm_prepare();
+    return (int)(e != cudaSuccess ? e : qg_cu_attention_prepare());
+}
 
 /* Is node l's kernel left out of decode steps (opts.drop)? */
 static bool dropped(const qg_cuda_launch *l) {

@@ -51,6 +51,9 @@ typedef struct qg_cuda_opts {
     bool pdl;         /* programmatic dependent launch (sm_90) */
     bool i8_decode;   /* decode products over Q4_K / Q6_K on the integer
                          tensor cores (op_matvec_i8.cu) */
+    bool attn_tc;     /* decode attention over F16 caches on the f16
+                         tensor cores (op_attention_decode_tc.cu); false:
+                         the f32 SIMT kernel */
     int attn_ctas;    /* decode attention: CTAs per multiprocessor the
                          split over cache rows aims at (long contexts) */
     int attn_gw;      /* decode attention: q heads per CTA (A/B; 0: the
