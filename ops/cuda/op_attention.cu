@@ -451,6 +451,16 @@ static int attn_chunk(const qg_cuda_opts *o) {
     return o->attn_chunk >= 32 && o->attn_chunk % 32 == 0 ? o->attn_chunk : AD_MIN_CHUNK;
 }
 
+/* Fewest cache rows per split of the tensor-core decode kernel: 256
+ * unless o->attn_chunk says otherwise.  Its per-row work is small, so
+ * splits cost more in merging than they gain in spreading (H100, 30B:
+ * tg128 367.5 / 357.0 tok/s and tg128 at 4096 rows 329.9 / 320.4 with
+ * 256 / 64; 512 gave 366.7 / 307.1). */
+#define AD_TC_MIN_CHUNK 256
+static int attn_chunk_tc(const qg_cuda_opts *o) {
+    return o->attn_chunk >= 32 && o->attn_chunk % 32 == 0 ? o->attn_chunk : AD_TC_MIN_CHUNK;
+}
+
 /* Most splits of the decode kernel: about attn_ctas CTAs per
  * multiprocessor at the longest context, never more than the cache fills with AD_MIN_CHUNK
  * rows each, at most 64 (the merge's table). */
@@ -529,7 +539,7 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.counters = l->counters;
         a.ns_max = attn_ns_max(l->g, p, &l->o);
         a.nsp = (QG_MAX(a.ns_max, attn_ns_lo(p, &l->o)) + 3) / 4 * 4;
-        a.min_chunk = attn_chunk(&l->o);
+        a.min_chunk = attn_chunk_tc(&l->o);
         a.sl2 = (float)(1.4426950408889634 / sqrt((double)hd));
         e = qg_cu_attention_decode_tc(l, a, hd);
     } else if (T == 1) {

@@ -17,7 +17,10 @@
  * walk).  The four warps' (max, sum, o) are merged in shared memory in a
  * fixed order; with more than one split, each CTA writes its merged
  * partials and the last CTA of the slot (an atomic ticket) merges the
- * splits in split order and writes o.  Chunks are a multiple of 16 rows,
+ * splits in split order and writes o (a thread per head and 4 dims,
+ * all splits' loads in flight).  With the rope folded in, each warp's
+ * first two tiles are requested before the programmatic-launch wait (no
+ * kernel of the step writes this layer's cache before this one).  Chunks are a multiple of 16 rows,
  * at least a.min_chunk, sized so that a step with rows cache rows uses at
  * most a.ns_max splits: the grid (slots x ns_max) serves every step, CTAs
  * past the live splits exit.
@@ -80,17 +83,17 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     __shared__ float Fs[DT_HEADS][64];
     __shared__ int s_last;
 
-    qg_pdl_wait();
     const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5, tid = (int)threadIdx.x;
     const int g = lane >> 2, c4 = lane & 3;
+    /* pos is a step input (copied in before the step): readable before
+     * the wait */
     const int rows = a.pos[0] + 1, gw = a.gw, nsx = a.ns_max;
     const int slot = (int)blockIdx.x / nsx, s = (int)blockIdx.x - slot * nsx;
-    if (slot >= a.nh / gw) return;
     int chunk = (rows + nsx - 1) / nsx;
     chunk = (chunk + DT_ROWS - 1) / DT_ROWS * DT_ROWS;
     if (chunk < a.min_chunk) chunk = a.min_chunk;
     const int ns = (rows + chunk - 1) / chunk;
-    if (s >= ns) return;
+    const bool live = slot < a.nh / gw && s < ns;
     const int j0 = s * chunk, j1 = min(rows, j0 + chunk);
     const int h0 = slot * gw, G = a.nh / a.nkv, kvh = h0 / G;
     const half *kb = (const half *)a.kc + (size_t)kvh * HD;
@@ -116,8 +119,20 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
         }
         qg_cp_commit();
     };
-    fetch(warp, 0);
-    fetch(warp + DT_WARPS, 1);
+    /* with the rope folded in, no kernel of this step writes the cache
+     * before this one (its new row is replaced from shared memory below),
+     * so the first tiles go out before the wait for the previous kernel;
+     * otherwise the rope / append kernel before it writes row pn */
+    if (live && a.rope) {
+        fetch(warp, 0);
+        fetch(warp + DT_WARPS, 1);
+    }
+    qg_pdl_wait();
+    if (!live) return;
+    if (!a.rope) {
+        fetch(warp, 0);
+        fetch(warp + DT_WARPS, 1);
+    }
 
     /* q of the slot's heads (rope folded in: normalized and rotated here,
      * and this step's K/V row kept rounded as the cache stores it) */
@@ -285,7 +300,10 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     if (tid == 0) s_last = atomicAdd(&a.counters[slot], 1) == ns - 1;
     __syncthreads();
     if (!s_last) return;
-    /* the last CTA of the slot: splits merged in split order, a warp per head */
+    /* the last CTA of the slot: each split's weight exp2(m_s - M) (a warp
+     * per head), then o a thread per (head, 4 dims), splits summed in
+     * split order */
+    __shared__ float Linv[DT_HEADS];
     for (int hh = warp; hh < gw; hh += DT_WARPS) {
         const int h = h0 + hh;
         float M = -INFINITY;
@@ -298,23 +316,25 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
             L = fmaf(__ldcg(pl + (size_t)h * NS + s2), f, L);
         }
         L = qg_warp_sum(L);
-        __syncwarp();
-        const float inv = 1.0f / L;
-        for (int d4 = lane; d4 < HD / 4; d4 += 32) {
-            const float *src = pa + (size_t)h * NS * HD + 4 * d4;
-            float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-            for (int s2 = 0; s2 < ns; s2++) {
-                const float4 v = __ldcg((const float4 *)(src + (size_t)s2 * HD));
-                const float f = Fs[hh][s2];
-                A.x = fmaf(v.x, f, A.x);
-                A.y = fmaf(v.y, f, A.y);
-                A.z = fmaf(v.z, f, A.z);
-                A.w = fmaf(v.w, f, A.w);
-            }
-            *(float4 *)(a.o + (size_t)h * HD + 4 * d4) =
-                make_float4(A.x * inv, A.y * inv, A.z * inv, A.w * inv);
+        if (lane == 0) Linv[hh] = 1.0f / L;
+    }
+    __syncthreads();
+    for (int i = tid; i < gw * HD / 4; i += DT_THREADS) {
+        const int hh = i / (HD / 4), d4 = i - hh * (HD / 4), h = h0 + hh;
+        const float *src = pa + (size_t)h * NS * HD + 4 * d4;
+        float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+        for (int s2 = 0; s2 < ns; s2++) {
+            const float4 v = __ldcg((const float4 *)(src + (size_t)s2 * HD));
+            const float f = Fs[hh][s2];
+            A.x = fmaf(v.x, f, A.x);
+            A.y = fmaf(v.y, f, A.y);
+            A.z = fmaf(v.z, f, A.z);
+            A.w = fmaf(v.w, f, A.w);
         }
+        const float inv = Linv[hh];
+        *(float4 *)(a.o + (size_t)h * HD + 4 * d4) =
+            make_float4(A.x * inv, A.y * inv, A.z * inv, A.w * inv);
     }
     if (tid == 0) a.counters[slot] = 0;
 }
