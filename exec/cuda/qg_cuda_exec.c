@@ -1009,6 +1009,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
     c->o.attn_tc = !env_is("QG_CUDA_ATTN_TC", "0");
+    c->o.attn_cfg = env_int("QG_CUDA_ATTN_CFG", -1, 0, 3);
     c->o.attn_gw = env_int("QG_CUDA_ATTN_GW", 0, 1, 8);
     c->o.attn_chunk = env_int("QG_CUDA_ATTN_CHUNK", 0, 32, 4096);
     c->o.attn_gw_rows = env_int("QG_CUDA_ATTN_GW_ROWS", 512, 0, 1 << 30);

@@ -10,11 +10,11 @@
  * 16 cache rows against all (up to 8) q heads of its KV head with 16 mmas
  * and weights V with 16 more.
  *
- * Work split.  A CTA (4 warps) takes one slot (gw <= 8 q heads sharing a
- * kv head) and one chunk of cache rows (a split); warp w walks tiles w,
- * w + 4, ... of 16 rows of the chunk, each staged by cp.async in the
- * warp's own two-stage ring in shared memory (no block barrier in the
- * walk).  The four warps' (max, sum, o) are merged in shared memory in a
+ * Work split.  A CTA (8 warps by default) takes one slot (gw <= 8 q heads sharing a
+ * kv head) and one chunk of cache rows (a split); warp w of NW walks
+ * tiles w, w + NW, ... of 16 rows of the chunk, each staged by cp.async
+ * in the warp's own ring of NST stages in shared memory (no block barrier
+ * in the walk).  The warps' (max, sum, o) are merged in shared memory in a
  * fixed order; with more than one split, each CTA writes its merged
  * partials and the last CTA of the slot (an atomic ticket) merges the
  * splits in split order and writes o (a thread per head and 4 dims,
@@ -53,26 +53,30 @@
 
 #include <math.h>
 
-#define DT_WARPS 4
-#define DT_THREADS (DT_WARPS * 32)
 #define DT_ROWS 16 /* cache rows per warp tile */
-#define DT_STAGES 2
 #define DT_HEADS 8 /* most q heads per CTA (the mma's rows hold hi and lo) */
 
-/* Dynamic shared memory of the kernel at head_dim hd: each warp's ring of
- * DT_STAGES (K, V) tiles of DT_ROWS rows padded by 8 halves (ldmatrix row
- * addresses of one 8x8 matrix fall in 8 different 16-byte bank groups),
- * reused after the walk for the warps' o partials (DT_WARPS x DT_HEADS x
- * hd floats). */
+/* Dynamic shared memory of the kernel at head_dim hd with NW warps of NST
+ * stages: each warp's ring of NST (K, V) tiles of DT_ROWS rows padded by 8
+ * halves (ldmatrix row addresses of one 8x8 matrix fall in 8 different
+ * 16-byte bank groups), reused after the walk for the warps' o partials
+ * (NW x DT_HEADS x hd floats). */
 static constexpr size_t dt_tile_halves(int hd) { return (size_t)DT_ROWS * (hd + 8); }
-static constexpr size_t dt_smem(int hd) {
-    return (size_t)DT_WARPS * DT_STAGES * 2 * dt_tile_halves(hd) * sizeof(half) >
-                   (size_t)DT_WARPS * DT_HEADS * hd * sizeof(float)
-               ? (size_t)DT_WARPS * DT_STAGES * 2 * dt_tile_halves(hd) * sizeof(half)
-               : (size_t)DT_WARPS * DT_HEADS * hd * sizeof(float);
+static constexpr size_t dt_smem(int hd, int nw, int nst) {
+    return (size_t)nw * nst * 2 * dt_tile_halves(hd) * sizeof(half) >
+                   (size_t)nw * DT_HEADS * hd * sizeof(float)
+               ? (size_t)nw * nst * 2 * dt_tile_halves(hd) * sizeof(half)
+               : (size_t)nw * DT_HEADS * hd * sizeof(float);
 }
 
-template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc(at_args a) {
+/* cp.async.wait_group N: at most N of this thread's groups still pending. */
+template <int N> __device__ __forceinline__ void dt_cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <int HD, int NW, int NST>
+__global__ void __launch_bounds__(NW * 32) k_attn_decode_tc(at_args a) {
+    constexpr int DT_WARPS = NW, DT_THREADS = NW * 32;
     constexpr int LD = HD + 8, KS = HD / 16, ND = HD / 8, CPR = HD / 8; /* 16-byte chunks a row */
     constexpr int TILE = DT_ROWS * LD;
     static_assert(HD % 32 == 0 && HD <= 128, "head_dim");
@@ -80,6 +84,7 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     __shared__ __align__(16) float Qs[DT_HEADS][HD];
     __shared__ __align__(16) float Kn[HD], Vn[HD];
     __shared__ float Mw[DT_WARPS][DT_HEADS], Lw[DT_WARPS][DT_HEADS];
+    __shared__ float Fw[DT_WARPS][DT_HEADS], Mh[DT_HEADS], Lh[DT_HEADS]; /* the warps' merge */
     __shared__ float Fs[DT_HEADS][64];
     __shared__ int s_last;
 
@@ -103,7 +108,7 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     /* this warp's ring: stage st holds K at [st][0], V at [st][1];
      * fetch(t, st) stages tile t of the chunk (rows past j1 zero-filled)
      * and commits one cp.async group, empty when t >= nt */
-    half *ring = (half *)dt_dyn + (size_t)warp * DT_STAGES * 2 * TILE;
+    half *ring = (half *)dt_dyn + (size_t)warp * NST * 2 * TILE;
     auto fetch = [&](int t, int st) {
         if (t < nt) {
             half *kd = ring + (size_t)st * 2 * TILE, *vd = kd + TILE;
@@ -123,16 +128,14 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
      * before this one (its new row is replaced from shared memory below),
      * so the first tiles go out before the wait for the previous kernel;
      * otherwise the rope / append kernel before it writes row pn */
-    if (live && a.rope) {
-        fetch(warp, 0);
-        fetch(warp + DT_WARPS, 1);
-    }
+    if (live && a.rope)
+#pragma unroll
+        for (int k = 0; k < NST; k++) fetch(warp + k * DT_WARPS, k);
     qg_pdl_wait();
     if (!live) return;
-    if (!a.rope) {
-        fetch(warp, 0);
-        fetch(warp + DT_WARPS, 1);
-    }
+    if (!a.rope)
+#pragma unroll
+        for (int k = 0; k < NST; k++) fetch(warp + k * DT_WARPS, k);
 
     /* q of the slot's heads (rope folded in: normalized and rotated here,
      * and this step's K/V row kept rounded as the cache stores it) */
@@ -186,9 +189,9 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     for (int d = 0; d < ND; d++) oacc[d][0] = oacc[d][1] = oacc[d][2] = oacc[d][3] = 0.0f;
     float m = -INFINITY, l = 0.0f; /* head g: running max (log2 units), this lane's sum */
     int st = 0;
-    for (int t = warp; t < nt; t += DT_WARPS, st ^= 1) {
+    for (int t = warp; t < nt; t += DT_WARPS) {
         half *kd = ring + (size_t)st * 2 * TILE, *vd = kd + TILE;
-        qg_cp_wait_but_one(); /* this tile's group (the next one may fly) */
+        dt_cp_wait<NST - 1>(); /* this tile's group (later ones may fly) */
         __syncwarp();
         const int base = j0 + t * DT_ROWS;
         if (has_new && pn >= base && pn < base + DT_ROWS) {
@@ -251,7 +254,8 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
             qg_mma_f16(oacc[2 * dp + 1], pa, b[2], b[3]);
         }
         __syncwarp(); /* every lane is done with this stage */
-        fetch(t + 2 * DT_WARPS, st);
+        fetch(t + NST * DT_WARPS, st);
+        st = st + 1 == NST ? 0 : st + 1;
     }
     qg_cp_wait_all(); /* only empty groups can be left */
     l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -271,26 +275,33 @@ template <int HD> __global__ void __launch_bounds__(DT_THREADS) k_attn_decode_tc
     __syncthreads();
     const int NS = a.nsp;
     float *pm = a.part, *pl = pm + (size_t)a.nh * NS, *pa = pl + (size_t)a.nh * NS;
+    if (tid < gw) { /* head tid: the warps' weights exp2(m_w - M) and the sum */
+        float M = -INFINITY;
+        for (int w = 0; w < DT_WARPS; w++) M = fmaxf(M, Mw[w][tid]);
+        float L = 0.0f;
+        for (int w = 0; w < DT_WARPS; w++) {
+            const float f = Mw[w][tid] == -INFINITY ? 0.0f : exp2f(Mw[w][tid] - M);
+            Fw[w][tid] = f;
+            L = fmaf(Lw[w][tid], f, L);
+        }
+        Mh[tid] = M;
+        Lh[tid] = L;
+    }
+    __syncthreads();
     for (int i = tid; i < gw * HD; i += DT_THREADS) {
         const int hh = i / HD, d = i - hh * HD;
-        float M = -INFINITY;
+        float O = 0.0f;
 #pragma unroll
-        for (int w = 0; w < DT_WARPS; w++) M = fmaxf(M, Mw[w][hh]);
-        float L = 0.0f, O = 0.0f;
-#pragma unroll
-        for (int w = 0; w < DT_WARPS; w++) {
-            const float f = Mw[w][hh] == -INFINITY ? 0.0f : exp2f(Mw[w][hh] - M);
-            L = fmaf(Lw[w][hh], f, L);
-            O = fmaf(Ow[((size_t)w * DT_HEADS + hh) * HD + d], f, O);
-        }
+        for (int w = 0; w < DT_WARPS; w++)
+            O = fmaf(Ow[((size_t)w * DT_HEADS + hh) * HD + d], Fw[w][hh], O);
         const int h = h0 + hh;
         if (ns == 1) {
-            a.o[(size_t)h * HD + d] = O / L;
+            a.o[(size_t)h * HD + d] = O / Lh[hh];
             continue;
         }
         if (d == 0) {
-            pm[(size_t)h * NS + s] = M;
-            pl[(size_t)h * NS + s] = L;
+            pm[(size_t)h * NS + s] = Mh[hh];
+            pl[(size_t)h * NS + s] = Lh[hh];
         }
         pa[((size_t)h * NS + s) * HD + d] = O;
     }
@@ -343,28 +354,50 @@ bool qg_cu_attn_tc_ok(const qg_cuda_launch *l, qg_dtype cache_type, int hd) {
     return l->o.attn_tc && cache_type == QG_F16 && (hd == 32 || hd == 64 || hd == 96 || hd == 128);
 }
 
+/* Kernel shapes (warps, stages), o.attn_cfg for A/B: 0 (4, 2), 1 (8, 1),
+ * the default, 2 (16, 1), 3 (8, 2).  H100, 30B, tg128 / tg128 at 4096
+ * rows: (4, 2) 369.5 / 330.3, (8, 1) 375.4 / 338.2, (16, 1) 369.9 /
+ * 328.5, (8, 2) 371.8 / 337.4 tok/s (one warp per scheduler left the
+ * walk latency-bound; 16 warps spill). */
+template <int HD>
+static cudaError_t dt_launch(const qg_cuda_launch *l, const at_args &a, int cfg) {
+    const dim3 grid((unsigned)(a.nh / a.gw * a.ns_max));
+    switch (cfg) {
+    case 0: return qg_cu_launch(l, k_attn_decode_tc<HD, 4, 2>, grid, dim3(128), dt_smem(HD, 4, 2), a);
+    case 2: return qg_cu_launch(l, k_attn_decode_tc<HD, 16, 1>, grid, dim3(512), dt_smem(HD, 16, 1), a);
+    case 3: return qg_cu_launch(l, k_attn_decode_tc<HD, 8, 2>, grid, dim3(256), dt_smem(HD, 8, 2), a);
+    default: return qg_cu_launch(l, k_attn_decode_tc<HD, 8, 1>, grid, dim3(256), dt_smem(HD, 8, 1), a);
+    }
+}
+
+template <int HD, int NW, int NST> static cudaError_t dt_prepare1() {
+    return cudaFuncSetAttribute((const void *)k_attn_decode_tc<HD, NW, NST>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(HD, NW, NST));
+}
+
+template <int HD> static cudaError_t dt_prepare() {
+    cudaError_t e = dt_prepare1<HD, 4, 2>();
+    if (e == cudaSuccess) e = dt_prepare1<HD, 8, 1>();
+    if (e == cudaSuccess) e = dt_prepare1<HD, 16, 1>();
+    if (e == cudaSuccess) e = dt_prepare1<HD, 8, 2>();
+    return e;
+}
+
 cudaError_t qg_cu_attention_decode_tc(const qg_cuda_launch *l, const at_args &a, int hd) {
-    const dim3 grid((unsigned)(a.nh / a.gw * a.ns_max)), blk(DT_THREADS);
+    const int cfg = l->o.attn_cfg;
     switch (hd) {
-    case 32: return qg_cu_launch(l, k_attn_decode_tc<32>, grid, blk, dt_smem(32), a);
-    case 64: return qg_cu_launch(l, k_attn_decode_tc<64>, grid, blk, dt_smem(64), a);
-    case 96: return qg_cu_launch(l, k_attn_decode_tc<96>, grid, blk, dt_smem(96), a);
-    case 128: return qg_cu_launch(l, k_attn_decode_tc<128>, grid, blk, dt_smem(128), a);
+    case 32: return dt_launch<32>(l, a, cfg);
+    case 64: return dt_launch<64>(l, a, cfg);
+    case 96: return dt_launch<96>(l, a, cfg);
+    case 128: return dt_launch<128>(l, a, cfg);
     default: return cudaErrorInvalidValue;
     }
 }
 
 cudaError_t qg_cu_attention_prepare(void) {
-    cudaError_t e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<32>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(32));
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<64>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(64));
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<96>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(96));
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<128>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(128));
+    cudaError_t e = dt_prepare<32>();
+    if (e == cudaSuccess) e = dt_prepare<64>();
+    if (e == cudaSuccess) e = dt_prepare<96>();
+    if (e == cudaSuccess) e = dt_prepare<128>();
     return e;
 }

@@ -54,6 +54,8 @@ typedef struct qg_cuda_opts {
     bool attn_tc;     /* decode attention over F16 caches on the f16
                          tensor cores (op_attention_decode_tc.cu); false:
                          the f32 SIMT kernel */
+    int attn_cfg;     /* its shape (A/B, op_attention_decode_tc.cu's
+                         table; -1: the default) */
     int attn_ctas;    /* decode attention: CTAs per multiprocessor the
                          split over cache rows aims at (long contexts) */
     int attn_gw;      /* decode attention: q heads per CTA (A/B; 0: the
