@@ -67,13 +67,16 @@ static qg_test_rng rng_for(int test, int case_id) {
 /* ---- executors -------------------------------------------------------- */
 
 /* EX_ATTN_SIMT: decode attention over F16 caches on the f32 SIMT kernel
- * instead of the tensor-core one (QG_CUDA_ATTN_TC=0). */
-typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_ATTN_SIMT } ex_kind;
+ * instead of the tensor-core one (QG_CUDA_ATTN_TC=0); EX_NORGU: the decode
+ * MoE's router as its own kernel, not folded into gate/up
+ * (QG_CUDA_RGU=0). */
+typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_ATTN_SIMT, EX_NORGU } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
     if (k == EX_F32_PREFILL) setenv("QG_CUDA_F32_PREFILL", "1", 1);
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
     if (k == EX_ATTN_SIMT) setenv("QG_CUDA_ATTN_TC", "0", 1);
+    if (k == EX_NORGU) setenv("QG_CUDA_RGU", "0", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
@@ -81,6 +84,7 @@ static qg_exec ex_new(ex_kind k) {
     unsetenv("QG_CUDA_F32_PREFILL");
     unsetenv("QG_CUDA_FUSE");
     unsetenv("QG_CUDA_ATTN_TC");
+    unsetenv("QG_CUDA_RGU");
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -825,16 +829,18 @@ static void test_moe_fused(void **state) {
  *   r -> matmul(W2, r) -> add(r, .) = s                 (post_add)
  *   s -> rmsnorm -> qkv -> q, k, v                      (pre_norm)
  *   s -> rmsnorm -> lm_head -> logits                   (pre_norm)
- * run on the default executor and on one made with QG_CUDA_FUSE=0: every
- * output bit-identical (the folded kernels compute the same f32 values in
+ * run on the default executor, on one made with QG_CUDA_FUSE=0 and on one
+ * made with QG_CUDA_RGU=0 (the router + top-k as their own kernel, not
+ * folded into the gate/up launch behind a grid barrier): every output
+ * bit-identical (the folded kernels compute the same f32 values in
  * the same order), and the logits near the float64 reference of the chain
  * (|l - ref| <= 1e-4 * sum|w h| + 1e-5: four f32 stages). */
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    enum { NEX = 2 };
-    static const char *const ex_names[NEX] = {"fused", "unfused"};
-    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE)};
+    enum { NEX = 3 };
+    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel"};
+    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NORGU)};
     for (int c = 0; c < 3; c++) {
         void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};

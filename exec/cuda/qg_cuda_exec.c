@@ -1005,6 +1005,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.i8_decode = !env_is("QG_CUDA_I8", "0");
     c->o.prefetch = !env_is("QG_CUDA_PREFETCH", "0");
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
+    c->o.rgu = !env_is("QG_CUDA_RGU", "0");
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);

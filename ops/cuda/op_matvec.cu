@@ -708,7 +708,7 @@ void qg_cu_moe_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
                      int *n_counters) {
     (void)o;
     moe_layout(g, n, b);
-    *n_counters = n->op == QG_OP_MOE_FUSED ? 1 : 0;
+    *n_counters = n->op == QG_OP_MOE_FUSED ? 2 : 0; /* router ticket, or the folded router's barrier */
 }
 
 /* Prefill gate/up over grouped columns: h (F, K*T). */
@@ -786,12 +786,22 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
     cudaError_t e;
     if (qg_cu_decode(l->g)) {
         const int drop = l->o.drop; /* measurement only (qg_cuda_opts.drop) */
-        if (!(drop & QG_CUDA_DROP_ROUTER) &&
-            (e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)))
-            return e;
-        if (!(drop & QG_CUDA_DROP_GU) &&
-            (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
-            return e;
+        /* router + top-k + gate/up in one launch where the shapes allow */
+        e = cudaErrorNotSupported;
+        if (!(drop & (QG_CUDA_DROP_ROUTER | QG_CUDA_DROP_GU)) && l->o.i8_decode &&
+            qg_i8_gu_ok(&g, &u, E)) {
+            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters};
+            e = qg_i8_gu_router(l, &g, &u, &r, E, K, X, x, &rt, s.h, &d);
+            if (e != cudaSuccess && e != cudaErrorNotSupported) return e;
+        }
+        if (e == cudaErrorNotSupported) {
+            if (!(drop & QG_CUDA_DROP_ROUTER) &&
+                (e = router_topk_decode(l, &r, E, K, x, s.logits, ids, wts, l->counters)))
+                return e;
+            if (!(drop & QG_CUDA_DROP_GU) &&
+                (e = gate_up_decode(l, &g, &u, E, K, X, x, ids, s.h, s.g, s.u, &d)))
+                return e;
+        }
         if (drop & QG_CUDA_DROP_DOWN) return cudaSuccess;
         return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
     }

@@ -77,7 +77,7 @@ __device__ __forceinline__ void i8_build(const float *__restrict__ x, int n, int
 
 /* Does the single-read normalized build take an n-element input with nw
  * warps? */
-__device__ __forceinline__ bool i8_build1_ok(int n, int nw) {
+__host__ __device__ __forceinline__ bool i8_build1_ok(int n, int nw) {
     return n <= I8_NWS_MAX && n / 256 <= I8_BUILD_REG * nw && n / 256 <= QG_SUMSQ_CHUNKS;
 }
 
@@ -97,7 +97,8 @@ __device__ __forceinline__ void i8_stage_norm(const float *__restrict__ norm_w, 
  * i8_stage_norm.  cs: QG_SUMSQ_CHUNKS floats.  i8_build1_ok(n, warps)
  * must hold.  Ends with __syncthreads(). */
 __device__ __forceinline__ void i8_build1(const float *__restrict__ x, int n, const float *nws,
-                                          float eps, float *cs, uint8_t *base) {
+                                          float eps, float *cs, uint8_t *base,
+                                          float *xs = nullptr) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int nsb = n / 256;
     float v[I8_BUILD_REG][8];
@@ -129,6 +130,10 @@ __device__ __forceinline__ void i8_build1(const float *__restrict__ x, int n, co
 #pragma unroll
         for (int i = 0; i < 8; i++) e[i] = __fmul_rn(__fmul_rn(v[k][i], scale), nn[i]);
         qg_i8_store_sb(e, sb, base, n);
+        if (xs) {
+            *(float4 *)(xs + 256 * sb + 8 * lane) = make_float4(e[0], e[1], e[2], e[3]);
+            *(float4 *)(xs + 256 * sb + 8 * lane + 4) = make_float4(e[4], e[5], e[6], e[7]);
+        }
     }
     __syncthreads();
 }
@@ -154,9 +159,9 @@ __device__ __forceinline__ bool i8_norm_begin(const float *norm_w, int n, int nw
  * __syncthreads(). */
 __device__ __forceinline__ void i8_build_x(const float *__restrict__ x, int n,
                                            const float *norm_w, float eps, bool one, float *cs,
-                                           uint8_t *img) {
+                                           uint8_t *img, float *xs = nullptr) {
     if (one) {
-        i8_build1(x, n, (const float *)(img + qg_i8_image_bytes(n)), eps, cs, img);
+        i8_build1(x, n, (const float *)(img + qg_i8_image_bytes(n)), eps, cs, img, xs);
         return;
     }
     const float sc = norm_w ? i8_norm_scale(x, n, eps, cs) : 1.0f;
@@ -307,9 +312,10 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
 /* ---- gate / up of the chosen experts -------------------------------------- */
 
 /* Warps [0, NWH) take the gate matrix, [NWH, 2 NWH) the up matrix. */
-__device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int NWH) {
+__device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, const int32_t *ids, int tile,
+                                          int NWH) {
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, k = tile / FT, r0 = I8_TILE * (tile - k * FT);
-    const int e = a.ids ? a.ids[k] : 0;
+    const int e = ids ? ids[k] : 0;
     const bool up = (int)(threadIdx.x >> 5) >= NWH;
     i8_job j = {};
     if (e < 0 || e >= a.X) return j; /* live = false */
@@ -317,40 +323,130 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, int tile, int 
               : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
 }
 
-template <int NWH, int NF, int MINB>
+/* Most experts (router rows) and picks of a folded router. */
+#define GU_RT_XMAX 256
+#define GU_RT_KMAX 32
+/* Threads of a router row's dot product: the router kernel's block
+ * (op_matvec.cu, MV_THREADS), whose summation order the folded router
+ * repeats: thread t takes float4 t, t + 256, ... of the row in order, then
+ * qg_block_sum over 8 warps. */
+#define GU_RT_THREADS 256
+#define GU_RT_V4 4
+
+/* All blocks of the grid meet here (the grid must be co-resident: one
+ * wave); writes before it are visible after it through L2.  bar[0] counts
+ * arrivals (the last arriver restores it to 0), bar[1] is the generation
+ * the others wait on. */
+__device__ __forceinline__ void gu_grid_barrier(int *bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile int *vb = bar;
+        const int gen = vb[1];
+        __threadfence();
+        if (atomicAdd(&bar[0], 1) == (int)gridDim.x - 1) {
+            bar[0] = 0;
+            __threadfence();
+            atomicAdd(&bar[1], 1);
+        } else {
+            while (vb[1] == gen) __nanosleep(32);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+/* RT: the router folded in (qg_i8_router): block b computes router row b
+ * (b < X) over x normalized in f32, all blocks meet at a grid barrier,
+ * and each block picks the experts itself. */
+template <int NWH, int NF, int MINB, bool RT>
 __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[2 * NWH][I8_TILE];
     __shared__ float cs[QG_SUMSQ_CHUNKS];
+    /* folded router: the picks, and the softmax's probabilities */
+    __shared__ int32_t s_ids[RT ? GU_RT_KMAX : 1];
+    __shared__ float s_wts[RT ? GU_RT_KMAX : 1], s_p[RT ? GU_RT_XMAX : 1];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, wi = w >= NWH ? w - NWH : w;
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
+    /* a folded router's row (block b takes row b) goes into registers
+     * before the launch wait (weights are constant) */
+    float4 wr[GU_RT_V4];
+    const bool rrow = RT && (int)blockIdx.x < a.X && threadIdx.x < GU_RT_THREADS;
+    const int nv = a.n / (4 * GU_RT_THREADS);
+    if (rrow) {
+        const float4 *w4 = (const float4 *)((const uint8_t *)a.rt.w + (size_t)blockIdx.x * a.rt.rb);
+#pragma unroll
+        for (int k = 0; k < GU_RT_V4; k++)
+            if (k < nv) wr[k] = __ldg(w4 + threadIdx.x + GU_RT_THREADS * k);
+    }
     const bool one = i8_norm_begin(a.norm_w, a.n, 2 * NWH, img);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[NF];
     i8_job job = {};
-    /* the expert ids are known: the first tile's loads go out before x's
-     * image is built, then the L2 requests for the chosen experts' down
-     * rows (the next kernel's) */
+    const int32_t *ids = a.ids;
+    if (RT) {
+        /* x's image, and x normalized in f32 for the router (the norm
+         * folded in; an unnormalized input is read as it is) */
+        float *xs = a.norm_w ? (float *)(img + i8_img_smem(a.n, true)) : nullptr;
+        i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img, xs);
+        const float *xr = xs ? xs : a.x;
+        float acc = 0.0f;
+        if (rrow) {
+            const float4 *x4 = (const float4 *)xr;
+#pragma unroll
+            for (int k = 0; k < GU_RT_V4; k++) {
+                if (k >= nv) break;
+                const float4 wv = wr[k], v = x4[threadIdx.x + GU_RT_THREADS * k];
+                acc = fmaf(wv.x, v.x, acc);
+                acc = fmaf(wv.y, v.y, acc);
+                acc = fmaf(wv.z, v.z, acc);
+                acc = fmaf(wv.w, v.w, acc);
+            }
+        }
+        /* qg_block_sum over the first 8 warps, as the router kernel sums */
+        acc = qg_warp_sum(acc);
+        if ((threadIdx.x & 31) == 0 && w < GU_RT_THREADS / 32) cs[w] = acc;
+        __syncthreads();
+        if (w == 0 && (int)blockIdx.x < a.X) {
+            float t = (threadIdx.x & 31) < GU_RT_THREADS / 32 ? cs[threadIdx.x & 31] : 0.0f;
+            t = qg_warp_sum(t);
+            if (threadIdx.x == 0) a.rt.logits[blockIdx.x] = t;
+        }
+        gu_grid_barrier(a.rt.bar);
+        if (w == 0) {
+            qg_cu_warp_topk(a.rt.logits, a.X, a.K, s_ids, s_wts, s_p);
+            __syncwarp();
+            if (blockIdx.x == 0 && (int)threadIdx.x < a.K) {
+                a.rt.ids[threadIdx.x] = s_ids[threadIdx.x];
+                a.rt.wts[threadIdx.x] = s_wts[threadIdx.x];
+            }
+        }
+        __syncthreads();
+        ids = s_ids;
+    }
+    /* the expert ids are known: the first tile's loads go out (before x's
+     * image is built when the router is not folded), then the L2 requests
+     * for the chosen experts' down rows (the next kernel's) */
     if (tile < T) {
-        job = gu8_job(a, tile, NWH);
+        job = gu8_job(a, ids, tile, NWH);
         i8_job_load(job, f, wi, NWH, nsb);
     }
     if (a.pf_down)
         for (int k = 0; k < a.K; k++) {
-            const int e = a.ids[k];
+            const int e = ids[k];
             if (e >= 0 && e < a.X) qg_prefetch_grid(a.pf_down + (size_t)e * a.pf_es, a.pf_es);
         }
-    i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img);
+    if (!RT) i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
     for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
         i8_job_dot(job, f, wi, NWH, nsb, xv, ag, ag8);
         const int k = tile / FT, r0 = I8_TILE * (tile - k * FT);
-        const int e = a.ids ? a.ids[k] : 0;
+        const int e = ids ? ids[k] : 0;
         const bool ok = e >= 0 && e < a.X;
         if (tile + (int)gridDim.x < T) {
-            job = gu8_job(a, tile + gridDim.x, NWH);
+            job = gu8_job(a, ids, tile + gridDim.x, NWH);
             i8_job_load(job, f, wi, NWH, nsb);
         }
         i8_warp_rows(ag, ag8, red[w]);
@@ -569,16 +665,61 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
     switch (l->o.i8_gu_cfg) { /* an explicit shape (QG_CUDA_I8_GU, for A/B) */
-    case 0: return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
-    case 1: return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
-    case 2: return i8_launch(l, k_gu8<8, 2, 1>, 512, smem, T, 2, a);
-    case 3: return i8_launch(l, k_gu8<4, 2, 1>, 256, smem, T, 3, a);
-    case 4: return i8_launch(l, k_gu8<2, 2, 2>, 128, smem, T, 6, a);
+    case 0: return i8_launch(l, k_gu8<4, 1, 2, false>, 256, smem, T, 4, a);
+    case 1: return i8_launch(l, k_gu8<8, 1, 1, false>, 512, smem, T, 2, a);
+    case 2: return i8_launch(l, k_gu8<8, 2, 1, false>, 512, smem, T, 2, a);
+    case 3: return i8_launch(l, k_gu8<4, 2, 1, false>, 256, smem, T, 3, a);
+    case 4: return i8_launch(l, k_gu8<2, 2, 2, false>, 128, smem, T, 6, a);
     default: break;
     }
-    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2>, 256, smem, T, 4, a);
-    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1>, 512, smem, T, 2, a);
-    return i8_launch(l, k_gu8<8, 2, 1>, 512, smem, T, 2, a);
+    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, false>, 256, smem, T, 4, a);
+    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, false>, 512, smem, T, 2, a);
+    return i8_launch(l, k_gu8<8, 2, 1, false>, 512, smem, T, 2, a);
+}
+
+cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up,
+                            const qg_cu_mat *router, int n, int K, int X, const float *x,
+                            const qg_i8_router *rt, float *h, const qg_cu_mat *pf_down) {
+    if (!l->o.rgu || !l->o.i8_fit || router->type != QG_F32 || router->m != X ||
+        n % (4 * GU_RT_THREADS) || n > 4 * GU_RT_V4 * GU_RT_THREADS || X > GU_RT_XMAX ||
+        K > GU_RT_KMAX)
+        return cudaErrorNotSupported;
+    qg_i8_gu_args a = {};
+    a.wg = gate->w;
+    a.wu = up->w;
+    a.rbg = gate->rb;
+    a.rbu = up->rb;
+    a.esg = gate->es;
+    a.esu = up->es;
+    a.tg = gate->type;
+    a.tu = up->type;
+    a.n = n;
+    a.F = gate->m;
+    a.K = K;
+    a.X = X;
+    a.x = x;
+    a.norm_w = l->pre_norm;
+    a.eps = l->pre_eps;
+    a.h = h;
+    if (l->o.prefetch && pf_down) {
+        a.pf_down = pf_down->w;
+        a.pf_es = pf_down->es;
+    }
+    a.rt = *rt;
+    a.rt.w = (const float *)router->w;
+    a.rt.rb = router->rb;
+    const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
+    /* the gate/up kernel's default shapes (qg_i8_gu), each block normalizing
+     * x in one read (x in f32 after the image) */
+    const int nw = nsb <= 4 ? 8 : 16;
+    if (a.norm_w && !i8_build1_ok(n, nw)) return cudaErrorNotSupported;
+    const size_t smem = i8_img_smem(n, a.norm_w != nullptr) + (a.norm_w ? sizeof(float) * (size_t)n : 0);
+    void (*k)(qg_i8_gu_args) = nsb <= 4   ? k_gu8<4, 1, 2, true>
+                               : nsb <= 8 ? k_gu8<8, 1, 1, true>
+                                          : k_gu8<8, 2, 1, true>;
+    const int grid = i8_grid(l, k, 32 * nw, smem, T, nsb <= 4 ? 4 : 2);
+    if (grid < X) return cudaErrorNotSupported; /* a block per router row */
+    return qg_cu_launch(l, k, dim3(grid), dim3(32 * nw), smem, a);
 }
 
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K) {

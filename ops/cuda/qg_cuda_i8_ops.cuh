@@ -31,6 +31,20 @@ struct qg_i8_mv_args {
     const float *add;    /* residual of matrix 0, or NULL */
 };
 
+/* The decode MoE's router, folded into the gate/up launch: F32 rows
+ * (X of n floats, rb bytes apart) over the (normalized) input, the logits
+ * to scratch, a grid-wide barrier, then every block takes the softmax /
+ * top-k / renormalize itself (qg_cu_warp_topk: the bits of the separate
+ * router kernel) and block 0 writes ids and weights for the down kernel. */
+struct qg_i8_router {
+    const float *w;
+    size_t rb;
+    float *logits;   /* (X) scratch */
+    int32_t *ids;    /* (K) out */
+    float *wts;      /* (K) out */
+    int *bar;        /* 2 zeroed counters: the barrier's arrivals, generation */
+};
+
 struct qg_i8_gu_args {
     const uint8_t *wg, *wu;
     size_t rbg, rbu, esg, esu;
@@ -45,6 +59,8 @@ struct qg_i8_gu_args {
                                expert e at pf_down + e * pf_es), the chosen
                                ones asked of L2; NULL: none */
     size_t pf_es;
+    qg_i8_router rt;      /* router folded in (rt.w non-NULL): ids are
+                             computed by the kernel itself */
 };
 
 struct qg_i8_dn_args {
@@ -74,6 +90,14 @@ bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n);
 cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up, int n,
                      int K, int X, const float *x, const int32_t *ids, float *h,
                      const qg_cu_mat *pf_down);
+/* The same with the router folded in (ids computed on the device, see
+ * qg_i8_router; x is the router's input).  Returns cudaErrorNotSupported,
+ * launching nothing, when this shape cannot take it (router not F32 or its
+ * rows not register-sized, more experts than blocks, one-wave grids off):
+ * then run the router kernel and qg_i8_gu. */
+cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up,
+                            const qg_cu_mat *router, int n, int K, int X, const float *x,
+                            const qg_i8_router *rt, float *h, const qg_cu_mat *pf_down);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
  * y NaN. */

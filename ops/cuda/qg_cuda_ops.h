@@ -71,6 +71,8 @@ typedef struct qg_cuda_opts {
                          kernel) */
     bool i8_fit;      /* decode products: grids no larger than the blocks
                          the device holds at once (one wave) */
+    bool rgu;         /* decode MoE: the router and its top-k folded into
+                         the gate/up launch (op_matvec_i8.cu, needs i8_fit) */
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
