@@ -128,9 +128,22 @@ __global__ void __launch_bounds__(NW * 32) k_attn_decode_tc(at_args a) {
      * before this one (its new row is replaced from shared memory below),
      * so the first tiles go out before the wait for the previous kernel;
      * otherwise the rope / append kernel before it writes row pn */
-    if (live && a.rope)
+    /* the rope's constants (q and k norm weights, position pn's cos | sin
+     * row) staged in shared memory ahead of the tiles, before the wait */
+    __shared__ __align__(16) float s_qn[HD], s_kn[HD], s_cs[HD];
+    const int pn = rows - 1;
+    const bool cs_row = a.rope && a.cs && pn >= 0 && pn < a.ncs;
+    if (live && a.rope) {
+        for (int i = tid; i < 3 * HD / 4; i += DT_THREADS) {
+            const int m = i / (HD / 4), c = i - m * (HD / 4);
+            if (m == 2 && !cs_row) continue;
+            const float *src = m == 0 ? a.qn : m == 1 ? a.kn : a.cs + (size_t)pn * HD;
+            qg_cp_async16((m == 0 ? s_qn : m == 1 ? s_kn : s_cs) + 4 * c, src + 4 * c);
+        }
+        qg_cp_commit();
 #pragma unroll
         for (int k = 0; k < NST; k++) fetch(warp + k * DT_WARPS, k);
+    }
     qg_pdl_wait();
     if (!live) return;
     if (!a.rope)
@@ -139,16 +152,18 @@ __global__ void __launch_bounds__(NW * 32) k_attn_decode_tc(at_args a) {
 
     /* q of the slot's heads (rope folded in: normalized and rotated here,
      * and this step's K/V row kept rounded as the cache stores it) */
-    const int pn = rows - 1;
     const bool has_new = a.rope && pn >= j0 && pn < j1;
     if (a.rope) {
+        dt_cp_wait<NST>(); /* this thread's staging copies (the tiles may fly) */
+        __syncthreads();
+        const float *csp = cs_row ? s_cs : nullptr;
         for (int hh = warp; hh < gw; hh += DT_WARPS)
-            warp_rope<half>(a.rq + (size_t)(h0 + hh) * HD, a.qn, a.freq, a.cs, a.ncs, HD, a.eps, pn,
-                            false, Qs[hh]);
+            warp_rope_row<half>(a.rq + (size_t)(h0 + hh) * HD, s_qn, a.freq, csp, HD, a.eps, pn,
+                                false, Qs[hh]);
         if (has_new) {
             if (warp == DT_WARPS - 1)
-                warp_rope<half>(a.rk + (size_t)kvh * HD, a.kn, a.freq, a.cs, a.ncs, HD, a.eps, pn,
-                                true, Kn);
+                warp_rope_row<half>(a.rk + (size_t)kvh * HD, s_kn, a.freq, csp, HD, a.eps, pn, true,
+                                    Kn);
             if (warp == DT_WARPS - 2)
                 for (int i = lane; i < HD; i += 32) {
                     half t;

@@ -333,24 +333,36 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, const int32_t 
 #define GU_RT_THREADS 256
 #define GU_RT_V4 4
 
+/* A grid barrier's generation word (bar[1]), read before the block
+ * arrives (it cannot change until every block has arrived, this one
+ * included), so that the wait needs no read of its own first. */
+__device__ __forceinline__ int gu_bar_gen(const int *bar) {
+    int g;
+    asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(g) : "l"(bar + 1) : "memory");
+    return g;
+}
+
 /* All blocks of the grid meet here (the grid must be co-resident: one
- * wave); writes before it are visible after it through L2.  bar[0] counts
- * arrivals (the last arriver restores it to 0), bar[1] is the generation
- * the others wait on. */
-__device__ __forceinline__ void gu_grid_barrier(int *bar) {
+ * wave); what a block wrote before it is visible to every block after it.
+ * gen: gu_bar_gen() of this barrier, read by thread 0 earlier.  bar[0]
+ * counts arrivals (an acquire-release add, cumulative over the block's
+ * writes ordered by the block barrier); the last arriver restores it to 0
+ * and bumps the generation bar[1] with a release add, which the others
+ * spin on with acquire loads. */
+__device__ __forceinline__ void gu_grid_barrier(int *bar, int gen) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        volatile int *vb = bar;
-        const int gen = vb[1];
-        __threadfence();
-        if (atomicAdd(&bar[0], 1) == (int)gridDim.x - 1) {
-            bar[0] = 0;
-            __threadfence();
-            atomicAdd(&bar[1], 1);
+        int old;
+        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(bar) : "memory");
+        if (old == (int)gridDim.x - 1) {
+            asm volatile("st.relaxed.gpu.global.s32 [%0], 0;" ::"l"(bar) : "memory");
+            asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(bar + 1) : "memory");
         } else {
-            while (vb[1] == gen) __nanosleep(32);
+            int g;
+            do {
+                asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(g) : "l"(bar + 1) : "memory");
+            } while (g == gen);
         }
-        __threadfence();
     }
     __syncthreads();
 }
@@ -386,6 +398,7 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     i8_job job = {};
     const int32_t *ids = a.ids;
     if (RT) {
+        const int gen = threadIdx.x == 0 ? gu_bar_gen(a.rt.bar) : 0;
         /* x's image, and x normalized in f32 for the router (the norm
          * folded in; an unnormalized input is read as it is) */
         float *xs = a.norm_w ? (float *)(img + i8_img_smem(a.n, true)) : nullptr;
@@ -413,7 +426,7 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
             t = qg_warp_sum(t);
             if (threadIdx.x == 0) a.rt.logits[blockIdx.x] = t;
         }
-        gu_grid_barrier(a.rt.bar);
+        gu_grid_barrier(a.rt.bar, gen);
         if (w == 0) {
             qg_cu_warp_topk(a.rt.logits, a.X, a.K, s_ids, s_wts, s_p);
             __syncwarp();

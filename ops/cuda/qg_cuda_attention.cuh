@@ -48,17 +48,37 @@ __device__ __forceinline__ void rope_angle(const float *csp, const double *freq,
  * shared or global), k_rope's arithmetic exactly; round: each output
  * rounded as the cache stores it (CT), for this step's K row. */
 template <typename CT>
+__device__ __forceinline__ void warp_rope_row(const float *__restrict__ src,
+                                              const float *__restrict__ w,
+                                              const double *__restrict__ freq,
+                                              const float *__restrict__ csp, int hd, float eps,
+                                              int p, bool round, float *dst);
+
+template <typename CT>
 __device__ __forceinline__ void warp_rope(const float *__restrict__ src, const float *__restrict__ w,
                                           const double *__restrict__ freq,
                                           const float *__restrict__ cs, int ncs, int hd, float eps,
                                           int p, bool round, float *dst) {
+    warp_rope_row<CT>(src, w, freq, cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr, hd,
+                      eps, p, round, dst);
+}
+
+/* warp_rope with position p's row of the cos | sin table given (csp, hd
+ * floats, or NULL: float64 sincos), wherever it lives (the decode kernels
+ * stage it and the norm weights w in shared memory before the launch
+ * wait). */
+template <typename CT>
+__device__ __forceinline__ void warp_rope_row(const float *__restrict__ src,
+                                              const float *__restrict__ w,
+                                              const double *__restrict__ freq,
+                                              const float *__restrict__ csp, int hd, float eps,
+                                              int p, bool round, float *dst) {
     const int lane = threadIdx.x & 31;
     float ss = 0.0f;
     for (int i = lane; i < hd; i += 32) ss = fmaf(src[i], src[i], ss);
     ss = qg_warp_sum(ss);
     const float scale = 1.0f / sqrtf(ss / (float)hd + eps);
     const int half = hd / 2;
-    const float *csp = cs && p >= 0 && p < ncs ? cs + (size_t)p * hd : nullptr;
     for (int r = lane; r < half; r += 32) {
         const float y0 = __fmul_rn(__fmul_rn(src[r], scale), w[r]);
         const float y1 = __fmul_rn(__fmul_rn(src[r + half], scale), w[r + half]);
