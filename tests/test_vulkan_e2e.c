@@ -26,9 +26,9 @@
  * through the executor interface with the Khronos validation layer
  * (synchronization validation included) that requires zero messages and
  * checks the per-node timestamps of a profiled step, and the decode folds
- * (test_decode_folds: norms, residual adds, the MoE top-k and the rope
- * riding in the neighbouring products give the same bytes as their own
- * dispatches, and save the dispatches and barriers they should).
+ * (test_decode_folds: norms, residual adds and the MoE top-k riding in
+ * the neighbouring products give the same bytes as their own dispatches,
+ * and save the dispatches and barriers they should).
  * The oracle is required unless QG_ALLOW_NO_ORACLE=1; a Vulkan device is
  * required unless QG_ALLOW_NO_VULKAN=1; without a Vulkan build the test
  * skips and says why.  Files, references, logits and the per-file bound are
@@ -267,21 +267,19 @@ static float *decode_steps(const qg_exec *e, qg_graph *g, const qg_e2e_file *f, 
     return out;
 }
 
-/* The decode graph of preset/ftype (caches of kv_type) on two Vulkan
- * executors over the same device, decode folds on (validated, with synchronization validation
+/* The decode graph of preset/ftype on two Vulkan executors over the same
+ * device, decode folds on (validated, with synchronization validation
  * unless under AddressSanitizer) and off (QG_VK_FOLD=0), with subgroup or
  * shared-memory reductions: every step's logits byte for byte the same
  * (the folded norms sum in rmsnorm.comp's order, the folded adds are
- * add.comp's, the folded top-k is topk.comp's qg_topk.glsl, the rope
- * folded into the attention is rope_kv.comp's qg_ropehead.glsl), within
- * the per-file bound of the float64 reference, zero validation messages,
- * and each fold present: per layer the norm dispatches (and their
- * barriers) are gone, and the top-k's and rope_kv's, plus the output
- * norm's; `saved_per_layer` says how many per layer (4 for qwen3moe: two
- * norms, the top-k and rope_kv; 2 for qwen3, whose FFN norm feeds the
- * dense swiglu and keeps its dispatch). */
+ * add.comp's, the folded top-k is topk.comp's qg_topk.glsl), within the
+ * per-file bound of the float64 reference, zero validation messages, and
+ * each fold present: per layer the norm dispatches (and their barriers)
+ * are gone, and the top-k's, plus the output norm's; `saved_per_layer`
+ * says how many per layer (3 for qwen3moe: two norms and the top-k; 1 for
+ * qwen3, whose FFN norm feeds the dense swiglu and keeps its dispatch). */
 static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool no_subgroup,
-                      qg_dtype kv_type, int saved_per_layer) {
+                      int saved_per_layer) {
     qg_e2e_file f;
     qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
     qg_error err = {0};
@@ -299,7 +297,7 @@ static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &ex[i], &err)) fail_msg("vulkan: %s", err.msg);
     if (qg_exec_cpu_new(&eo, &ex[2], &err)) fail_msg("cpu: %s", err.msg);
     const qg_build_opts bo = {.phase = QG_PHASE_DECODE, .n_tok_max = 1, .n_ctx = N_CTX,
-                              .kv_type = kv_type};
+                              .kv_type = QG_F16};
     qg_graph *g = qg_model_build_graph(f.m, &bo, &err);
     if (!g) fail_msg("build: %s", err.msg);
     const qg_exec sched[2] = {ex[0], ex[2]};
@@ -312,9 +310,8 @@ static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool
     const int nd_on = qg_exec_vulkan_counts(&ex[0], g, &nb_on);
     const int nd_off = qg_exec_vulkan_counts(&ex[1], g, &nb_off);
     for (int i = 0; i < g->n_nodes; i++) n_layer += g->nodes[i].op == QG_OP_QKV;
-    printf("  %-10s %-7s %s, %s cache: folds on %d dispatches, %d barriers; off %d, %d\n",
-           preset, ftype, no_subgroup ? "shared-memory" : "subgroups",
-           kv_type == QG_F16 ? "F16" : "F32", nd_on, nb_on, nd_off, nb_off);
+    printf("  %-10s %-7s %s: folds on %d dispatches, %d barriers; off %d, %d\n", preset, ftype,
+           no_subgroup ? "shared-memory" : "subgroups", nd_on, nb_on, nd_off, nb_off);
     const int saved = saved_per_layer * n_layer + 1; /* + the output norm */
     assert_true(n_layer > 0);
     assert_int_equal(nd_off - nd_on, saved);
@@ -339,11 +336,11 @@ static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool
 static void test_decode_folds(void **state) {
     (void)state;
     need_vulkan();
-    fold_case("tiny", "q4_k_m", 600, false, QG_F16, 4);
-    fold_case("tiny", "q4_k_m", 601, true, QG_F16, 4);
-    fold_case("small", "q8_0", 602, false, QG_F32, 4);
-    fold_case("small", "f32", 603, true, QG_F32, 4);
-    fold_case("tiny-dense", "q4_k_m", 604, false, QG_F16, 2);
+    fold_case("tiny", "q4_k_m", 600, false, 3);
+    fold_case("tiny", "q4_k_m", 601, true, 3);
+    fold_case("small", "q8_0", 602, false, 3);
+    fold_case("small", "f32", 603, true, 3);
+    fold_case("tiny-dense", "q4_k_m", 604, false, 1);
 }
 
 /* No device index past the list; a clear error. */

@@ -236,10 +236,4 @@ int qg_vk_fold_add_resid(const qg_graph *g, int pi, int end);
  * graphs within qg_topk.glsl's limits on device d. */
 bool qg_vk_fold_topk(const qg_vk_dev *d, const qg_graph *g, const qg_node *n);
 
-/* Does rope node ni fold into the attention at ni + 1 (< end), which it
- * already fuses with (qg_vk_record_node)?  True in decode graphs when the
- * attention is the only reader of the roped q and k: one attention
- * dispatch ropes them and appends k and v (attention.comp's ROPE). */
-bool qg_vk_fold_rope(const qg_graph *g, int ni, int end);
-
 #endif

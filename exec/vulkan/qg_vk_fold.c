@@ -14,14 +14,7 @@
  *                         the softmax and top-k on the logits the others
  *                         wrote (ops/vulkan/qg_topk.glsl, topk.comp's
  *                         code and order), so the expert swiglu waits on
- *                         one barrier less;
- *   rope -> attention     the attention (already fused with its rope:
- *                         qg_vk_record_node) normalizes and rotates its q
- *                         head and its kv head's k itself
- *                         (ops/vulkan/qg_ropehead.glsl, rope_kv.comp's
- *                         order), uses this step's k and v rows from
- *                         shared memory and writes them to the caches:
- *                         the rope_kv dispatch and its barrier are gone.
+ *                         one barrier less.
  *
  * Only in decode graphs (one token: the products are matvecs with one
  * column), only between neighbours of one partition, and only where the
@@ -103,17 +96,4 @@ bool qg_vk_fold_topk(const qg_vk_dev *d, const qg_graph *g, const qg_node *n) {
     /* qg_topk.glsl: X <= 512, K <= 64; matmul.comp's 128 invocations in at
      * most 64 subgroups */
     return X <= 512 && K >= 1 && K <= 64 && K <= X && (!d->subgroup || d->sg_size >= 2);
-}
-
-bool qg_vk_fold_rope(const qg_graph *g, int ni, int end) {
-    if (g->n_tok_max != 1 || ni + 1 >= end) return false;
-    const qg_node *r = &g->nodes[ni], *a = &g->nodes[ni + 1];
-    if (r->op != QG_OP_ROPE || a->op != QG_OP_ATTENTION) return false;
-    const qg_tensor *T = g->tensors;
-    /* the roped q and k are not written at all: the attention is their
-     * only reader; the rope table has a row for every cache row */
-    for (int i = 0; i < 2; i++)
-        if (T[r->out[i]].role != QG_ROLE_ACT || readers(g, r->out[i]) != 1) return false;
-    return a->in[0] == r->out[0] && a->in[1] == r->out[1] && a->in[5] == r->in[4] &&
-           T[a->in[3]].ne[1] == g->n_ctx && r->p.head_dim <= 256 && r->p.head_dim % 2 == 0;
 }

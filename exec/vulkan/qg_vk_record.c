@@ -5,12 +5,11 @@
  * A node becomes one or more dispatches (qkv: three matmuls; attention:
  * kv_append then attention; moe_fused: see rec_moe_fused), two node
  * pairs fuse (see qg_vk_record_node), and in decode graphs norms,
- * residual adds, the MoE top-k and the rope fold into the neighbouring
- * products and the attention (qg_vk_fold.c, rec_product, rec_moe_fused,
- * rec_attention): a qwen3moe decode layer is 8 dispatches in 6 barrier
- * stages (qkv x3 with the attn norm | attention with the rope and the
- * append | attn output + add | router with the ffn norm and the top-k |
- * expert swiglu | aggregate + add), against 12 in 10 with QG_VK_FOLD=0.  Dispatches are
+ * residual adds and the MoE top-k fold into the neighbouring products
+ * (qg_vk_fold.c, rec_product, rec_moe_fused): a qwen3moe decode layer is
+ * 9 dispatches in 7 barrier stages (qkv x3 | rope_kv | attention | attn
+ * output + add | router with the ffn norm and the top-k | expert swiglu |
+ * aggregate + add), against 12 in 10 with QG_VK_FOLD=0.  Dispatches are
  * recorded for the worst case (g->n_tok_max tokens); the shaders read the live token count
  * from the step buffer (binding 0), and in prefill graphs the token
  * dimension's workgroup count is rewritten per step (indirect dispatch),
@@ -440,10 +439,8 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     tok_groups(d, r->c->g->n_tok_max, 1, 1);
 }
 
-/* attention node nd: kv_append (when append), then attention; rope: the
- * rope node before it, folded in (qg_vk_fold_rope: the attention ropes q
- * and k itself and appends k and v; append is false then). */
-static void rec_attention(rec *r, const qg_node *nd, bool append, const qg_node *rope) {
+/* attention node nd: kv_append (when append), then attention. */
+static void rec_attention(rec *r, const qg_node *nd, bool append) {
     const qg_tensor *T = r->c->g->tensors;
     const qg_op_params *p = &nd->p;
     const uint32_t f16 = T[nd->in[3]].type == QG_F16, dkv = (uint32_t)T[nd->in[3]].ne[0];
@@ -464,28 +461,17 @@ static void rec_attention(rec *r, const qg_node *nd, bool append, const qg_node 
         d->groups[1] = 2;
         tok_groups(d, Tm, 1, 1);
     }
-    QG_ASSERT(!rope || (!append && Tm == 1));
     d = new_dispatch(r, QG_VK_ATTENTION);
     d->spec[1] = f16;
-    d->spec[2] = rope != NULL;
-    const qg_vk_loc q = tloc(r, rope ? rope->in[0] : nd->in[0]);
-    bind(d, q, false);
-    bind(d, tloc(r, nd->in[3]), rope != NULL); /* rope: this step's rows written */
-    bind(d, tloc(r, nd->in[4]), rope != NULL);
+    bind(d, tloc(r, nd->in[0]), false);
+    bind(d, tloc(r, nd->in[3]), false);
+    bind(d, tloc(r, nd->in[4]), false);
     bind(d, tloc(r, nd->in[5]), false);
     bind(d, tloc(r, nd->out[0]), true);
-    /* rope: k (not roped), v, the norm weights, the cos/sin table; else
-     * stand-ins (q) the shader never touches */
-    bind(d, rope ? tloc(r, rope->in[1]) : q, false);
-    bind(d, rope ? tloc(r, nd->in[2]) : q, false);
-    bind(d, rope ? tloc(r, rope->in[2]) : q, false);
-    bind(d, rope ? tloc(r, rope->in[3]) : q, false);
-    bind(d, rope ? r->c->rope_table(r->c->self, rope) : q, false);
     push(d, (uint32_t)p->head_dim);
     push(d, (uint32_t)p->n_head);
     push(d, (uint32_t)p->n_head_kv);
     push(d, C);
-    pushf(d, rope ? rope->p.eps : 0.0f);
     d->groups[0] = (uint32_t)p->n_head;
     d->groups[1] = 1;
     tok_groups(d, Tm, 1, 1);
@@ -710,10 +696,6 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
     case QG_OP_MOE_FUSED:
         return rec_product(&r, ni, end, -1);
     case QG_OP_ROPE:
-        if (fused && c->fold && qg_vk_fold_rope(g, ni, end)) { /* one dispatch for both */
-            rec_attention(&r, next, false, nd);
-            return 2;
-        }
         d = new_dispatch(&r, fused ? QG_VK_ROPE_KV : QG_VK_ROPE);
         for (int i = 0; i < 5; i++) bind(d, IN(i), false);
         bind(d, c->rope_table(c->self, nd), false);
@@ -735,10 +717,10 @@ int qg_vk_record_node(const qg_vk_rec_ctx *c, int ni, int end, qg_vk_dispatch **
         tok_groups(d, (int)Tm, 1, 1);
         if (!fused) return 1;
         r.node = ni + 1;
-        rec_attention(&r, next, false, NULL);
+        rec_attention(&r, next, false);
         return 2;
     case QG_OP_ATTENTION:
-        rec_attention(&r, nd, true, NULL);
+        rec_attention(&r, nd, true);
         return 1;
     case QG_OP_SWIGLU:
         rec_swiglu(&r, TIN(1), IN(1), TIN(2), IN(2), IN(0), OUT(0), false, c->step, 0, 0);

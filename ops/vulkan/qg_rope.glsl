@@ -3,9 +3,7 @@
  * body of rope.comp (APPEND 0) and rope_kv.comp (APPEND 1).
  *
  * Workgroup (gl_WorkGroupID.x = j, .z = token t): head j of q for j < nh,
- * head j - nh of k otherwise.  y = x / sqrt(mean(x^2) + eps) * norm_w
- * (qg_ropehead.glsl: one fixed order, shared with the decode attention
- * that folds the rope in),
+ * head j - nh of k otherwise.  y = x / sqrt(mean(x^2) + eps) * norm_w,
  * then pairs (r, r + hd/2) rotate by the angle of position pos[t]:
  * cos and sin come from the executor's table cs (hd, n_ctx), row p =
  * cos(p * theta^(-2r/hd)) for r < hd/2, then the sines, computed in
@@ -45,7 +43,7 @@ layout(push_constant) uniform PC {
     uint n_ctx;
 } pc;
 
-#include "qg_ropehead.glsl"
+#include "qg_reduce.glsl"
 
 void main() {
     const uint j = gl_WorkGroupID.x, t = gl_WorkGroupID.z;
@@ -54,6 +52,7 @@ void main() {
     const bool isq = j < pc.nh;
     const uint base = isq ? t * pc.nh * pc.hd + j * pc.hd : t * pc.nkv * pc.hd + (j - pc.nh) * pc.hd;
     float x0[2], x1[2];
+    float s = 0.0;
     for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         x0[u] = 0.0;
@@ -62,17 +61,19 @@ void main() {
             x0[u] = isq ? q[base + r] : k[base + r];
             x1[u] = isq ? q[base + r + half_] : k[base + r + half_];
         }
+        s += x0[u] * x0[u] + x1[u] * x1[u];
     }
-    const float scale = qg_rope_scale(x0, x1, pc.hd, pc.eps);
+    const float scale = 1.0 / sqrt(wg_sum(s) / float(pc.hd) + pc.eps);
     const int p = pos[t];
     const bool bad = p < 0 || uint(p) >= pc.n_ctx;
     const uint co = bad ? 0u : uint(p) * pc.hd;
     for (uint u = 0u; u < 2u; u++) {
         const uint r = l + u * WG;
         if (r >= half_) continue;
-        float o0, o1;
-        qg_rope_pair(x0[u], x1[u], scale, isq ? qn[r] : kn[r], isq ? qn[r + half_] : kn[r + half_],
-                     cs[co + r], cs[co + half_ + r], o0, o1);
+        const float y0 = x0[u] * scale * (isq ? qn[r] : kn[r]);
+        const float y1 = x1[u] * scale * (isq ? qn[r + half_] : kn[r + half_]);
+        const float c = cs[co + r], sn = cs[co + half_ + r];
+        float o0 = y0 * c - y1 * sn, o1 = y0 * sn + y1 * c;
         if (bad) o0 = o1 = uintBitsToFloat(0x7fc00000u);
         if (isq) {
             qo[base + r] = o0;
