@@ -7,9 +7,8 @@
  *                     set layouts, pipelines cached by (shader, constants)
  *   qg_vk_record.c    the one switch over ops: which nodes are supported,
  *                     and each node as a list of dispatches
- *   qg_vk_fold.c      which decode-graph norms, residual adds and top-ks
- *                     fold into a neighbouring product (no dispatch of
- *                     their own)
+ *   qg_vk_fold.c      which decode-graph norms and residual adds fold into
+ *                     a neighbouring product (no dispatch of their own)
  *   qg_vk_exec.c      the executor vtable: compile (upload, plan buffers,
  *                     record one command buffer per partition), run
  *                     (resubmit), tensor_set / tensor_get, profiling
@@ -230,10 +229,5 @@ bool qg_vk_fold_norm(const qg_vk_dev *d, const qg_graph *g, int ni, int end);
  * product's output (an activation of the add's shape).  Returns the add's
  * other input (the residual), or -1. */
 int qg_vk_fold_add_resid(const qg_graph *g, int pi, int end);
-
-/* Does moe_fused node n's top-k fold into its router matmul (the last
- * workgroup chooses the experts; matmul.comp's TOPK)?  True in decode
- * graphs within qg_topk.glsl's limits on device d. */
-bool qg_vk_fold_topk(const qg_vk_dev *d, const qg_graph *g, const qg_node *n);
 
 #endif

@@ -490,10 +490,6 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         goto out;
     }
     memset(vg->io.map, 0, vg->io.size);
-    /* moe_fused's top-k ticket (qg_vk_fold_topk) starts at 0; the router's
-     * last workgroup puts it back to 0 every time */
-    if (g->n_tok_max == 1 && (st = qg_vk_fill(&x->d, &vg->scratch, 0, vg->scratch.size, 0, err)))
-        goto out;
 
     /* nodes -> dispatches */
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},

@@ -8,13 +8,7 @@
  *                         workgroup in qg_norm.glsl's fixed order, so the
  *                         values are rmsnorm.comp's bit for bit;
  *   product -> add        the product (matmul, moe_fused's aggregate)
- *                         writes y + residual into the add's output;
- *   router -> topk        moe_fused's router matmul: the last of its
- *                         workgroups to finish (an atomic ticket) runs
- *                         the softmax and top-k on the logits the others
- *                         wrote (ops/vulkan/qg_topk.glsl, topk.comp's
- *                         code and order), so the expert swiglu waits on
- *                         one barrier less.
+ *                         writes y + residual into the add's output.
  *
  * Only in decode graphs (one token: the products are matvecs with one
  * column), only between neighbours of one partition, and only where the
@@ -29,10 +23,9 @@
 #include "qg_vk.h"
 
 /* Shared memory of matmul.comp besides the staged column (qg_rows.glsl's
- * 16 x 128 partials and 128 results, qg_norm.glsl's 136 floats,
- * qg_topk.glsl's 392 and a flag), rounded up: the column fits if 4 n +
- * this <= the device's limit. */
-#define MATMUL_SHARED_BYTES 12288u
+ * 16 x 128 partials and 128 results, qg_norm.glsl's 136 floats), rounded
+ * up: the column fits if 4 n + this <= the device's limit. */
+#define MATMUL_SHARED_BYTES 10240u
 
 /* How many nodes read tensor t (a node reading it twice counts once). */
 static int readers(const qg_graph *g, int t) {
@@ -88,12 +81,4 @@ int qg_vk_fold_add_resid(const qg_graph *g, int pi, int end) {
     for (int d = 0; d < 4; d++)
         if (T[y].ne[d] != T[a->in[k]].ne[d] || T[y].ne[d] != T[a->out[0]].ne[d]) return -1;
     return a->in[k];
-}
-
-bool qg_vk_fold_topk(const qg_vk_dev *d, const qg_graph *g, const qg_node *n) {
-    if (g->n_tok_max != 1 || n->op != QG_OP_MOE_FUSED) return false;
-    const int64_t X = g->tensors[n->in[1]].ne[1], K = g->tensors[n->out[1]].ne[0];
-    /* qg_topk.glsl: X <= 512, K <= 64; matmul.comp's 128 invocations in at
-     * most 64 subgroups */
-    return X <= 512 && K >= 1 && K <= 64 && K <= X && (!d->subgroup || d->sg_size >= 2);
 }

@@ -4,13 +4,13 @@
  *
  * A node becomes one or more dispatches (qkv: three matmuls; attention:
  * kv_append then attention; moe_fused: see rec_moe_fused), two node
- * pairs fuse (see qg_vk_record_node), and in decode graphs norms,
- * residual adds and the MoE top-k fold into the neighbouring products
- * (qg_vk_fold.c, rec_product, rec_moe_fused): a qwen3moe decode layer is
- * 9 dispatches in 7 barrier stages (qkv x3 | rope_kv | attention | attn
- * output + add | router with the ffn norm and the top-k | expert swiglu |
- * aggregate + add), against 12 in 10 with QG_VK_FOLD=0.  Dispatches are
- * recorded for the worst case (g->n_tok_max tokens); the shaders read the live token count
+ * pairs fuse (see qg_vk_record_node), and in decode graphs norms and
+ * residual adds fold into the neighbouring products (qg_vk_fold.c,
+ * rec_product): a qwen3moe decode layer is 10 dispatches in 8 barrier
+ * stages (qkv x3 | rope_kv | attention | attn output + add | router with
+ * the ffn norm | topk | expert swiglu | aggregate + add), against 12 in
+ * 10 with QG_VK_FOLD=0.  Dispatches are recorded for the
+ * worst case (g->n_tok_max tokens); the shaders read the live token count
  * from the step buffer (binding 0), and in prefill graphs the token
  * dimension's workgroup count is rewritten per step (indirect dispatch),
  * so the recorded command buffer never changes.
@@ -140,9 +140,7 @@ static moe_scratch moe_scratch_of(const qg_graph *g, const qg_node *n) {
     const size_t Tm = (size_t)g->n_tok_max, A = K * Tm;
     moe_scratch m = {0};
     m.logits = 0;
-    /* logits, then a word: the ticket of the router's folded top-k
-     * (qg_vk_fold_topk; 0 between dispatches) */
-    m.h = qg_align_up(4 * X * Tm + 4, 256);
+    m.h = qg_align_up(4 * X * Tm, 256);
     m.total = m.h + qg_align_up(4 * F * A, 256);
     if (Tm > 1) {
         m.max_tiles = (uint32_t)((A + MOE_NT - 1) / MOE_NT + X);
@@ -202,18 +200,9 @@ typedef struct xfold {
     qg_vk_loc nout; /* store: there (the rmsnorm's output) */
     bool resid;     /* y = res + the product: a residual add folded in */
     qg_vk_loc res;  /* resid */
-    bool topk;      /* y are a router's logits, then a zero word (the
-                       ticket); its last workgroup runs the top-k */
-    qg_vk_loc ids, wts; /* topk: the choice (k) */
-    uint32_t k;     /* topk: experts chosen */
 } xfold;
 
 static const xfold NO_FOLD;
-
-/* Do two locations share bytes? */
-static bool overlap(qg_vk_loc a, qg_vk_loc b) {
-    return a.buf == b.buf && a.off < b.off + b.range && b.off < a.off + a.range;
-}
 
 static void push(qg_vk_dispatch *d, uint32_t v) {
     QG_ASSERT(d->push_bytes + 4 <= QG_VK_PUSH_BYTES);
@@ -315,8 +304,7 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
                        bool last_only, const xfold *f) {
     const int Tm = r->c->g->n_tok_max;
-    QG_ASSERT(Tm == 1 || (!f->norm && !f->resid && !f->topk));
-    QG_ASSERT(!f->topk || (!last_only && !f->resid));
+    QG_ASSERT(Tm == 1 || (!f->norm && !f->resid));
     if (Tm > 1 && !last_only) {
         rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
         return;
@@ -337,7 +325,6 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[6] = f->resid;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
     d->spec[8] = f->norm ? (uint32_t)(wt->ne[0] / 4) : 1; /* XN4 */
-    d->spec[9] = f->topk;
     bind(d, w, false);
     bind(d, x, false);
     bind(d, y, true);
@@ -345,21 +332,13 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     bind(d, f->norm ? f->nw : x, false);
     bind(d, f->norm && f->store ? f->nout : y, true);
     bind(d, f->resid ? f->res : x, false);
-    bind(d, f->topk ? f->ids : y, true);
-    bind(d, f->topk ? f->wts : y, true);
     row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
-    QG_ASSERT(!f->topk || (d->groups[1] == 1 && y.range >= 4 * (VkDeviceSize)wt->ne[1] + 4));
-    /* the choice is written while other workgroups still read: it may
-     * share no bytes with another binding */
-    for (int i = 1; f->topk && i < d->n_bind - 2; i++)
-        QG_ASSERT(!overlap(d->b[i], f->ids) && !overlap(d->b[i], f->wts));
     push(d, (uint32_t)wt->ne[0]);
     push(d, (uint32_t)wt->ne[1]);
     push(d, row_bytes(wt));
     push(d, last_only ? 1 : 0);
     push(d, d->groups[0]);
     pushf(d, f->eps);
-    push(d, f->k);
     if (last_only) d->groups[2] = 1;
     else tok_groups(d, Tm, 1, NT);
 }
@@ -481,9 +460,7 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
  * column per chosen expert), aggregate; with the folds f: the router
  * normalizes x's source column and stores it in x (the dropped rmsnorm's
  * output) for the expert swiglu, and the aggregate writes y + residual
- * into y (the folded add's output); with the decode folds on, the top-k
- * rides in the router's last workgroup (qg_vk_fold_topk), no dispatch of
- * its own.  Multi-token graphs: router
+ * into y (the folded add's output).  Multi-token graphs: router
  * (gemm), topk, moe_sort (assignments grouped by expert, tiles of up to
  * MOE_NT), gemm_swiglu_moe and gemm_moe over the tiles (indirect
  * dispatches sized by moe_sort, each expert's weights read once per tile),
@@ -503,13 +480,10 @@ static void rec_moe_fused(rec *r, const qg_node *nd, qg_vk_loc x_src, qg_vk_loc 
     const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
     const qg_vk_loc x = tloc(r, nd->in[0]);
     const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
-    const bool tk = r->c->fold && qg_vk_fold_topk(r->c->d, g, nd);
-    const xfold fr = {.norm = f->norm, .nw = f->nw, .eps = f->eps, .store = f->norm, .nout = x,
-                      .topk = tk, .ids = ids, .wts = wts, .k = (uint32_t)K};
+    const xfold fr = {.norm = f->norm, .nw = f->nw, .eps = f->eps, .store = f->norm, .nout = x};
     const xfold fa = {.resid = f->resid, .res = f->res};
-    const qg_vk_loc lt = {logits.buf, logits.off, logits.range + 4}; /* and the ticket */
-    rec_matmul(r, rt, tloc(r, nd->in[1]), x_src, tk ? lt : logits, false, &fr);
-    if (!tk) rec_topk(r, logits, X, K, ids, wts);
+    rec_matmul(r, rt, tloc(r, nd->in[1]), x_src, logits, false, &fr);
+    rec_topk(r, logits, X, K, ids, wts);
     if (Tm == 1) {
         rec_swiglu(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, true, ids, K, X);
         rec_aggregate(r, dt, tloc(r, nd->in[4]), h, ids, wts, y, K, &fa);
@@ -553,6 +527,11 @@ static void rec_moe_fused(rec *r, const qg_node *nd, qg_vk_loc x_src, qg_vk_loc 
     d->groups[0] = div_up((uint64_t)E, 256);
     d->groups[1] = 1;
     tok_groups(d, Tm, 1, 1);
+}
+
+/* Do two locations share bytes? */
+static bool overlap(qg_vk_loc a, qg_vk_loc b) {
+    return a.buf == b.buf && a.off < b.off + b.range && b.off < a.off + a.range;
 }
 
 /* Product node pi (qkv, matmul, router, lm_head, moe_fused) with its

@@ -9,10 +9,10 @@
  *                        checks every barrier between dispatches)
  *   QG_VK_NO_SUBGROUP=1  use the shared-memory reduction shaders even where
  *                        the device has subgroup arithmetic
- *   QG_VK_FOLD=0         no decode folds: every rmsnorm, residual add and
- *                        MoE top-k of a decode graph gets a dispatch of
- *                        its own instead of riding in the neighbouring
- *                        product (the same bits either way; for A/B)
+ *   QG_VK_FOLD=0         no decode folds: every rmsnorm and residual add of
+ *                        a decode graph gets a dispatch of its own instead
+ *                        of riding in the neighbouring product (the same
+ *                        bits either way; for A/B)
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.

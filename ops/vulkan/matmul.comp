@@ -21,24 +21,8 @@
  *     (the rmsnorm's output, which a later dispatch reads);
  *   RESID = 1: y = r + W x, r (m, T) at binding 6: the residual add that
  *     was the product's only reader (add.comp's f32 add).
- *   TOPK = 1: the router of a decode MoE layer with the top-k folded in
- *     (one column, y the logits (X)): every workgroup writes its logits
- *     through the coherent alias, and the last workgroup to finish (an
- *     atomic ticket: the word after the logits, which that workgroup puts
- *     back to 0)
- *     runs qg_topk.glsl on all X of them, writing the expert ids
- *     (binding 7) and weights (binding 8) as topk.comp would, bit for bit.
- *     Memory order: a workgroup barrier with device-scope release on
- *     buffer memory makes every invocation's logits available before
- *     invocation 0 takes its ticket (an acquire-release atomic at device
- *     scope); the last workgroup's second barrier (device-scope acquire)
- *     makes all of them visible to its invocations, which read them
- *     through the `coherent` alias.
- * Unused fold bindings are bound to x (4, 6) and y (5, 7, 8) and never
- * touched (stand-ins of read-write bindings would look written to the
- * synchronization validation: the ticket lives in y's binding).
+ * Unused fold bindings are bound to x (4, 6) and y (5) and never touched.
  */
-#extension GL_KHR_memory_scope_semantics : require
 #include "qg_common.glsl"
 
 layout(constant_id = 0) const uint WG = 128u;
@@ -51,7 +35,6 @@ layout(constant_id = 5) const uint NORM = 0u;
 layout(constant_id = 6) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u; /* NORM: n / 4 */
-layout(constant_id = 9) const uint TOPK = 0u;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -63,10 +46,6 @@ layout(std430, binding = 3) writeonly buffer YBuf { float y[]; };      /* (m, T)
 layout(std430, binding = 4) readonly buffer NBuf { vec4 xn_w4[]; };    /* (n) NORM */
 layout(std430, binding = 5) writeonly buffer NOBuf { vec4 xn_out4[]; };/* (n) NORM == 2 */
 layout(std430, binding = 6) readonly buffer RBuf { float res[]; };     /* (m, T) RESID */
-layout(std430, binding = 3) coherent buffer YBufC { float qg_tk_lg[]; };/* (m) TOPK: y */
-layout(std430, binding = 3) coherent buffer YBufT { uint tk_word[]; };  /* TOPK: y, word m the ticket */
-layout(std430, binding = 7) writeonly buffer IBuf { int qg_tk_ids[]; }; /* (k) TOPK */
-layout(std430, binding = 8) writeonly buffer KBuf { float qg_tk_wts[]; };/* (k) TOPK */
 
 layout(push_constant) uniform PC {
     uint n;         /* elements per row, a multiple of 32 */
@@ -75,7 +54,6 @@ layout(push_constant) uniform PC {
     uint last_only;
     uint gx;        /* workgroups along x */
     float eps;      /* NORM */
-    uint k;         /* TOPK: experts chosen */
 } pc;
 
 #define DQ_FN dq_w
@@ -86,10 +64,8 @@ layout(push_constant) uniform PC {
 #include "qg_rows.glsl"
 #include "qg_norm.glsl"
 #include "qg_xnorm.glsl"
-#include "qg_topk.glsl"
 
-/* y = W x (+ the folds) for this workgroup's rows and columns. */
-void product() {
+void main() {
     const uint G = qg_rows_G(), NR = G * RPT, g = qg_rows_g(), lane = qg_rows_lane();
     const uint lanes = qg_rows_lanes();
     const uint r0 = (gl_WorkGroupID.y * pc.gx + gl_WorkGroupID.x) * NR;
@@ -144,35 +120,7 @@ void product() {
         if (r < pc.m && t < nc) {
             /* v ends in an add (or a subgroup sum): nothing to contract */
             const float v = qg_rows_sum(acc, j, gg);
-            if (TOPK != 0u) qg_tk_lg[r] = v; /* one column (decode) */
-            else y[yc * pc.m + r] = RESID != 0u ? res[yc * pc.m + r] + v : v;
+            y[yc * pc.m + r] = RESID != 0u ? res[yc * pc.m + r] + v : v;
         }
     }
-}
-
-shared bool tk_last;
-
-/* TOPK: take a ticket after this workgroup's logits are written; the last
- * workgroup puts the ticket back to 0 and chooses the experts.  Every
- * invocation calls it. */
-void topk_tail() {
-    controlBarrier(gl_ScopeWorkgroup, gl_ScopeDevice,
-                   gl_StorageSemanticsBuffer | gl_StorageSemanticsShared,
-                   gl_SemanticsAcquireRelease);
-    if (gl_LocalInvocationIndex == 0u) {
-        const uint n = gl_NumWorkGroups.x * gl_NumWorkGroups.y * gl_NumWorkGroups.z;
-        const uint t = atomicAdd(tk_word[pc.m], 1u, gl_ScopeDevice, gl_StorageSemanticsBuffer,
-                                 gl_SemanticsAcquireRelease);
-        tk_last = t == n - 1u;
-        if (tk_last) tk_word[pc.m] = 0u; /* every other workgroup has taken its ticket */
-    }
-    controlBarrier(gl_ScopeWorkgroup, gl_ScopeDevice,
-                   gl_StorageSemanticsBuffer | gl_StorageSemanticsShared,
-                   gl_SemanticsAcquireRelease);
-    if (tk_last) qg_topk(0u, pc.m, pc.k, 0u);
-}
-
-void main() {
-    product(); /* returns early (whole workgroups) past the rows or columns */
-    if (TOPK != 0u) topk_tail();
 }
