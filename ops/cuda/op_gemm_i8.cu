@@ -335,15 +335,18 @@ __device__ __forceinline__ int i8g_job(const i8g_args &a, int *tile) {
 }
 
 /* The CTA's BN columns: s_img[j] the image column (a live one, also past
- * the end), s_y[j] the output column or -1; *e the expert (0: dense).
- * false: no work (uniform over the block; nothing written). */
+ * the end), s_y[j] the output column or -1; *e the expert (0: dense);
+ * *nlive (when given) the live columns, a prefix: n-tiles past it need no
+ * work.  false: no work (uniform over the block; nothing written). */
 template <int BN>
-__device__ __forceinline__ bool i8g_columns(const i8g_args &a, int *s_img, int *s_y, int *e) {
+__device__ __forceinline__ bool i8g_columns(const i8g_args &a, int *s_img, int *s_y, int *e,
+                                            int *nlive = nullptr) {
     if (a.tiles) {
         if ((int)blockIdx.y >= a.tiles[0]) return false;
         const int32_t *tl = a.tiles + 1 + 3 * blockIdx.y;
         const int off = tl[1], cnt = tl[2];
         *e = tl[0];
+        if (nlive) *nlive = min(cnt, BN);
         for (int j = threadIdx.x; j < BN; j += blockDim.x) {
             const int as = a.asg[off + (j < cnt ? j : 0)];
             s_img[j] = as / a.xdiv;
@@ -353,6 +356,7 @@ __device__ __forceinline__ bool i8g_columns(const i8g_args &a, int *s_img, int *
         const int nt = a.step[QG_STEP_N_TOK], c0 = blockIdx.y * BN;
         if (c0 >= nt) return false;
         *e = 0;
+        if (nlive) *nlive = min(nt - c0, BN);
         for (int j = threadIdx.x; j < BN; j += blockDim.x) {
             s_img[j] = min(c0 + j, nt - 1);
             s_y[j] = c0 + j < nt ? c0 + j : -1;
@@ -550,17 +554,19 @@ __host__ __device__ constexpr int i8a_smem(int dt, int warps) { return 2 * i8a_s
 __host__ __device__ constexpr int i8a_bm(bool dual, int warps) { return dual ? 8 * warps : 16 * warps; }
 
 /* Copy super-block sb of the CTA's operands into stage st (commits one
- * cp.async group).  w / w2: the CTA's matrices (expert applied), rows
- * row0.. (clamped to m - 1). */
+ * cp.async group): the first ncb columns (the live n-tiles') and all the
+ * weight rows.  w / w2: the CTA's matrices (expert applied), rows row0..
+ * (clamped to m - 1). */
 template <int DT, bool DUAL, int W>
 __device__ __forceinline__ void i8a_stage(const i8g_args &a, const uint8_t *w, size_t rb,
                                           const uint8_t *w2, size_t rb2, int m, int row0,
-                                          const int *s_img, size_t cb, int sb, uint8_t *st) {
+                                          const int *s_img, size_t cb, int sb, int ncb,
+                                          uint8_t *st) {
     constexpr int NT = 32 * W, NR = 16 * W, BM = i8a_bm(DUAL, W), ALD = i8a_ald(DT), ACH = i8a_ach(DT);
     constexpr int BS = DT == QG_Q4_K ? 144 : 210;
     uint8_t *sp = st, *ss = st + I8A_BN * I8A_BLD, *sc = ss + I8A_BN * 32, *sa = st + i8a_bbytes();
     const size_t sums = (size_t)3 * a.n, scl = sums + (size_t)a.n / 8;
-    for (int i = threadIdx.x; i < I8A_BN * 51; i += NT) {
+    for (int i = threadIdx.x; i < ncb * 51; i += NT) { /* the live n-tiles' columns */
         const int c = i / 51, k = i - c * 51;
         const uint8_t *col = a.img + (size_t)s_img[c] * cb;
         if (k < 48)
@@ -582,7 +588,8 @@ __device__ __forceinline__ void i8a_stage(const i8g_args &a, const uint8_t *w, s
 
 template <int DT, bool DUAL, int W>
 __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, int e, int tile,
-                                         const int *s_img, const int *s_y, float *s_up, uint8_t *smem) {
+                                         const int *s_img, const int *s_y, int nlive, float *s_up,
+                                         uint8_t *smem) {
     constexpr int NW = I8A_BN / 8, BM = i8a_bm(DUAL, W), ALD = i8a_ald(DT);
     constexpr int SS = i8a_stage_bytes(DT, W), BS = DT == QG_Q4_K ? 144 : 210;
     using frag = typename std::conditional<DT == QG_Q4_K, i8g_q4, i8g_q6>::type;
@@ -603,15 +610,18 @@ __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, in
     }
     const size_t cb = qg_i8p_col_bytes(a.n);
     const int NSB = a.n / 256;
+    /* n-tiles with a live column (grouped tiles are often part-full): the
+     * others are neither staged nor multiplied */
+    const int nnt = (nlive + 7) / 8, ncb = 8 * nnt;
     float acc[NW][4];
 #pragma unroll
     for (int j = 0; j < NW; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
-    i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, 0, smem);
+    i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, 0, ncb, smem);
     for (int sb = 0; sb < NSB; sb++) {
         if (sb + 1 < NSB)
-            i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, sb + 1,
+            i8a_stage<DT, DUAL, W>(a, w, M.rb, w2, a.rb2, M.m, row0, s_img, cb, sb + 1, ncb,
                                    smem + ((sb + 1) & 1) * SS);
         else
             qg_cp_commit(); /* an empty group: "all but the latest" is then super-block sb */
@@ -630,6 +640,7 @@ __device__ __forceinline__ void i8a_body(const i8g_args &a, const i8g_mat &M, in
             i8g_frag<true>(f, ra, ra8, h); /* the shared-memory copies */
 #pragma unroll
             for (int j = 0; j < NW; j++) {
+                if (j >= nnt) break; /* uniform over the block */
                 const int c0 = 8 * j + 2 * t;
                 const uint8_t *bp = sp + (8 * j + g) * I8A_BLD + 384 * h + 8 * t;
                 const float sx[2] = {sc[4 * c0 + (sb & 3)], sc[4 * c0 + 4 + (sb & 3)]};
@@ -659,15 +670,15 @@ __global__ void __launch_bounds__(32 * W, 16 / W) k_gemm_i8a(i8g_args a) {
     __shared__ int s_img[I8A_BN], s_y[I8A_BN];
     __shared__ float s_up[DUAL ? 4 * (I8A_BN / 8) * 4 * 32 : 1];
     qg_pdl_wait();
-    int e = 0, tile = 0;
+    int e = 0, tile = 0, nlive = I8A_BN;
     const int mi = i8g_job(a, &tile);
-    if (!i8g_columns<I8A_BN>(a, s_img, s_y, &e)) return;
+    if (!i8g_columns<I8A_BN>(a, s_img, s_y, &e, &nlive)) return;
     __syncthreads();
     const i8g_mat &M = a.mt[mi];
     if (DT == QG_Q4_K || (DT == I8G_MIXED && M.type == QG_Q4_K))
-        i8a_body<QG_Q4_K, DUAL, W>(a, M, e, tile, s_img, s_y, s_up, smem);
+        i8a_body<QG_Q4_K, DUAL, W>(a, M, e, tile, s_img, s_y, nlive, s_up, smem);
     else
-        i8a_body<QG_Q6_K, DUAL, W>(a, M, e, tile, s_img, s_y, s_up, smem);
+        i8a_body<QG_Q6_K, DUAL, W>(a, M, e, tile, s_img, s_y, nlive, s_up, smem);
 }
 
 /* ---- host side ------------------------------------------------------------ */
