@@ -1009,6 +1009,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
+    c->o.i8_head_cfg = env_int("QG_CUDA_I8_HEAD", -1, 0, 5);
     c->o.attn_tc = !env_is("QG_CUDA_ATTN_TC", "0");
     c->o.attn_cfg = env_int("QG_CUDA_ATTN_CFG", -1, 0, 3);
     c->o.attn_gw = env_int("QG_CUDA_ATTN_GW", 0, 1, 8);

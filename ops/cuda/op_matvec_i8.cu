@@ -623,7 +623,8 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
      * cannot hold the input takes the two-pass build and leaves it unused */
     const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
     const bool head = nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132);
-    switch (head ? -1 : l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1]) { /* an explicit shape (QG_CUDA_I8_MV, for A/B) */
+    /* an explicit shape (QG_CUDA_I8_MV / _MV16 / _HEAD, for A/B) */
+    switch (head ? l->o.i8_head_cfg : l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1]) {
     case 0: return i8_launch(l, k_mv8<4, 1, 3>, 128, smem, T, 6, a);
     case 1: return i8_launch(l, k_mv8<4, 2, 3>, 128, smem, T, 3, a);
     case 2: return i8_launch(l, k_mv8<8, 1, 2>, 256, smem, T, 4, a);

@@ -76,6 +76,7 @@ typedef struct qg_cuda_opts {
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
+    int i8_head_cfg;  /* the output head's shape (many tiles), likewise */
     int drop;         /* measurement only (QG_CUDA_DEBUG_DROP): decode
                          kernels left out of the step, bits QG_CUDA_DROP_*;
                          the output is then wrong, the time it saves is
