@@ -66,10 +66,6 @@ __device__ __forceinline__ void qg_cp16_zfill(half *dst, const half *src, int sr
                  "l"(src), "r"(src_bytes)
                  : "memory");
 }
-/* Wait until at most one of this thread's cp.async groups is pending. */
-__device__ __forceinline__ void qg_cp_wait_but_one() {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
-}
 
 __device__ __forceinline__ uint32_t qg_h2_bits(half2 h) { return *(uint32_t *)&h; }
 
