@@ -70,13 +70,21 @@ static qg_test_rng rng_for(int test, int case_id) {
  * instead of the tensor-core one (QG_CUDA_ATTN_TC=0); EX_NORGU: the decode
  * MoE's router as its own kernel, not folded into gate/up
  * (QG_CUDA_RGU=0). */
-typedef enum ex_kind { EX_DEFAULT, EX_F32_PREFILL, EX_NOFUSE, EX_ATTN_SIMT, EX_NORGU } ex_kind;
+typedef enum ex_kind {
+    EX_DEFAULT,
+    EX_F32_PREFILL,
+    EX_NOFUSE,
+    EX_ATTN_SIMT,
+    EX_NORGU,
+    EX_STAGED /* decode products with weights staged in shared memory (QG_CUDA_STAGED=31) */
+} ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
     if (k == EX_F32_PREFILL) setenv("QG_CUDA_F32_PREFILL", "1", 1);
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
     if (k == EX_ATTN_SIMT) setenv("QG_CUDA_ATTN_TC", "0", 1);
     if (k == EX_NORGU) setenv("QG_CUDA_RGU", "0", 1);
+    if (k == EX_STAGED) setenv("QG_CUDA_STAGED", "31", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
@@ -85,6 +93,7 @@ static qg_exec ex_new(ex_kind k) {
     unsetenv("QG_CUDA_FUSE");
     unsetenv("QG_CUDA_ATTN_TC");
     unsetenv("QG_CUDA_RGU");
+    unsetenv("QG_CUDA_STAGED");
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -829,28 +838,38 @@ static void test_moe_fused(void **state) {
  *   r -> matmul(W2, r) -> add(r, .) = s                 (post_add)
  *   s -> rmsnorm -> qkv -> q, k, v                      (pre_norm)
  *   s -> rmsnorm -> lm_head -> logits                   (pre_norm)
- * run on the default executor, on one made with QG_CUDA_FUSE=0 and on one
+ * run on the default executor, on one made with QG_CUDA_FUSE=0, on one
  * made with QG_CUDA_RGU=0 (the router + top-k as their own kernel, not
- * folded into the gate/up launch behind a grid barrier): every output
- * bit-identical (the folded kernels compute the same f32 values in
- * the same order), and the logits near the float64 reference of the chain
- * (|l - ref| <= 1e-4 * sum|w h| + 1e-5: four f32 stages). */
+ * folded into the gate/up launch behind a grid barrier; the down kernel
+ * then reads the ids after its launch wait) and on one made with
+ * QG_CUDA_STAGED=31 (weights staged in shared memory, op_matvec_i8s.cu,
+ * the down kernel reading the ids before the gate/up kernel ends, instead
+ * of held in registers, op_matvec_i8.cu): every output bit-identical
+ * (the folded kernels compute the same f32 values in the same order), and
+ * the logits near the float64 reference of the chain (|l - ref| <= 1e-4 *
+ * sum|w h| + 1e-5: four f32 stages).  Case 3 has the 30B's shapes where
+ * they decide the staged kernels' layout (F = 768, K = 8: three gate/up
+ * tiles a block; q of 4096 rows: three qkv tiles a block; down rows of
+ * 630 bytes copied as whole tiles). */
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    enum { NEX = 3 };
-    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel"};
-    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NORGU)};
-    for (int c = 0; c < 3; c++) {
+    enum { NEX = 4 };
+    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel", "staged"};
+    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NORGU),
+                        ex_new(EX_STAGED)};
+    for (int c = 0; c < 4; c++) {
         void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};
         for (int e = 0; e < NEX; e++) {
             qg_test_rng r = rng_for(17, c); /* same weights and inputs on every executor */
             /* E = 2048: the folded router takes its register path */
-            const int64_t E = 2048, F = 256, Dq = 128, Dkv = 64, V = 300;
-            const int X = 8, K = 2;
+            const bool big = c == 3;
+            const int64_t E = 2048, F = big ? 768 : 256, Dq = big ? 4096 : 128;
+            const int64_t Dkv = big ? 512 : 64, V = 300;
+            const int X = big ? 16 : 8, K = big ? 8 : 2;
             qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
-            const qg_dtype wt = c == 0 ? QG_Q4_K : c == 1 ? QG_Q8_0 : QG_F16;
+            const qg_dtype wt = c == 0 || big ? QG_Q4_K : c == 1 ? QG_Q8_0 : QG_F16;
             const int x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, E, 1, 1);
             const int n1 = qg_optest_add_weight(&f, "n1", QG_F32, 1, E, 1, 1, &r, 2.0f);
             const int n2 = qg_optest_add_weight(&f, "n2", QG_F32, 1, E, 1, 1, &r, 2.0f);
@@ -878,7 +897,8 @@ static void test_fold(void **state) {
             const int v = qg_optest_add_tensor(&f, "v", QG_F32, QG_ROLE_OUTPUT, 2, Dkv, 1, 1);
             const int lg = qg_optest_add_tensor(&f, "logits", QG_F32, QG_ROLE_OUTPUT, 2, V, 1, 1);
             qg_op_params p = {.eps = 1e-6f, .n_expert = X, .n_expert_used = K, .head_dim = 64,
-                              .n_head = 2, .n_head_kv = 1, .only_last = true};
+                              .n_head = (int)(Dq / 64), .n_head_kv = (int)(Dkv / 64),
+                              .only_last = true};
             qg_optest_add_node(&f, QG_OP_RMSNORM, "n1", (int[]){x, n1}, 2, (int[]){h1}, 1, &p);
             qg_optest_add_node(&f, QG_OP_MOE_FUSED, "moe", (int[]){h1, gi, gw, uw, dw}, 5,
                                (int[]){ym, ids, wts}, 3, &p);

@@ -1006,6 +1006,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.prefetch = !env_is("QG_CUDA_PREFETCH", "0");
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
     c->o.rgu = !env_is("QG_CUDA_RGU", "0");
+    c->o.staged = prop.major >= 9 ? env_int("QG_CUDA_STAGED", 0, 0, 63) : 0;
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
@@ -1032,13 +1033,14 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
         fprintf(stderr,
                 "cuda: device %d: %s, compute %d.%d, %d SMs, %.1f GiB; graphs %s, fusion %s, "
                 "programmatic dependent launch %s, prefill products %s, decode products %s, "
-                "L2 prefetch of the chosen down rows %s, one-wave decode grids %s\n",
+                "L2 prefetch of the chosen down rows %s, one-wave decode grids %s, "
+                "staged decode products 0x%x\n",
                 dev, c->name, prop.major, prop.minor, prop.multiProcessorCount,
                 prop.totalGlobalMem / 1073741824.0, c->use_graphs ? "on" : "off",
                 c->fuse ? "on" : "off", c->o.pdl ? "on" : "off",
                 c->o.f32_prefill ? "f32" : "f16 tensor cores",
                 c->o.i8_decode ? "integer tensor cores (Q4_K, Q6_K)" : "f32",
-                c->o.prefetch ? "on" : "off", c->o.i8_fit ? "on" : "off");
+                c->o.prefetch ? "on" : "off", c->o.i8_fit ? "on" : "off", c->o.staged);
     if (c->log && (c->o.i8_mv_cfg[0] >= 0 || c->o.i8_mv_cfg[1] >= 0 || c->o.i8_gu_cfg >= 0))
         fprintf(stderr, "cuda: decode product shapes mv %d / %d, gate-up %d (-1: default)\n",
                 c->o.i8_mv_cfg[0], c->o.i8_mv_cfg[1], c->o.i8_gu_cfg);

@@ -541,6 +541,7 @@ template <typename CT> static cudaError_t attention_t(const qg_cuda_launch *l) {
         a.nsp = (QG_MAX(a.ns_max, attn_ns_lo(p, &l->o)) + 3) / 4 * 4;
         a.min_chunk = attn_chunk_tc(&l->o);
         a.sl2 = (float)(1.4426950408889634 / sqrt((double)hd));
+        a.early = (l->o.staged & QG_CUDA_STAGED_EARLY) != 0;
         e = qg_cu_attention_decode_tc(l, a, hd);
     } else if (T == 1) {
         a.gw = attn_gw(p, &l->o);

@@ -48,6 +48,7 @@
  * staged tile in place of the cache row (which may not be written yet),
  * and the first CTA of the kv head holding that row appends it.
  */
+#include "qg_cuda_bulk.cuh"
 #include "qg_cuda_attention.cuh"
 #include "qg_cuda_mma_f16.cuh"
 
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(NW * 32) k_attn_decode_tc(at_args a) {
 
     const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5, tid = (int)threadIdx.x;
     const int g = lane >> 2, c4 = lane & 3;
+    if (a.early) qg_pdl_launch_next(); /* the output projection stages its weights */
     /* pos is a step input (copied in before the step): readable before
      * the wait */
     const int rows = a.pos[0] + 1, gw = a.gw, nsx = a.ns_max;
@@ -385,9 +387,18 @@ static cudaError_t dt_launch(const qg_cuda_launch *l, const at_args &a, int cfg)
     }
 }
 
+/* The dynamic shared memory, and the largest carveout: the staged decode
+ * products around this kernel ask for it too (op_matvec_i8s.cu), so their
+ * blocks can share a multiprocessor with this kernel's. */
 template <int HD, int NW, int NST> static cudaError_t dt_prepare1() {
-    return cudaFuncSetAttribute((const void *)k_attn_decode_tc<HD, NW, NST>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dt_smem(HD, NW, NST));
+    cudaError_t e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<HD, NW, NST>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)dt_smem(HD, NW, NST));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute((const void *)k_attn_decode_tc<HD, NW, NST>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 cudaSharedmemCarveoutMaxShared);
+    return e;
 }
 
 template <int HD> static cudaError_t dt_prepare() {

@@ -456,9 +456,9 @@ __global__ void __launch_bounds__(MV_THREADS) k_down(dn_args a) {
 
 static cudaError_t down_decode(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K,
                                int X, const float *h, const int32_t *ids, const float *wts,
-                               const float *add, float *y) {
+                               const float *add, float *y, int *flag = nullptr) {
     if (l->o.i8_decode && qg_i8_dn_ok(down, F, K))
-        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y);
+        return qg_i8_dn(l, down, F, K, X, h, ids, wts, add, y, flag);
     if (K > DN_KMAX) return cudaErrorInvalidValue;
     dn_args a = {down->w, down->rb, down->es, F, down->m, K, X, h, ids, wts, add, y};
     const bool hs = K * F <= DN_HS_MAX;
@@ -708,7 +708,9 @@ void qg_cu_moe_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
                      int *n_counters) {
     (void)o;
     moe_layout(g, n, b);
-    *n_counters = n->op == QG_OP_MOE_FUSED ? 2 : 0; /* router ticket, or the folded router's barrier */
+    /* router ticket, or the folded router's barrier; the staged down
+     * kernel's ids flag (op_matvec_i8s.cu) */
+    *n_counters = n->op == QG_OP_MOE_FUSED ? 4 : 0;
 }
 
 /* Prefill gate/up over grouped columns: h (F, K*T). */
@@ -788,11 +790,20 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
         const int drop = l->o.drop; /* measurement only (qg_cuda_opts.drop) */
         /* router + top-k + gate/up in one launch where the shapes allow */
         e = cudaErrorNotSupported;
+        /* the staged down kernel reads the folded router's ids before the
+         * gate/up kernel ends (a flag in counters 2, 3) */
+        int *flag = !(drop & QG_CUDA_DROP_DOWN) && l->o.i8_decode &&
+                            (l->o.staged & QG_CUDA_STAGED_FLAG) && qg_i8s_dn_ok(l, &d, F, K)
+                        ? l->counters + 2
+                        : nullptr;
         if (!(drop & (QG_CUDA_DROP_ROUTER | QG_CUDA_DROP_GU)) && l->o.i8_decode &&
             qg_i8_gu_ok(&g, &u, E)) {
-            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters};
+            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters, flag};
             e = qg_i8_gu_router(l, &g, &u, &r, E, K, X, x, &rt, s.h, &d);
             if (e != cudaSuccess && e != cudaErrorNotSupported) return e;
+            if (e == cudaErrorNotSupported) flag = nullptr;
+        } else {
+            flag = nullptr;
         }
         if (e == cudaErrorNotSupported) {
             if (!(drop & QG_CUDA_DROP_ROUTER) &&
@@ -803,7 +814,7 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
                 return e;
         }
         if (drop & QG_CUDA_DROP_DOWN) return cudaSuccess;
-        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y);
+        return down_decode(l, &d, F, K, X, s.h, ids, wts, l->post_add, y, flag);
     }
     if ((e = qg_cu_product(l, &r, 1, E, x, E, false, nullptr))) return e;
     if ((e = qg_cu_topk_raw(l, s.logits, X, K, ids, wts))) return e;

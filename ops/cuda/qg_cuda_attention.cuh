@@ -123,6 +123,8 @@ struct at_args {
     int ncs;
     float eps;
     void *kcw, *vcw; /* the caches, for the append */
+    bool early;      /* tensor-core kernel: let the next kernel launch at
+                        each block's start (o.staged == 1) */
 };
 
 /* Decode attention on the f16 tensor cores (op_attention_decode_tc.cu):

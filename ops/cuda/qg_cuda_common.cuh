@@ -94,6 +94,11 @@ __device__ __forceinline__ void qg_prefetch_l2(const void *p, size_t bytes) {
 #endif
 }
 
+/* Shared-memory address of a generic pointer into shared memory. */
+__device__ __forceinline__ uint32_t qg_smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
 /* ---- asynchronous copies (sm_80+) --------------------------------------
  * 16 bytes global -> shared without passing through registers; both
  * addresses 16-byte aligned.  A thread's copies are complete after

@@ -180,14 +180,31 @@ struct qg_i8_q4k {
     uint4 hd[2];   /* d, dmin, scales[12] */
 };
 
+/* Weight loads: from global memory through the read-only path, or (SM)
+ * from shared memory (staged tiles, op_matvec_i8s.cu). */
+template <bool SM> __device__ __forceinline__ uint4 qg_i8_ld16(const uint8_t *p) {
+    return SM ? *(const uint4 *)p : qg_ld_v4(p);
+}
+template <bool SM> __device__ __forceinline__ uint2 qg_i8_ld8(const uint8_t *p) {
+    return SM ? *(const uint2 *)p : __ldg((const uint2 *)p);
+}
+template <bool SM> __device__ __forceinline__ uint32_t qg_i8_ld2(const uint8_t *p) {
+    return SM ? (uint32_t) * (const unsigned short *)p : qg_ld_u16(p);
+}
+/* 4 bytes at a 2-byte aligned address */
+template <bool SM> __device__ __forceinline__ uint32_t qg_i8_ld4a2(const uint8_t *p) {
+    return qg_i8_ld2<SM>(p) | (qg_i8_ld2<SM>(p + 2) << 16);
+}
+
+template <bool SM = false>
 __device__ __forceinline__ void qg_i8_q4k_load(qg_i8_q4k &f, const uint8_t *rg, const uint8_t *rg8) {
     const int t = threadIdx.x & 3;
-    f.hd[0] = qg_ld_v4(rg);
-    f.hd[1] = qg_ld_v4(rg8);
+    f.hd[0] = qg_i8_ld16<SM>(rg);
+    f.hd[1] = qg_i8_ld16<SM>(rg8);
 #pragma unroll
     for (int c = 0; c < 4; c++) {
-        f.q[0][c] = __ldg((const uint2 *)(rg + 16 + 32 * c + 8 * t));
-        f.q[1][c] = __ldg((const uint2 *)(rg8 + 16 + 32 * c + 8 * t));
+        f.q[0][c] = qg_i8_ld8<SM>(rg + 16 + 32 * c + 8 * t);
+        f.q[1][c] = qg_i8_ld8<SM>(rg8 + 16 + 32 * c + 8 * t);
     }
 }
 
@@ -263,6 +280,7 @@ struct qg_i8_q6k {
     uint32_t d[2];           /* f16 bits */
 };
 
+template <bool SM = false>
 __device__ __forceinline__ void qg_i8_q6k_load(qg_i8_q6k &f, const uint8_t *rg, const uint8_t *rg8) {
     const int t = threadIdx.x & 3;
     const uint8_t *r[2] = {rg, rg8};
@@ -272,13 +290,13 @@ __device__ __forceinline__ void qg_i8_q6k_load(qg_i8_q6k &f, const uint8_t *rg, 
         for (int n = 0; n < 2; n++)
 #pragma unroll
             for (int i = 0; i < 2; i++) {
-                f.ql[k][n][0][i] = qg_ld_u32a2(r[k] + 64 * n + 16 * i + 4 * t);
-                f.ql[k][n][1][i] = qg_ld_u32a2(r[k] + 64 * n + 32 + 16 * i + 4 * t);
-                f.qh[k][n][i] = qg_ld_u32a2(r[k] + 128 + 32 * n + 16 * i + 4 * t);
+                f.ql[k][n][0][i] = qg_i8_ld4a2<SM>(r[k] + 64 * n + 16 * i + 4 * t);
+                f.ql[k][n][1][i] = qg_i8_ld4a2<SM>(r[k] + 64 * n + 32 + 16 * i + 4 * t);
+                f.qh[k][n][i] = qg_i8_ld4a2<SM>(r[k] + 128 + 32 * n + 16 * i + 4 * t);
             }
 #pragma unroll
-        for (int w = 0; w < 4; w++) f.sc[k][w] = qg_ld_u32a2(r[k] + 192 + 4 * w);
-        f.d[k] = qg_ld_u16(r[k] + 208);
+        for (int w = 0; w < 4; w++) f.sc[k][w] = qg_i8_ld4a2<SM>(r[k] + 192 + 4 * w);
+        f.d[k] = qg_i8_ld2<SM>(r[k] + 208);
     }
 }
 

@@ -43,6 +43,8 @@ struct qg_i8_router {
     int32_t *ids;    /* (K) out */
     float *wts;      /* (K) out */
     int *bar;        /* 2 zeroed counters: the barrier's arrivals, generation */
+    int *flag;       /* or NULL: set to 1 once ids / wts are written (a
+                        staged down kernel's early read, op_matvec_i8s.cu) */
 };
 
 struct qg_i8_gu_args {
@@ -73,6 +75,20 @@ struct qg_i8_dn_args {
     const float *wts;     /* (K) */
     const float *add;     /* (E) or NULL */
     float *y;             /* (E) */
+    int *flag;            /* or NULL: 2 zeroed counters, [0] set to 1 by
+                             the folded router once ids are written (the
+                             staged kernel reads them before its launch
+                             wait), [1] counting the blocks that read them */
+};
+
+/* How a staged kernel (op_matvec_i8s.cu) lays out its shared memory. */
+struct qg_i8s_stage {
+    size_t sr[3]; /* bytes between staged rows of each matrix (gate/up:
+                     [0] gate, [1] up) */
+    size_t img;   /* bytes before the first tile (the input images) */
+    size_t slot;  /* bytes per staged tile */
+    int tpb;      /* most tiles per block */
+    bool early;   /* let the next kernel launch at the block's start */
 };
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
@@ -100,10 +116,27 @@ cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, cons
                             const qg_i8_router *rt, float *h, const qg_cu_mat *pf_down);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
- * y NaN. */
+ * y NaN.  flag: NULL, or (only where qg_i8s_dn_ok) the counters that the
+ * folded router of the same step publishes ids on. */
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K);
 cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
                      const float *h, const int32_t *ids, const float *wts, const float *add,
-                     float *y);
+                     float *y, int *flag);
+
+/* ---- staged kernels (op_matvec_i8s.cu, with l->o.staged) ---------------
+ * The same products with each block's weights staged in shared memory by
+ * bulk copies; each returns cudaErrorNotSupported, launching nothing, when
+ * the option is off or the shape does not fit (then the register kernels
+ * above run). */
+cudaError_t qg_i8s_mv(const qg_cuda_launch *l, const qg_i8_mv_args &a);
+cudaError_t qg_i8s_gu_router(const qg_cuda_launch *l, const qg_i8_gu_args &a);
+/* Does the staged down kernel take this shape?  When it does, qg_i8_dn
+ * runs it, and only then may the caller hand the folded router and the
+ * down kernel a flag (qg_i8_router.flag, qg_i8_dn's flag). */
+bool qg_i8s_dn_ok(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K);
+cudaError_t qg_i8s_dn(const qg_cuda_launch *l, const qg_cu_mat *down, const qg_i8_dn_args &a);
+/* Raise the staged kernels' dynamic shared memory limit and carveout
+ * (once, outside any capture). */
+cudaError_t qg_i8s_prepare(void);
 
 #endif

@@ -149,12 +149,71 @@ void qg_cu_swiglu_needs(const qg_graph *g, const qg_node *n, qg_cu_bump *b);
 
 /* ---- kernels shared between files ------------------------------------ */
 
+/* Most router logits a lane holds in registers in qg_cu_warp_topk (X <=
+ * 32 * QG_TOPK_REG takes the register path). */
+#define QG_TOPK_REG 8
+
 /* One warp: softmax over l[0..X) (f32, max subtracted), the K largest
  * probabilities (ties: lower id), weights renormalized to sum 1; p: X
- * floats of shared memory.  l is read through L2 (it may have been written
- * by other blocks of the same grid). */
+ * floats of shared memory (used only when X > 32 * QG_TOPK_REG).  l is
+ * read through L2 (it may have been written by other blocks of the same
+ * grid).  Lane t takes e = t, t + 32, ... in that order for every sum, so
+ * both paths give the same bits; the register path issues all of its L2
+ * reads at once (the decode step waits on this: about 4 us with the reads
+ * one after another). */
 __device__ __forceinline__ void qg_cu_warp_topk(const float *l, int X, int K, int32_t *ids, float *wts, float *p) {
     const int lane = threadIdx.x & 31;
+    if (X <= 32 * QG_TOPK_REG) {
+        float v[QG_TOPK_REG];
+#pragma unroll
+        for (int i = 0; i < QG_TOPK_REG; i++) v[i] = lane + 32 * i < X ? __ldcg(l + lane + 32 * i) : -INFINITY;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < QG_TOPK_REG; i++)
+            if (lane + 32 * i < X) mx = fmaxf(mx, v[i]);
+        mx = qg_warp_max(mx);
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < QG_TOPK_REG; i++)
+            if (lane + 32 * i < X) {
+                v[i] = expf(v[i] - mx);
+                sum += v[i];
+            }
+        sum = qg_warp_sum(sum);
+        const float inv = 1.0f / sum;
+#pragma unroll
+        for (int i = 0; i < QG_TOPK_REG; i++) v[i] = lane + 32 * i < X ? v[i] * inv : -1.0f;
+        float wsum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            unsigned bk = 0u;
+            int li = 0x7fffffff;
+#pragma unroll
+            for (int i = 0; i < QG_TOPK_REG; i++) {
+                const unsigned key = v[i] >= 0.0f ? __float_as_uint(fabsf(v[i])) + 1u : 0u;
+                if (key > bk) {
+                    bk = key;
+                    li = lane + 32 * i;
+                }
+            }
+            const unsigned mk = __reduce_max_sync(0xffffffffu, bk);
+            const int bi = mk ? (int)__reduce_min_sync(0xffffffffu, bk == mk ? (unsigned)li : 0x7fffffffu)
+                              : 0x7fffffff;
+            const float bv = mk ? __uint_as_float(mk - 1u) : -2.0f;
+            wsum += bv;
+            if (lane == 0) {
+                ids[k] = bi;
+                wts[k] = bv;
+            }
+#pragma unroll
+            for (int i = 0; i < QG_TOPK_REG; i++)
+                if (bi == lane + 32 * i) v[i] = -1.0f;
+        }
+        __syncwarp();
+        if (lane == 0)
+            for (int k = 0; k < K; k++) wts[k] = wts[k] / wsum;
+        __syncwarp();
+        return;
+    }
     float mx = -INFINITY;
     for (int e = lane; e < X; e += 32) {
         const float v = __ldcg(l + e);
@@ -204,7 +263,6 @@ __device__ __forceinline__ void qg_cu_warp_topk(const float *l, int X, int K, in
         for (int k = 0; k < K; k++) wts[k] = wts[k] / wsum;
     __syncwarp();
 }
-
 
 /* topk over logits (X, T) of the live tokens into ids, wts (K, T). */
 cudaError_t qg_cu_topk_raw(const qg_cuda_launch *l, const float *logits, int X, int K,

@@ -21,12 +21,10 @@
 #ifndef QG_CUDA_MMA_F16_CUH
 #define QG_CUDA_MMA_F16_CUH
 
+#include "qg_cuda_common.cuh"
+
 #include <cuda_fp16.h>
 #include <stdint.h>
-
-__device__ __forceinline__ uint32_t qg_smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
 
 /* Four 8x8 b16 matrices; lane i gives the address of row i % 8 of matrix
  * i / 8 and receives (row i / 4, columns 2 (i % 4), +1) of each. */

@@ -5,6 +5,7 @@
  */
 #include "qg_cuda_gemm_i8.cuh"
 #include "qg_cuda_attention.cuh"
+#include "qg_cuda_i8_ops.cuh"
 #include "qg_cuda_internal.cuh"
 
 #include <initializer_list>
@@ -166,8 +167,10 @@ extern "C" bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, co
 }
 
 extern "C" int qg_cuda_ops_prepare(void) {
-    const cudaError_t e = qg_cu_gemm_prepare();
-    return (int)(e != cudaSuccess ? e : qg_cu_attention_prepare());
+    cudaError_t e = qg_cu_gemm_prepare();
+    if (e == cudaSuccess) e = qg_cu_attention_prepare();
+    if (e == cudaSuccess) e = qg_i8s_prepare();
+    return (int)e;
 }
 
 /* Is node l's kernel left out of decode steps (opts.drop)? */

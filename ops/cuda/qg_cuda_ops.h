@@ -73,6 +73,18 @@ typedef struct qg_cuda_opts {
                          the device holds at once (one wave) */
     bool rgu;         /* decode MoE: the router and its top-k folded into
                          the gate/up launch (op_matvec_i8.cu, needs i8_fit) */
+    int staged;       /* decode products with each block's weights staged in
+                         shared memory by bulk copies (op_matvec_i8s.cu),
+                         bits QG_CUDA_STAGED_* (QG_CUDA_STAGED; 0, the
+                         default: the register kernels, which measured
+                         faster, docs/BENCHMARKS.md) */
+#define QG_CUDA_STAGED_MV 1    /* dense products (qkv, output projection) */
+#define QG_CUDA_STAGED_GU 2    /* gate / up with the router folded in */
+#define QG_CUDA_STAGED_DN 4    /* down + weighted sum */
+#define QG_CUDA_STAGED_FLAG 8  /* down reads the ids before gate/up ends */
+#define QG_CUDA_STAGED_EARLY 16 /* staged kernels and decode attention let
+                                   the next kernel launch at their start */
+#define QG_CUDA_STAGED_NOPAD 32 /* staged rows unpadded: a tile is one copy */
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
