@@ -76,7 +76,7 @@ typedef enum ex_kind {
     EX_NOFUSE,
     EX_ATTN_SIMT,
     EX_NORGU,
-    EX_STAGED /* decode products with weights staged in shared memory (QG_CUDA_STAGED=31) */
+    EX_STAGED /* decode products with weights staged in shared memory (QG_CUDA_STAGED=15) */
 } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
@@ -84,7 +84,7 @@ static qg_exec ex_new(ex_kind k) {
     if (k == EX_NOFUSE) setenv("QG_CUDA_FUSE", "0", 1);
     if (k == EX_ATTN_SIMT) setenv("QG_CUDA_ATTN_TC", "0", 1);
     if (k == EX_NORGU) setenv("QG_CUDA_RGU", "0", 1);
-    if (k == EX_STAGED) setenv("QG_CUDA_STAGED", "31", 1);
+    if (k == EX_STAGED) setenv("QG_CUDA_STAGED", "15", 1);
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
@@ -842,7 +842,7 @@ static void test_moe_fused(void **state) {
  * made with QG_CUDA_RGU=0 (the router + top-k as their own kernel, not
  * folded into the gate/up launch behind a grid barrier; the down kernel
  * then reads the ids after its launch wait) and on one made with
- * QG_CUDA_STAGED=31 (weights staged in shared memory, op_matvec_i8s.cu,
+ * QG_CUDA_STAGED=15 (weights staged in shared memory, op_matvec_i8s.cu,
  * the down kernel reading the ids before the gate/up kernel ends, instead
  * of held in registers, op_matvec_i8.cu): every output bit-identical
  * (the folded kernels compute the same f32 values in the same order), and

@@ -709,7 +709,7 @@ void qg_cu_moe_needs(const qg_graph *g, const qg_node *n, const qg_cuda_opts *o,
     (void)o;
     moe_layout(g, n, b);
     /* router ticket, or the folded router's barrier; the staged down
-     * kernel's ids flag (op_matvec_i8s.cu) */
+     * kernel's ids flag (dn_take_ids) */
     *n_counters = n->op == QG_OP_MOE_FUSED ? 4 : 0;
 }
 
@@ -790,15 +790,15 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
         const int drop = l->o.drop; /* measurement only (qg_cuda_opts.drop) */
         /* router + top-k + gate/up in one launch where the shapes allow */
         e = cudaErrorNotSupported;
-        /* the staged down kernel reads the folded router's ids before the
-         * gate/up kernel ends (a flag in counters 2, 3) */
-        int *flag = !(drop & QG_CUDA_DROP_DOWN) && l->o.i8_decode &&
-                            (l->o.staged & QG_CUDA_STAGED_FLAG) && qg_i8s_dn_ok(l, &d, F, K)
+        /* the staged down kernel reads the folded router's ids before its
+         * launch wait (a flag in counters 2, 3) */
+        int *flag = !(drop & QG_CUDA_DROP_DOWN) && l->o.i8_decode && l->o.dn_early &&
+                            qg_i8s_dn_ok(l, &d, F, K)
                         ? l->counters + 2
                         : nullptr;
         if (!(drop & (QG_CUDA_DROP_ROUTER | QG_CUDA_DROP_GU)) && l->o.i8_decode &&
             qg_i8_gu_ok(&g, &u, E)) {
-            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters, flag};
+            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters, flag, false};
             e = qg_i8_gu_router(l, &g, &u, &r, E, K, X, x, &rt, s.h, &d);
             if (e != cudaSuccess && e != cudaErrorNotSupported) return e;
             if (e == cudaErrorNotSupported) flag = nullptr;

@@ -407,13 +407,15 @@ cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, cons
     a.norm_w = l->pre_norm;
     a.eps = l->pre_eps;
     a.h = h;
-    if (l->o.prefetch && pf_down && !rt->flag) { /* a flag: the down kernel stages them itself */
+    /* (the staged down kernel, reading the ids early, stages them itself) */
+    if (l->o.prefetch && pf_down && !(rt->flag && (l->o.staged & QG_CUDA_STAGED_DN))) {
         a.pf_down = pf_down->w;
         a.pf_es = pf_down->es;
     }
     a.rt = *rt;
     a.rt.w = (const float *)router->w;
     a.rt.rb = router->rb;
+    a.rt.split = l->o.rt_split;
     {
         const cudaError_t e = qg_i8s_gu_router(l, a);
         if (e != cudaErrorNotSupported) return e;

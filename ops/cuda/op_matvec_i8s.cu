@@ -247,17 +247,8 @@ __global__ void __launch_bounds__(NW * 32, 2) k_dn8s(qg_i8_dn_args a, qg_i8s_sta
     uint8_t *img = sm, *tiles = sm + p.img;
     s8_bars_init(bars, nt);
     if (a.flag) {
-        /* the ids are published before the gate/up kernel ends: read them
-         * now; the last block to have read them resets the flag for the
-         * next step (no other kernel of the step touches it) */
-        if (threadIdx.x == 0) qg_spin_acquire(a.flag, 1);
-        __syncthreads();
-        if ((int)threadIdx.x < a.K) s_ids[threadIdx.x] = __ldcg(a.ids + threadIdx.x);
-        __syncthreads();
-        if (threadIdx.x == 0 && atomicAdd(a.flag + 1, 1) == (int)gridDim.x - 1) {
-            a.flag[1] = 0;
-            a.flag[0] = 0;
-        }
+        /* the ids are published before the gate/up kernel ends */
+        dn_take_ids(a, s_ids);
     } else {
         qg_pdl_wait();
         if ((int)threadIdx.x < a.K) s_ids[threadIdx.x] = a.ids[threadIdx.x];

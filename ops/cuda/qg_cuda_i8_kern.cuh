@@ -78,10 +78,11 @@ __device__ __forceinline__ void i8_stage_norm(const float *__restrict__ norm_w, 
  * sums its squares as chunk sb of qg_sumsq_fixed (same order, same bits as
  * i8_norm_scale + i8_build).  nws: the norm weights, staged by
  * i8_stage_norm.  cs: QG_SUMSQ_CHUNKS floats.  i8_build1_ok(n, warps)
- * must hold.  Ends with __syncthreads(). */
+ * must hold.  image = false: only xs (the image is built later from it,
+ * same bits).  Ends with __syncthreads(). */
 __device__ __forceinline__ void i8_build1(const float *__restrict__ x, int n, const float *nws,
                                           float eps, float *cs, uint8_t *base,
-                                          float *xs = nullptr) {
+                                          float *xs = nullptr, bool image = true) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int nsb = n / 256;
     float v[I8_BUILD_REG][8];
@@ -112,7 +113,7 @@ __device__ __forceinline__ void i8_build1(const float *__restrict__ x, int n, co
         float e[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) e[i] = __fmul_rn(__fmul_rn(v[k][i], scale), nn[i]);
-        qg_i8_store_sb(e, sb, base, n);
+        if (image) qg_i8_store_sb(e, sb, base, n);
         if (xs) {
             *(float4 *)(xs + 256 * sb + 8 * lane) = make_float4(e[0], e[1], e[2], e[3]);
             *(float4 *)(xs + 256 * sb + 8 * lane + 4) = make_float4(e[4], e[5], e[6], e[7]);
@@ -259,28 +260,56 @@ __device__ __forceinline__ int gu_bar_gen(const int *bar) {
 }
 
 /* All blocks of the grid meet here (the grid must be co-resident: one
- * wave); what a block wrote before it is visible to every block after it.
- * gen: gu_bar_gen() of this barrier, read by thread 0 earlier.  bar[0]
- * counts arrivals (an acquire-release add, cumulative over the block's
- * writes ordered by the block barrier); the last arriver restores it to 0
- * and bumps the generation bar[1] with a release add, which the others
- * spin on with acquire loads. */
-__device__ __forceinline__ void gu_grid_barrier(int *bar, int gen) {
+ * wave); what a block wrote before its arrival is visible to every block
+ * after the wait.  gen: gu_bar_gen() of this barrier, read by thread 0
+ * earlier.  bar[0] counts arrivals (an acquire-release add, cumulative
+ * over the block's writes ordered by the block barrier); the last arriver
+ * restores it to 0 and bumps the generation bar[1] with a release add,
+ * which the others spin on with acquire loads.  Split in two so that a
+ * block can work between its arrival and the wait: gu_bar_arrive returns
+ * (to thread 0) whether this block arrived last. */
+__device__ __forceinline__ bool gu_bar_arrive(int *bar) {
     __syncthreads();
+    bool last = false;
     if (threadIdx.x == 0) {
         int old;
         asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(bar) : "memory");
         if (old == (int)gridDim.x - 1) {
             asm volatile("st.relaxed.gpu.global.s32 [%0], 0;" ::"l"(bar) : "memory");
             asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(bar + 1) : "memory");
-        } else {
-            int g;
-            do {
-                asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(g) : "l"(bar + 1) : "memory");
-            } while (g == gen);
+            last = true;
         }
     }
+    return last;
+}
+
+__device__ __forceinline__ void gu_bar_wait(const int *bar, int gen, bool last) {
+    if (threadIdx.x == 0 && !last) {
+        int g;
+        do {
+            asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(g) : "l"(bar + 1) : "memory");
+        } while (g == gen);
+    }
     __syncthreads();
+}
+
+/* ---- the down kernels' early read of the expert ids -------------------------- */
+
+/* Block, before the programmatic-launch wait of a down kernel whose
+ * a.flag is set: wait (thread 0) for the folded router's release of the
+ * ids, read them into s_ids (through L2), and count this block's read;
+ * the last block to read resets both counters for the next step (no other
+ * kernel of the step touches them, and the next step's router runs after
+ * this grid has ended).  Ends with __syncthreads(). */
+__device__ __forceinline__ void dn_take_ids(const qg_i8_dn_args &a, int32_t *s_ids) {
+    if (threadIdx.x == 0) qg_spin_acquire(a.flag, 1);
+    __syncthreads();
+    if ((int)threadIdx.x < a.K) s_ids[threadIdx.x] = __ldcg(a.ids + threadIdx.x);
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(a.flag + 1, 1) == (int)gridDim.x - 1) {
+        a.flag[1] = 0;
+        a.flag[0] = 0;
+    }
 }
 
 /* ---- the router folded into the gate/up launch ---------------------------- */
@@ -312,10 +341,14 @@ __device__ __forceinline__ void gu_route(const qg_i8_gu_args &a, const float4 (&
     const int w = threadIdx.x >> 5, nv = a.n / (4 * GU_RT_THREADS);
     const bool rrow = (int)blockIdx.x < a.X && threadIdx.x < GU_RT_THREADS;
     const int gen = threadIdx.x == 0 ? gu_bar_gen(a.rt.bar) : 0;
-    /* x's image, and x normalized in f32 for the router (the norm folded
-     * in; an unnormalized input is read as it is) */
+    /* x normalized in f32 for the router (the norm folded in; an
+     * unnormalized input is read as it is), and x's image: with a.rt.split
+     * built between this block's arrival at the barrier and its wait,
+     * from the same f32 values (same bits) */
     float *xs = a.norm_w ? (float *)(img + i8_img_smem(a.n, true)) : nullptr;
-    i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img, xs);
+    const bool split = a.rt.split && (!a.norm_w || one);
+    if (!split) i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img, xs);
+    else if (a.norm_w) i8_build1(a.x, a.n, (const float *)(img + qg_i8_image_bytes(a.n)), a.eps, cs, img, xs, false);
     const float *xr = xs ? xs : a.x;
     float acc = 0.0f;
     if (rrow) {
@@ -339,7 +372,9 @@ __device__ __forceinline__ void gu_route(const qg_i8_gu_args &a, const float4 (&
         t = qg_warp_sum(t);
         if (threadIdx.x == 0) a.rt.logits[blockIdx.x] = t;
     }
-    gu_grid_barrier(a.rt.bar, gen);
+    const bool last = gu_bar_arrive(a.rt.bar);
+    if (split) i8_build(xr, a.n, 1, nullptr, 1.0f, img);
+    gu_bar_wait(a.rt.bar, gen, last);
     if (w == 0) {
         qg_cu_warp_topk(a.rt.logits, a.X, a.K, s_ids, s_wts, s_p);
         __syncwarp();

@@ -43,8 +43,10 @@ struct qg_i8_router {
     int32_t *ids;    /* (K) out */
     float *wts;      /* (K) out */
     int *bar;        /* 2 zeroed counters: the barrier's arrivals, generation */
-    int *flag;       /* or NULL: set to 1 once ids / wts are written (a
-                        staged down kernel's early read, op_matvec_i8s.cu) */
+    int *flag;       /* or NULL: set to 1 once ids / wts are written (the
+                        staged down kernel's early read, dn_take_ids) */
+    bool split;      /* x's image built between the barrier's arrival and
+                        wait (o.rt_split) */
 };
 
 struct qg_i8_gu_args {
@@ -117,7 +119,7 @@ cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, cons
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
  * y NaN.  flag: NULL, or (only where qg_i8s_dn_ok) the counters that the
- * folded router of the same step publishes ids on. */
+ * folded router of the same step publishes ids on (qg_i8_router.flag). */
 bool qg_i8_dn_ok(const qg_cu_mat *down, int F, int K);
 cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int K, int X,
                      const float *h, const int32_t *ids, const float *wts, const float *add,

@@ -81,10 +81,16 @@ typedef struct qg_cuda_opts {
 #define QG_CUDA_STAGED_MV 1    /* dense products (qkv, output projection) */
 #define QG_CUDA_STAGED_GU 2    /* gate / up with the router folded in */
 #define QG_CUDA_STAGED_DN 4    /* down + weighted sum */
-#define QG_CUDA_STAGED_FLAG 8  /* down reads the ids before gate/up ends */
-#define QG_CUDA_STAGED_EARLY 16 /* staged kernels and decode attention let
-                                   the next kernel launch at their start */
-#define QG_CUDA_STAGED_NOPAD 32 /* staged rows unpadded: a tile is one copy */
+#define QG_CUDA_STAGED_EARLY 8 /* staged kernels and decode attention let
+                                  the next kernel launch at their start */
+#define QG_CUDA_STAGED_NOPAD 16 /* staged rows unpadded: a tile is one copy */
+    bool dn_early;    /* decode MoE, staged down kernel: it reads the expert
+                         ids the folded router publishes, and stages its
+                         weights, before its launch wait (QG_CUDA_DN_EARLY;
+                         the register kernel doing the same measured
+                         slower and was removed) */
+    bool rt_split;    /* decode MoE: the folded router builds x's image
+                         between its grid barrier's arrival and wait */
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
