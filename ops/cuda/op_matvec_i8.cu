@@ -32,14 +32,6 @@
 
 /* ---- dense: up to three matrices ---------------------------------------- */
 
-/* Matrix and first row of dense tile `tile`. */
-__device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int *i, int *r0) {
-    int k = 0;
-    while (tile >= a.tiles[k + 1]) k++;
-    *i = k;
-    *r0 = I8_TILE * (tile - a.tiles[k]);
-}
-
 template <int NW, int NF, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];

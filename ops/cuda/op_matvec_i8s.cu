@@ -82,13 +82,6 @@ __device__ __forceinline__ void s8_dot(int type, const uint8_t *rg, const uint8_
 
 /* ---- dense: up to three matrices ------------------------------------------ */
 
-__device__ __forceinline__ void s8_locate(const qg_i8_mv_args &a, int tile, int *i, int *r0) {
-    int k = 0;
-    while (tile >= a.tiles[k + 1]) k++;
-    *i = k;
-    *r0 = I8_TILE * (tile - a.tiles[k]);
-}
-
 template <int NW>
 __global__ void __launch_bounds__(NW * 32, 2) k_mv8s(qg_i8_mv_args a, qg_i8s_stage p) {
     extern __shared__ __align__(128) uint8_t sm[];
@@ -105,13 +98,13 @@ __global__ void __launch_bounds__(NW * 32, 2) k_mv8s(qg_i8_mv_args a, qg_i8s_sta
         if (threadIdx.x == 0)
             for (int j = 0; j < nt; j++) {
                 int mi, r0;
-                s8_locate(a, b + j * G, &mi, &r0);
+                mv8_locate(a, b + j * G, &mi, &r0);
                 qg_mbar_expect(&bars[j], (unsigned)(min(I8_TILE, a.m[mi] - r0) * a.rb[mi]));
             }
         __syncwarp();
         for (int j = 0; j < nt; j++) {
             int mi, r0;
-            s8_locate(a, b + j * G, &mi, &r0);
+            mv8_locate(a, b + j * G, &mi, &r0);
             s8_copy_rows(tiles + j * p.slot, a.w[mi] + (size_t)r0 * a.rb[mi],
                          min(I8_TILE, a.m[mi] - r0), a.rb[mi], p.sr[mi], &bars[j]);
         }
@@ -125,7 +118,7 @@ __global__ void __launch_bounds__(NW * 32, 2) k_mv8s(qg_i8_mv_args a, qg_i8s_sta
     const qg_i8_vec xv = qg_i8_at(img, a.n);
     for (int j = 0; j < nt; j++) {
         int mi, r0;
-        s8_locate(a, b + j * G, &mi, &r0);
+        mv8_locate(a, b + j * G, &mi, &r0);
         const uint8_t *rg, *rg8;
         s8_rows(tiles + j * p.slot, min(I8_TILE, a.m[mi] - r0), p.sr[mi], &rg, &rg8);
         qg_mbar_wait(&bars[j], 0);
@@ -137,7 +130,7 @@ __global__ void __launch_bounds__(NW * 32, 2) k_mv8s(qg_i8_mv_args a, qg_i8s_sta
     for (int i = threadIdx.x; i < nt * I8_TILE; i += blockDim.x) {
         const int j = i / I8_TILE, r = i % I8_TILE;
         int mi, r0;
-        s8_locate(a, b + j * G, &mi, &r0);
+        mv8_locate(a, b + j * G, &mi, &r0);
         if (r0 + r >= a.m[mi]) continue;
         float s = 0.0f;
 #pragma unroll

@@ -240,6 +240,14 @@ __device__ __forceinline__ i8_job i8_rows_of(int type, const uint8_t *w, size_t 
     return j;
 }
 
+/* Matrix and first row of dense tile `tile`. */
+__device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int *i, int *r0) {
+    int k = 0;
+    while (tile >= a.tiles[k + 1]) k++;
+    *i = k;
+    *r0 = I8_TILE * (tile - a.tiles[k]);
+}
+
 /* Most experts (router rows) and picks of a folded router. */
 #define GU_RT_XMAX 256
 #define GU_RT_KMAX 32
