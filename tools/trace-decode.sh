@@ -4,9 +4,11 @@
 # only): builds tools/cupti/qg_cupti_trace.c (CUPTI activity records), runs
 # `qmoe-graph bench -p 0 -n 24` (at DEPTH cache rows when given) with it
 # preloaded, and for the last 16 decode steps prints, summed by kernel name
-# per step, each kernel's GPU time and the time from the end of the kernel
+# per step, each kernel's GPU time, the time from the end of the kernel
 # before it to its own start (negative: it started earlier, programmatic
-# launch) into OUTDIR/decode-timeline.txt.  Unlike tools/ncu-decode.sh
+# launch) and how far it moved the step's end (its end minus the latest
+# end before it: what the kernel costs the step when kernels overlap; the
+# column sums to the step time) into OUTDIR/decode-timeline.txt.  Unlike tools/ncu-decode.sh
 # nothing is serialized or flushed: these are the times of the real step.
 set -uo pipefail
 BUILD=$1 MODEL=$2 OUT=$3 DEPTH=${4:-0}
@@ -58,16 +60,19 @@ for a, b in zip(use, use[1:]):
     prev_end = None
     for s, e, name in step:
         g = 0.0 if prev_end is None else (s - prev_end) / 1e3
-        x = agg.setdefault(name, [0, 0.0, 0.0])
-        x[0] += 1; x[1] += (e - s) / 1e3; x[2] += g
+        x = agg.setdefault(name, [0, 0.0, 0.0, 0.0])
+        adv = (e - s) if prev_end is None else max(0, e - prev_end)
+        x[0] += 1; x[1] += (e - s) / 1e3; x[2] += g; x[3] += adv / 1e3
         busy += (e - s) / 1e3
         if g > 0: gaps += g
         else: over -= g
         prev_end = e if prev_end is None else max(prev_end, e)
 print(f"{n} decode steps: {tot / n:.1f} us per step (first kernel start to last kernel end);")
 print(f"  kernels {busy / n:.1f} us, gaps between kernels {gaps / n:.1f} us, overlaps {over / n:.1f} us per step")
-print(f"{'kernel':44s} {'n/step':>6s} {'us each':>8s} {'us/step':>8s} {'gap each':>8s} {'gap/step':>8s}")
-for name, (c, d, g) in sorted(agg.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
-    print(f"{name:44s} {c / n:6.1f} {d / c:8.2f} {d / n:8.1f} {g / c:8.2f} {g / n:8.1f}")
+print(f"{'kernel':44s} {'n/step':>6s} {'us each':>8s} {'us/step':>8s} {'gap each':>8s} {'gap/step':>8s}"
+      f" {'adv each':>8s} {'adv/step':>8s}")
+for name, (c, d, g, a) in sorted(agg.items(), key=lambda kv: -kv[1][3]):
+    print(f"{name:44s} {c / n:6.1f} {d / c:8.2f} {d / n:8.1f} {g / c:8.2f} {g / n:8.1f}"
+          f" {a / c:8.2f} {a / n:8.1f}")
 PY
 cat "$OUT/decode-timeline.txt"
