@@ -316,6 +316,64 @@ static void test_lm_head(void **state) {
     mm_cases(QG_OP_LM_HEAD, 7, EX_F32_PREFILL);
 }
 
+/* The output head's own shapes: a vocabulary of more tiles than
+ * 8 x the multiprocessors takes the head path of the decode products
+ * (op_matvec_i8.cu), each of its shapes (QG_CUDA_I8_HEAD: the default,
+ * and 6, 7, 8, whose warps own whole tiles) with and without the output
+ * norm folded in, Q4_K and Q6_K, against float64:
+ * |y - ref| <= 1e-5 * sum|w x| + 1e-6. */
+static void test_lm_head_wide(void **state) {
+    (void)state;
+    NEED_DEVICE();
+    const char *cfgs[] = {NULL, "6", "7", "8"};
+    const qg_dtype types[] = {QG_Q4_K, QG_Q6_K};
+    const int64_t N = 2048, V = 20037; /* 1253 tiles, a partial last one */
+    int case_id = 0;
+    for (size_t ci = 0; ci < QG_ARRAY_LEN(cfgs); ci++) {
+        if (cfgs[ci]) setenv("QG_CUDA_I8_HEAD", cfgs[ci], 1);
+        qg_exec ex = ex_new(EX_DEFAULT);
+        unsetenv("QG_CUDA_I8_HEAD");
+        for (size_t ti = 0; ti < QG_ARRAY_LEN(types); ti++)
+            for (int norm = 0; norm < 2; norm++) {
+                qg_test_rng r = rng_for(30, case_id++);
+                qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
+                const int x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, N, 1, 1);
+                const int nw = qg_optest_add_weight(&f, "norm", QG_F32, 1, N, 1, 1, &r, 2.0f);
+                const int h = qg_optest_add_tensor(&f, "h", QG_F32, QG_ROLE_ACT, 2, N, 1, 1);
+                const int w = qg_optest_add_weight(&f, "out", types[ti], 2, N, V, 1, &r, 1.0f);
+                const int y = qg_optest_add_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, 2, V, 1, 1);
+                qg_op_params p = {.eps = 1e-6f, .only_last = true};
+                if (norm)
+                    qg_optest_add_node(&f, QG_OP_RMSNORM, "output_norm", (int[]){x, nw}, 2,
+                                       (int[]){h}, 1, &p);
+                qg_optest_add_node(&f, QG_OP_LM_HEAD, "lm_head", (int[]){norm ? h : x, w}, 2,
+                                   (int[]){y}, 1, &p);
+                cx_compile(&f, &ex);
+                char label[128];
+                snprintf(label, sizeof label, "lm_head %s %lldx%lld shape %s%s",
+                         qg_dtype_name(types[ti]), (long long)N, (long long)V,
+                         cfgs[ci] ? cfgs[ci] : "default", norm ? " + norm" : "");
+                qg_optest_fill_act(&f, x, 1, &r, -1, 1);
+                qg_optest_step(&f, f.ex, (int[]){x}, 1, (int[]){y}, 1, 1, 0, label);
+                float *xf = malloc(sizeof(float) * (size_t)N);
+                double *hd = qg_optest_dalloc(N);
+                assert_non_null(xf);
+                if (norm) {
+                    qg_ref_rmsnorm(qg_optest_f32(&f, x), qg_optest_f32(&f, nw), N, 1, 1e-6, hd);
+                    for (int64_t i = 0; i < N; i++) xf[i] = (float)hd[i];
+                } else {
+                    memcpy(xf, qg_optest_f32(&f, x), sizeof(float) * (size_t)N);
+                }
+                check_product(label, "y", types[ti], f.host[w], N, V, xf, 1, qg_optest_f32(&f, y),
+                              false);
+                free(xf);
+                free(hd);
+                qg_optest_fx_free(&f);
+            }
+        ex_free(&ex);
+    }
+}
+
 /* ---- non-finite activations ------------------------------------------- */
 
 /* A NaN or an infinity in x must reach every output of its column, as in
@@ -1040,6 +1098,7 @@ int main(void) {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_router),
         cmocka_unit_test(test_lm_head),
+        cmocka_unit_test(test_lm_head_wide),
         cmocka_unit_test(test_matmul_nonfinite),
         cmocka_unit_test(test_qkv),
         cmocka_unit_test(test_swiglu),

@@ -18,7 +18,11 @@
 #      QG_GPU_AB="VAR=value ...;VAR=value ..." tg128 benches under each
 #      environment, after one with the defaults (QG_GPU_AB_DEPTH=N: each
 #      also at an N-token KV depth)
-# (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2.)
+#      QG_GPU_TRACE=1 tools/trace-decode.sh on the defaults (per-kernel
+#      times inside the CUDA Graph; the timeline goes beside SUMMARY_FILE)
+# (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2,
+# QG_GPU_TESTS=REGEX narrows it to the ctest names matching REGEX;
+# QG_GPU_DEPTH=0 skips the bench at a 4096-token depth.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
 # Carried helpers, when present in the checkout (both git-ignored):
@@ -93,7 +97,8 @@ step configure 300 cmake -S . -B "$BUILD" "${ARGS[@]}" &&
 QG=$BUILD/qmoe-graph
 
 # ---- 2. tests ------------------------------------------------------------
-[ "${QG_GPU_SKIP_TESTS:-0}" = 1 ] || step "ctest -R cuda" 420 bash -c "cd '$BUILD' && ctest -R cuda -V -j2"
+TESTS=${QG_GPU_TESTS:-cuda}
+[ "${QG_GPU_SKIP_TESTS:-0}" = 1 ] || step "ctest -R $TESTS" 420 bash -c "cd '$BUILD' && ctest -R '$TESTS' -V -j2"
 grep -E ":   (tiny|small|gqa1|refused|mixed|--n-cpu-moe)|ERROR|FAILED|tests passed|tests failed" "$LOG" |
     sed 's/^/   /' | head -60
 
@@ -119,8 +124,10 @@ if [ -f "$MODEL" ]; then
     SMI=$!
     step "bench pp512 tg128" 400 "$QG" bench "$MODEL" --backend cuda -p 512 -n 128 -r 5
     grep -E "^\| .*(pp|tg)[0-9]" "$LOG" | tail -2 | sed 's/^/   /'
-    step "bench tg128 @ d4096" 400 "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -d 4096 -r 5
-    grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | sed 's/^/   /'
+    if [ "${QG_GPU_DEPTH:-4096}" != 0 ]; then
+        step "bench tg128 @ d4096" 400 "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -d 4096 -r 5
+        grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | sed 's/^/   /'
+    fi
     kill "$SMI" 2>/dev/null
     wait "$SMI" 2>/dev/null
     PEAK=$(sort -n "$MEMLOG" 2>/dev/null | tail -1)
@@ -130,6 +137,11 @@ if [ -f "$MODEL" ]; then
     done
 fi
 
+if [ -f "$MODEL" ] && [ "${QG_GPU_TRACE:-0}" = 1 ]; then
+    TDIR=$(dirname "${SUMMARY:-$BUILD/x}")/trace
+    step "trace-decode" 300 tools/trace-decode.sh "$BUILD" "$MODEL" "$TDIR"
+    head -40 "$TDIR/decode-timeline.txt" 2>/dev/null | sed 's/^/   /'
+fi
 if [ -f "$MODEL" ] && [ "${QG_GPU_PROFILE:-0}" = 1 ]; then
     step "profile pp512 + tg32" 300 "$QG" profile "$MODEL" --backend cuda -p 512 -n 32
     sed -n '/^profile of/,/^---- /p' "$LOG" | head -70 | sed 's/^/   /'

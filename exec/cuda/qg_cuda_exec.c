@@ -1006,13 +1006,13 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.prefetch = !env_is("QG_CUDA_PREFETCH", "0");
     c->o.i8_fit = !env_is("QG_CUDA_I8_FIT", "0");
     c->o.rgu = !env_is("QG_CUDA_RGU", "0");
-    c->o.staged = prop.major >= 9 ? env_int("QG_CUDA_STAGED", 0, 0, 31) : 0;
+    c->o.staged = prop.major >= 9 ? env_int("QG_CUDA_STAGED", 0, 0, 63) : 0;
     c->o.dn_early = !env_is("QG_CUDA_DN_EARLY", "0");
     c->o.rt_split = !env_is("QG_CUDA_RT_SPLIT", "0");
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);
-    c->o.i8_head_cfg = env_int("QG_CUDA_I8_HEAD", -1, 0, 5);
+    c->o.i8_head_cfg = env_int("QG_CUDA_I8_HEAD", -1, 0, 8);
     c->o.attn_tc = !env_is("QG_CUDA_ATTN_TC", "0");
     c->o.attn_cfg = env_int("QG_CUDA_ATTN_CFG", -1, 0, 3);
     c->o.attn_gw = env_int("QG_CUDA_ATTN_GW", 0, 1, 8);

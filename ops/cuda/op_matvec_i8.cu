@@ -77,6 +77,71 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     }
 }
 
+/* ---- the output head: each warp owns whole tiles ------------------------- */
+
+/* y_i = W_i x like k_mv8, for products of many tiles (the lm_head: 9496
+ * tiles of 16 rows for the 151936-row vocabulary): warp gw of the grid
+ * takes tiles gw, gw + GW, ... (GW warps in all) and walks each across
+ * all of its super-blocks itself, so no tile needs a block barrier or a
+ * cross-warp sum.  Its (tile, super-block) items stream through a ring of
+ * NP fragments: item i + NP is requested before item i is multiplied, the
+ * first NP before the programmatic-launch wait (weights are constant).  A
+ * row is the 4-lane sum of its lanes' partials over the super-blocks in
+ * order. */
+template <int NW, int NP, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) k_hd8(qg_i8_mv_args a) {
+    extern __shared__ __align__(16) uint8_t img[];
+    __shared__ float cs[QG_SUMSQ_CHUNKS];
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nsb = a.n / 256;
+    const int T = a.tiles[a.nm], GW = gridDim.x * NW, gw = blockIdx.x * NW + w;
+    const int ni = gw < T ? ((T - gw + GW - 1) / GW) * nsb : 0; /* this warp's items */
+    i8_frag f[NP];
+    i8_job jb[NP];
+    /* item i: tile gw + (i / nsb) * GW, super-block i % nsb */
+    auto item = [&](int i, i8_frag &fr, i8_job &j) {
+        int mi, r0;
+        mv8_locate(a, gw + (i / nsb) * GW, &mi, &r0);
+        j = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
+        i8_load(fr, j.type, j.rg, j.rg8, i % nsb);
+    };
+#pragma unroll
+    for (int s = 0; s < NP; s++)
+        if (s < ni) item(s, f[s], jb[s]);
+    const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
+    qg_pdl_wait();
+    const float *x = a.x;
+    if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
+    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
+    const qg_i8_vec xv = qg_i8_at(img, a.n);
+    float ag = 0.0f, ag8 = 0.0f;
+    for (int i0 = 0; i0 < ni; i0 += NP) {
+#pragma unroll
+        for (int s = 0; s < NP; s++) {
+            const int i = i0 + s;
+            if (i >= ni) break;
+            const int sb = i % nsb;
+            i8_dot(f[s], jb[s].type, xv, sb, ag, ag8);
+            if (i + NP < ni) item(i + NP, f[s], jb[s]);
+            if (sb == nsb - 1) { /* the tile's last super-block: its rows */
+                ag += __shfl_xor_sync(0xffffffffu, ag, 1);
+                ag += __shfl_xor_sync(0xffffffffu, ag, 2);
+                ag8 += __shfl_xor_sync(0xffffffffu, ag8, 1);
+                ag8 += __shfl_xor_sync(0xffffffffu, ag8, 2);
+                int mi, r0;
+                mv8_locate(a, gw + (i / nsb) * GW, &mi, &r0);
+                const int r = r0 + (lane >> 2);
+                if ((lane & 3) == 0) {
+                    const bool res = mi == 0 && a.add;
+                    if (r < a.m[mi]) a.y[mi][r] = res ? a.add[r] + ag : ag;
+                    if (r + 8 < a.m[mi]) a.y[mi][r + 8] = res ? a.add[r + 8] + ag8 : ag8;
+                }
+                ag = 0.0f;
+                ag8 = 0.0f;
+            }
+        }
+    }
+}
+
 /* ---- gate / up of the chosen experts -------------------------------------- */
 
 /* Warps [0, NWH) take the gate matrix, [NWH, 2 NWH) the up matrix. */
@@ -180,6 +245,7 @@ __global__ void __launch_bounds__(DN_NW * 32) k_dn8(qg_i8_dn_args a) {
     __shared__ int s_bad;
     const int w = threadIdx.x >> 5, nsb = a.F / 256, T = (a.E + I8_TILE - 1) / I8_TILE;
     const size_t ib = qg_i8_image_bytes(a.F);
+    if (a.early) qg_pdl_launch_next();
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[DN_PAIRS];
@@ -315,6 +381,11 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     case 3: return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
     case 4: return i8_launch(l, k_mv8<16, 1, 1>, 512, smem, T, 2, a);
     case 5: return i8_launch(l, k_mv8<4, 4, 2>, 128, smem, T, 4, a);
+    /* warps owning whole tiles (k_hd8): warps per block, fragments in
+     * flight per warp, blocks per multiprocessor */
+    case 6: return i8_launch(l, k_hd8<4, 3, 3>, 128, smem, T, 3, a);
+    case 7: return i8_launch(l, k_hd8<4, 2, 4>, 128, smem, T, 4, a);
+    case 8: return i8_launch(l, k_hd8<8, 4, 1>, 256, smem, T, 2, a);
     default: break;
     }
     /* a warp takes NF super-blocks of a tile (NW warps: the row), the
@@ -451,6 +522,7 @@ cudaError_t qg_i8_dn(const qg_cuda_launch *l, const qg_cu_mat *down, int F, int 
     a.flag = flag;
     if (qg_i8s_dn_ok(l, down, F, K)) return qg_i8s_dn(l, down, a);
     if (flag) return cudaErrorInvalidValue; /* the staged kernel alone reads it */
+    a.early = (l->o.staged & QG_CUDA_STAGED_DN_LAUNCH) != 0;
     const int T = (a.E + I8_TILE - 1) / I8_TILE;
     return i8_launch(l, k_dn8, QG_I8_DN_WARPS * 32, (size_t)K * qg_i8_image_bytes(F), T, 4, a);
 }

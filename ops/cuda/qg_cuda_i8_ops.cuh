@@ -81,6 +81,8 @@ struct qg_i8_dn_args {
                              the folded router once ids are written (the
                              staged kernel reads them before its launch
                              wait), [1] counting the blocks that read them */
+    bool early;           /* let the next kernel launch at the block's start
+                             (QG_CUDA_STAGED_DN_LAUNCH) */
 };
 
 /* How a staged kernel (op_matvec_i8s.cu) lays out its shared memory. */

@@ -84,6 +84,9 @@ typedef struct qg_cuda_opts {
 #define QG_CUDA_STAGED_EARLY 8 /* staged kernels and decode attention let
                                   the next kernel launch at their start */
 #define QG_CUDA_STAGED_NOPAD 16 /* staged rows unpadded: a tile is one copy */
+#define QG_CUDA_STAGED_DN_LAUNCH 32 /* the register down kernel lets the next
+                                       kernel (a staged q/k/v) launch at its
+                                       start */
     bool dn_early;    /* decode MoE, staged down kernel: it reads the expert
                          ids the folded router publishes, and stages its
                          weights, before its launch wait (QG_CUDA_DN_EARLY;
