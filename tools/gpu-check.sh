@@ -18,6 +18,9 @@
 #      QG_GPU_AB="VAR=value ...;VAR=value ..." tg128 benches under each
 #      environment, after one with the defaults (QG_GPU_AB_DEPTH=N: each
 #      also at an N-token KV depth)
+#      QG_GPU_AB_BEST=1 the fastest A/B set and the defaults once more,
+#      back to back, also at a 4096-token depth (and traced too with
+#      QG_GPU_TRACE=1),
 #      QG_GPU_TRACE=1 tools/trace-decode.sh on the defaults (per-kernel
 #      times inside the CUDA Graph; the timeline goes beside SUMMARY_FILE)
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2,
@@ -156,6 +159,11 @@ if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
         step "A/B tg128 with $ab" 200 env "${envs[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 5
         tg=$(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}')
         note "A/B tg128 with $ab: $tg tok/s"
+        # the fastest set so far (QG_GPU_AB_BEST: measured again below)
+        if [ "$ab" != default ] && awk -v a="${tg%%±*}" -v b="${best_tg:-0}" 'BEGIN { exit !(a + 0 > b + 0) }'; then
+            best_tg=${tg%%±*} best_ab=$ab
+        fi
+        [ "$ab" = default ] && base_tg=${tg%%±*}
         if [ -n "${QG_GPU_AB_DEPTH:-}" ]; then # the same at a KV depth
             step "A/B tg128 @ d$QG_GPU_AB_DEPTH with $ab" 200 env "${envs[@]}" "$QG" bench "$MODEL" \
                 --backend cuda -p 0 -n 128 -d "$QG_GPU_AB_DEPTH" -r 3
@@ -163,6 +171,24 @@ if [ -f "$MODEL" ] && [ -n "${QG_GPU_AB:-}" ]; then
             note "A/B tg128 @ d$QG_GPU_AB_DEPTH with $ab: $tg tok/s"
         fi
     done
+fi
+
+if [ -n "${best_ab:-}" ] && [ "${QG_GPU_AB_BEST:-0}" = 1 ]; then
+    # the fastest A/B set against the defaults once more, back to back, and
+    # at a 4096-token depth
+    note "A/B fastest set: $best_ab ($best_tg against $base_tg tok/s)"
+    read -r -a envs <<< "$best_ab"
+    for ab in default "$best_ab"; do
+        [ "$ab" = default ] && e2=() || e2=("${envs[@]}")
+        step "A/B again tg128 with $ab" 200 env "${e2[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -r 5
+        note "A/B again tg128 with $ab: $(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}') tok/s"
+        step "A/B again tg128 @ d4096 with $ab" 200 env "${e2[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -d 4096 -r 3
+        note "A/B again tg128 @ d4096 with $ab: $(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}') tok/s"
+    done
+    if [ "${QG_GPU_TRACE:-0}" = 1 ]; then
+        TDIR=$(dirname "${SUMMARY:-$BUILD/x}")/trace-best
+        step "trace-decode ($best_ab)" 300 env "${envs[@]}" tools/trace-decode.sh "$BUILD" "$MODEL" "$TDIR"
+    fi
 fi
 
 # ---- 5. memcheck ---------------------------------------------------------
