@@ -21,7 +21,8 @@
 #      QG_GPU_AB_BEST=1 the fastest A/B set and the defaults once more,
 #      back to back, also at a 4096-token depth (and traced too with
 #      QG_GPU_TRACE=1),
-#      QG_GPU_TRACE=1 tools/trace-decode.sh on the defaults (per-kernel
+#      QG_GPU_TRACE=1 tools/trace-decode.sh on the defaults (=best: on the
+#      fastest A/B set alone; per-kernel
 #      times inside the CUDA Graph; the timeline goes beside SUMMARY_FILE)
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2,
 # QG_GPU_TESTS=REGEX narrows it to the ctest names matching REGEX;
@@ -140,7 +141,7 @@ if [ -f "$MODEL" ]; then
     done
 fi
 
-if [ -f "$MODEL" ] && [ "${QG_GPU_TRACE:-0}" = 1 ]; then
+if [ -f "$MODEL" ] && [ "${QG_GPU_TRACE:-0}" = 1 ]; then # (=best: the fastest A/B set only)
     TDIR=$(dirname "${SUMMARY:-$BUILD/x}")/trace
     step "trace-decode" 300 tools/trace-decode.sh "$BUILD" "$MODEL" "$TDIR"
     head -40 "$TDIR/decode-timeline.txt" 2>/dev/null | sed 's/^/   /'
@@ -185,7 +186,7 @@ if [ -n "${best_ab:-}" ] && [ "${QG_GPU_AB_BEST:-0}" = 1 ]; then
         step "A/B again tg128 @ d4096 with $ab" 200 env "${e2[@]}" "$QG" bench "$MODEL" --backend cuda -p 0 -n 128 -d 4096 -r 3
         note "A/B again tg128 @ d4096 with $ab: $(grep -E "^\| .*tg[0-9]" "$LOG" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}') tok/s"
     done
-    if [ "${QG_GPU_TRACE:-0}" = 1 ]; then
+    if [ "${QG_GPU_TRACE:-0}" != 0 ]; then
         TDIR=$(dirname "${SUMMARY:-$BUILD/x}")/trace-best
         step "trace-decode ($best_ab)" 300 env "${envs[@]}" tools/trace-decode.sh "$BUILD" "$MODEL" "$TDIR"
     fi
