@@ -26,7 +26,9 @@
 #      times inside the CUDA Graph; the timeline goes beside SUMMARY_FILE)
 # (QG_GPU_LOG sets the log file; QG_GPU_SKIP_TESTS=1 skips step 2,
 # QG_GPU_TESTS=REGEX narrows it to the ctest names matching REGEX;
-# QG_GPU_DEPTH=0 skips the bench at a 4096-token depth.)
+# QG_GPU_DEPTH=0 skips the bench at a 4096-token depth; QG_GPU_PREBUILT=1
+# takes the binaries already in $QG_GPU_BUILD, built elsewhere, and runs
+# its tests/test_* programs matching QG_GPU_TESTS without ctest.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
 # Carried helpers, when present in the checkout (both git-ignored):
@@ -95,14 +97,32 @@ if [ -f .cuda-dev/cmocka/cmocka.h ]; then
     ARGS+=(-DCMOCKA_INCLUDE="$PWD/.cuda-dev/cmocka" -DCMOCKA_LIB="$PWD/.cuda-dev/cmocka/libcmocka.so")
     export LD_LIBRARY_PATH="$PWD/.cuda-dev/cmocka:${LD_LIBRARY_PATH:-}"
 fi
-step configure 300 cmake -S . -B "$BUILD" "${ARGS[@]}" &&
-    step build 420 cmake --build "$BUILD" -j"$(nproc)" ||
-    { printf '%s\n' "${LINES[@]}"; exit 1; }
+if [ "${QG_GPU_PREBUILT:-0}" = 1 ]; then
+    # binaries built elsewhere (same architecture) and carried in $BUILD:
+    # qmoe-graph and the tests/test_cuda_* programs the tests step runs
+    note "build: prebuilt binaries in $BUILD ($(git log -1 --format=%h 2>/dev/null))"
+    [ -x "$BUILD/qmoe-graph" ] || { note "no $BUILD/qmoe-graph"; printf '%s\n' "${LINES[@]}"; exit 1; }
+else
+    step configure 300 cmake -S . -B "$BUILD" "${ARGS[@]}" &&
+        step build 420 cmake --build "$BUILD" -j"$(nproc)" ||
+        { printf '%s\n' "${LINES[@]}"; exit 1; }
+fi
 QG=$BUILD/qmoe-graph
 
 # ---- 2. tests ------------------------------------------------------------
 TESTS=${QG_GPU_TESTS:-cuda}
-[ "${QG_GPU_SKIP_TESTS:-0}" = 1 ] || step "ctest -R $TESTS" 420 bash -c "cd '$BUILD' && ctest -R '$TESTS' -V -j2"
+if [ "${QG_GPU_SKIP_TESTS:-0}" = 1 ]; then
+    :
+elif [ "${QG_GPU_PREBUILT:-0}" = 1 ]; then
+    # no ctest here: each carried test program whose name matches, with the
+    # environment ctest gives it
+    for t in "$BUILD"/tests/test_*; do
+        [ -x "$t" ] && [[ "$(basename "$t")" =~ $TESTS ]] || continue
+        step "$(basename "$t")" 420 env QG_BUILD_DIR="$PWD/$BUILD" QG_SOURCE_DIR="$PWD" "$t"
+    done
+else
+    step "ctest -R $TESTS" 420 bash -c "cd '$BUILD' && ctest -R '$TESTS' -V -j2"
+fi
 grep -E ":   (tiny|small|gqa1|refused|mixed|--n-cpu-moe)|ERROR|FAILED|tests passed|tests failed" "$LOG" |
     sed 's/^/   /' | head -60
 
