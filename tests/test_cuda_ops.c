@@ -913,7 +913,10 @@ static void test_moe_fused(void **state) {
  * then reads the ids after its launch wait) and on one made with
  * QG_CUDA_STAGED=15 (weights staged in shared memory, op_matvec_i8s.cu,
  * the down kernel reading the ids before the gate/up kernel ends, instead
- * of held in registers, op_matvec_i8.cu): every output bit-identical
+ * of held in registers, op_matvec_i8.cu) and on one made with
+ * QG_CUDA_RPART=1 (no matmul feeds the MoE's norm here, so no router
+ * partials: the option must change nothing; test_router_partials has the
+ * pattern): every output bit-identical
  * (the folded kernels compute the same f32 values in the same order), and
  * the logits near the float64 reference of the chain (|l - ref| <= 1e-4 *
  * sum|w h| + 1e-5: four f32 stages).  Case 3 has the 30B's shapes where
@@ -923,10 +926,11 @@ static void test_moe_fused(void **state) {
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    enum { NEX = 4 };
-    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel", "staged"};
+    enum { NEX = 5 };
+    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel", "staged",
+                                              "router partials"};
     qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NORGU),
-                        ex_new(EX_STAGED)};
+                        ex_new(EX_STAGED), ex_new(EX_RPART)};
     for (int c = 0; c < 4; c++) {
         void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};
