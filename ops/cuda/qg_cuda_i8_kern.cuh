@@ -525,10 +525,12 @@ __device__ __forceinline__ void gu_route_part(const qg_i8_gu_args &a, bool one, 
     }
     for (int i = threadIdx.x; i < NR * C; i += blockDim.x) {
         const int k = i / C, c = i - k * C, t0 = GU_RP_RUN * k;
-        const float *p = a.rt.part + (size_t)t0 * C + c;
         float u[GU_RP_RUN];
+        /* every load unconditional, all in flight at once (a partial run
+         * reads the last tile again and leaves it out of the sum) */
 #pragma unroll
-        for (int j = 0; j < GU_RP_RUN; j++) u[j] = t0 + j < T ? __ldcg(p + (size_t)j * C) : 0.0f;
+        for (int j = 0; j < GU_RP_RUN; j++)
+            u[j] = __ldcg(a.rt.part + (size_t)min(t0 + j, T - 1) * C + c);
         float r = u[0];
 #pragma unroll
         for (int j = 1; j < GU_RP_RUN; j++)
