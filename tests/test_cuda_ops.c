@@ -48,6 +48,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static bool g_have_device;
 
@@ -76,7 +77,8 @@ typedef enum ex_kind {
     EX_NOFUSE,
     EX_ATTN_SIMT,
     EX_NORGU,
-    EX_STAGED /* decode products with weights staged in shared memory (QG_CUDA_STAGED=15) */
+    EX_STAGED, /* decode products with weights staged in shared memory (QG_CUDA_STAGED=15) */
+    EX_RPART   /* router partials (QG_CUDA_RPART=1), logging its folds (QG_DEBUG=cuda) */
 } ex_kind;
 
 static qg_exec ex_new(ex_kind k) {
@@ -85,6 +87,11 @@ static qg_exec ex_new(ex_kind k) {
     if (k == EX_ATTN_SIMT) setenv("QG_CUDA_ATTN_TC", "0", 1);
     if (k == EX_NORGU) setenv("QG_CUDA_RGU", "0", 1);
     if (k == EX_STAGED) setenv("QG_CUDA_STAGED", "15", 1);
+    char *dbg = getenv("QG_DEBUG") ? strdup(getenv("QG_DEBUG")) : NULL;
+    if (k == EX_RPART) {
+        setenv("QG_CUDA_RPART", "1", 1);
+        setenv("QG_DEBUG", "cuda", 1);
+    }
     qg_exec_opts o = {.n_threads = 1, .device = 0};
     qg_exec ex;
     qg_error err = {0};
@@ -94,6 +101,10 @@ static qg_exec ex_new(ex_kind k) {
     unsetenv("QG_CUDA_ATTN_TC");
     unsetenv("QG_CUDA_RGU");
     unsetenv("QG_CUDA_STAGED");
+    unsetenv("QG_CUDA_RPART");
+    if (dbg) setenv("QG_DEBUG", dbg, 1);
+    else unsetenv("QG_DEBUG");
+    free(dbg);
     if (st) fail_msg("qg_exec_cuda_new: %s", err.msg);
     return ex;
 }
@@ -902,7 +913,10 @@ static void test_moe_fused(void **state) {
  * then reads the ids after its launch wait) and on one made with
  * QG_CUDA_STAGED=15 (weights staged in shared memory, op_matvec_i8s.cu,
  * the down kernel reading the ids before the gate/up kernel ends, instead
- * of held in registers, op_matvec_i8.cu): every output bit-identical
+ * of held in registers, op_matvec_i8.cu) and on one made with
+ * QG_CUDA_RPART=1 (no matmul feeds the MoE's norm here, so no router
+ * partials: the option must change nothing; test_router_partials has the
+ * pattern): every output bit-identical
  * (the folded kernels compute the same f32 values in the same order), and
  * the logits near the float64 reference of the chain (|l - ref| <= 1e-4 *
  * sum|w h| + 1e-5: four f32 stages).  Case 3 has the 30B's shapes where
@@ -912,10 +926,11 @@ static void test_moe_fused(void **state) {
 static void test_fold(void **state) {
     (void)state;
     NEED_DEVICE();
-    enum { NEX = 4 };
-    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel", "staged"};
+    enum { NEX = 5 };
+    static const char *const ex_names[NEX] = {"fused", "unfused", "router kernel", "staged",
+                                              "router partials"};
     qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_NOFUSE), ex_new(EX_NORGU),
-                        ex_new(EX_STAGED)};
+                        ex_new(EX_STAGED), ex_new(EX_RPART)};
     for (int c = 0; c < 4; c++) {
         void *res[NEX][6] = {{0}};
         size_t res_n[6] = {0};
@@ -1030,6 +1045,220 @@ static void test_fold(void **state) {
     for (int e = 0; e < NEX; e++) ex_free(&exs[e]);
 }
 
+/* ---- router partials --------------------------------------------------- */
+
+/* cx_compile with file descriptor 2 captured: returns what was written to
+ * it (malloc'd; echoed to stderr too). */
+static char *compile_logged(qg_optest_fx *f, const qg_exec *ex) {
+    fflush(stderr);
+    FILE *tf = tmpfile();
+    assert_non_null(tf);
+    const int saved = dup(2);
+    assert_true(saved >= 0);
+    assert_true(dup2(fileno(tf), 2) >= 0);
+    cx_compile(f, ex);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    const off_t n = lseek(fileno(tf), 0, SEEK_END);
+    char *buf = malloc((size_t)(n > 0 ? n : 0) + 1);
+    assert_non_null(buf);
+    ssize_t got = 0;
+    if (n > 0 && lseek(fileno(tf), 0, SEEK_SET) == 0) got = read(fileno(tf), buf, (size_t)n);
+    buf[got > 0 ? got : 0] = '\0';
+    fclose(tf);
+    fputs(buf, stderr);
+    return buf;
+}
+
+/* The decode pattern of a layer's second half, where the attention-output
+ * projection writes router partials for the MoE launch right after it
+ * (QG_CUDA_RPART=1):
+ *   proj = matmul(W_o, a); h = add(x, proj)              (post_add)
+ *   hn = rmsnorm(h, nf); moe_fused(hn) = ym, ids, wts    (pre_norm)
+ *   out = add(h, ym)
+ * run on the default executor (the router folded into the gate/up launch
+ * behind a grid barrier) and on one made with QG_CUDA_RPART=1, whose
+ * compile log (QG_DEBUG=cuda) must report the pair: the path is taken.
+ * The partials' logits are summed in another order than the router's, so
+ * the two are not bit-identical; each is checked against the float64
+ * reference of the chain from the same inputs: h_ref = x + W_o a (rounded
+ * to f32), logits l = router(rmsnorm(h_ref)), tol = 1e-4 * max_e sum_r
+ * |W_r[e][r] xn_r| + 1e-5 (four f32 stages: product, add, norm, router):
+ *   - K distinct valid ids: the reference's top K where its K-th and
+ *     (K+1)-th logits are more than 2 tol apart, else each chosen logit
+ *     within 2 tol of the K-th;
+ *   - weights within 2 tol + 1e-6 of the reference softmax renormalized
+ *     over the chosen ids (|dw_k| <= w_k (|dl_k| + max_j |dl_j|));
+ *   - out within 1e-4 * (|h| + sum|W_o a| + sum_k |w_k| sum_f |down h|) +
+ *     1e-5 of h_ref + the reference experts over the executor's own
+ *     routing.
+ * Shapes: E = 2048, X = 128, K = 8 under a 4096-input W_o (the 30B: 128
+ * tiles of partials, 129 columns, 512-thread producer blocks); E = 1280
+ * (80 tiles: the consumer's last run of 32 tiles is partial), X = 128,
+ * under a 1024-input W_o (128-thread producer blocks: a thread takes two
+ * columns); E = 256, X = 16 (one partial run; 256-thread producer blocks,
+ * Q6_K W_o).  W_o's rows are the MoE's input, a multiple of 256, so its
+ * last tile is never partial here.  Case 3 is case 2 with x[37] NaN: h[37]
+ * is NaN, and as on the default executor every output is NaN (all logits
+ * NaN: no valid pick) with the routing bit-identical to it. */
+static void test_router_partials(void **state) {
+    (void)state;
+    NEED_DEVICE();
+    enum { NEX = 2, KMAX = 8 };
+    static const char *const ex_names[NEX] = {"barrier router", "router partials"};
+    qg_exec exs[NEX] = {ex_new(EX_DEFAULT), ex_new(EX_RPART)};
+    static const struct {
+        int64_t E, Din;
+        int X, K;
+        qg_dtype wo;
+        bool nan;
+    } cs[] = {
+        {2048, 4096, 128, 8, QG_Q4_K, false},
+        {1280, 1024, 128, 8, QG_Q4_K, false},
+        {256, 2048, 16, 4, QG_Q6_K, false},
+        {256, 2048, 16, 4, QG_Q6_K, true},
+    };
+    const int64_t F = 256;
+    for (size_t c = 0; c < QG_ARRAY_LEN(cs); c++) {
+        const int64_t E = cs[c].E, Din = cs[c].Din;
+        const int X = cs[c].X, K = cs[c].K;
+        int32_t ids_of[NEX][KMAX];
+        float wts_of[NEX][KMAX];
+        for (int e = 0; e < NEX; e++) {
+            qg_test_rng r = rng_for(19, (int)c); /* same weights and inputs on both */
+            qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
+            const int x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, E, 1, 1);
+            const int a = qg_optest_add_tensor(&f, "a", QG_F32, QG_ROLE_INPUT, 2, Din, 1, 1);
+            const int wo = qg_optest_add_weight(&f, "attn_output", cs[c].wo, 2, Din, E, 1, &r, 0.05f);
+            const int nf = qg_optest_add_weight(&f, "ffn_norm", QG_F32, 1, E, 1, 1, &r, 2.0f);
+            const int gi = qg_optest_add_weight(&f, "gate_inp", QG_F32, 2, E, X, 1, &r, 0.05f);
+            const int gw = qg_optest_add_weight(&f, "gate_exps", QG_Q4_K, 3, E, F, X, &r, 1.0f);
+            const int uw = qg_optest_add_weight(&f, "up_exps", QG_Q4_K, 3, E, F, X, &r, 1.0f);
+            const int dw = qg_optest_add_weight(&f, "down_exps", QG_Q6_K, 3, F, E, X, &r, 1.0f);
+            const int pj = qg_optest_add_tensor(&f, "proj", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
+            const int h = qg_optest_add_tensor(&f, "h", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
+            const int hn = qg_optest_add_tensor(&f, "hn", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
+            const int ym = qg_optest_add_tensor(&f, "ym", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
+            const int ids = qg_optest_add_tensor(&f, "ids", QG_I32, QG_ROLE_OUTPUT, 2, K, 1, 1);
+            const int wts = qg_optest_add_tensor(&f, "wts", QG_F32, QG_ROLE_OUTPUT, 2, K, 1, 1);
+            const int out = qg_optest_add_tensor(&f, "out", QG_F32, QG_ROLE_OUTPUT, 2, E, 1, 1);
+            qg_op_params p = {.eps = 1e-6f, .n_expert = X, .n_expert_used = K};
+            qg_optest_add_node(&f, QG_OP_MATMUL, "attn_output", (int[]){wo, a}, 2, (int[]){pj}, 1,
+                               &p);
+            qg_optest_add_node(&f, QG_OP_ADD, "attn_residual", (int[]){x, pj}, 2, (int[]){h}, 1,
+                               &p);
+            qg_optest_add_node(&f, QG_OP_RMSNORM, "ffn_norm", (int[]){h, nf}, 2, (int[]){hn}, 1, &p);
+            qg_optest_add_node(&f, QG_OP_MOE_FUSED, "moe", (int[]){hn, gi, gw, uw, dw}, 5,
+                               (int[]){ym, ids, wts}, 3, &p);
+            qg_optest_add_node(&f, QG_OP_ADD, "ffn_residual", (int[]){h, ym}, 2, (int[]){out}, 1,
+                               &p);
+            char label[128];
+            snprintf(label, sizeof label, "router partials E=%lld Din=%lld X=%d K=%d %s%s: %s",
+                     (long long)E, (long long)Din, X, K, qg_dtype_name(cs[c].wo),
+                     cs[c].nan ? " NaN" : "", ex_names[e]);
+            if (e == 1) {
+                char *log = compile_logged(&f, &exs[e]);
+                const bool taken = strstr(log, "router partials: 1 matmul -> moe_fused pairs");
+                free(log);
+                if (!taken) fail_msg("%s: the executor did not set up the router partials", label);
+            } else {
+                cx_compile(&f, &exs[e]);
+            }
+            qg_optest_fill_act(&f, x, 1, &r, -1, 1);
+            qg_optest_fill_act(&f, a, 1, &r, -1, 1);
+            if (cs[c].nan) qg_optest_f32(&f, x)[37] = NAN;
+            qg_optest_step(&f, f.ex, (int[]){x, a}, 2, (int[]){ids, wts, out}, 3, 1, 0, label);
+            const int32_t *ki = qg_optest_i32(&f, ids);
+            const float *kw = qg_optest_f32(&f, wts), *ko = qg_optest_f32(&f, out);
+            memcpy(ids_of[e], ki, sizeof(int32_t) * (size_t)K);
+            memcpy(wts_of[e], kw, sizeof(float) * (size_t)K);
+            if (cs[c].nan) {
+                for (int64_t i = 0; i < E; i++)
+                    if (!isnan(ko[i]))
+                        fail_msg("%s: out[%lld] = %g, not NaN", label, (long long)i, (double)ko[i]);
+                qg_optest_fx_free(&f);
+                continue;
+            }
+            /* the float64 reference of the chain */
+            const float *xf = qg_optest_f32(&f, x);
+            double *pr = qg_optest_dalloc(E), *pa = qg_optest_dalloc(E);
+            double *xn = qg_optest_dalloc(E), *l = qg_optest_dalloc(X), *la = qg_optest_dalloc(X);
+            float *hf = malloc(sizeof(float) * (size_t)E), *xnf = malloc(sizeof(float) * (size_t)E);
+            assert_true(hf && xnf);
+            qg_ref_matmul(cs[c].wo, f.host[wo], Din, E, qg_optest_f32(&f, a), 1, pr, pa);
+            for (int64_t i = 0; i < E; i++) hf[i] = (float)(xf[i] + pr[i]);
+            qg_ref_rmsnorm(hf, qg_optest_f32(&f, nf), E, 1, 1e-6, xn);
+            for (int64_t i = 0; i < E; i++) xnf[i] = (float)xn[i];
+            qg_ref_matmul(QG_F32, f.host[gi], E, X, xnf, 1, l, la);
+            double tol = 0;
+            for (int i = 0; i < X; i++) tol = fmax(tol, 1e-4 * la[i] + 1e-5);
+            /* the reference's order: logits descending, ties to the lower id */
+            int order[256];
+            for (int i = 0; i < X; i++) order[i] = i;
+            for (int i = 1; i < X; i++)
+                for (int j = i; j > 0 && l[order[j]] > l[order[j - 1]]; j--) {
+                    const int t = order[j];
+                    order[j] = order[j - 1];
+                    order[j - 1] = t;
+                }
+            const bool clear = K == X || l[order[K - 1]] - l[order[K]] > 2 * tol;
+            double mx = -INFINITY, sum = 0;
+            for (int k = 0; k < K; k++) {
+                if (ki[k] < 0 || ki[k] >= X) fail_msg("%s: ids[%d] = %d", label, k, ki[k]);
+                for (int j = 0; j < k; j++)
+                    if (ki[j] == ki[k]) fail_msg("%s: expert %d chosen twice", label, ki[k]);
+                bool in_ref = false;
+                for (int j = 0; j < K; j++) in_ref |= order[j] == ki[k];
+                if (clear ? !in_ref : l[ki[k]] < l[order[K - 1]] - 2 * tol)
+                    fail_msg("%s: expert %d (logit %.6g) is not among the reference's top %d "
+                             "(K-th %.6g, tolerance %.3g)",
+                             label, ki[k], l[ki[k]], K, l[order[K - 1]], 2 * tol);
+                mx = fmax(mx, l[ki[k]]);
+            }
+            for (int k = 0; k < K; k++) sum += exp(l[ki[k]] - mx);
+            for (int k = 0; k < K; k++) {
+                const double wr = exp(l[ki[k]] - mx) / sum;
+                if (!(fabs(kw[k] - wr) <= 2 * tol + 1e-6))
+                    fail_msg("%s: wts[%d] = %.9g, reference %.9g (tolerance %.3g)", label, k,
+                             (double)kw[k], wr, 2 * tol + 1e-6);
+            }
+            /* out: h_ref + the reference experts over this executor's routing */
+            double *eh = qg_optest_dalloc(F * K), *yd = qg_optest_dalloc(E), *ya = qg_optest_dalloc(E);
+            float *ehf = malloc(sizeof(float) * (size_t)(F * K));
+            assert_non_null(ehf);
+            qg_ref_expert_swiglu(QG_Q4_K, f.host[gw], QG_Q4_K, f.host[uw], E, F, X, xnf, ki, K, 1,
+                                 eh, NULL);
+            for (int64_t i = 0; i < F * K; i++) ehf[i] = (float)eh[i];
+            qg_ref_aggregate(ehf, QG_Q6_K, f.host[dw], F, E, X, ki, kw, K, 1, yd, ya);
+            for (int64_t i = 0; i < E; i++) {
+                yd[i] += hf[i];
+                ya[i] += fabs(hf[i]) + pa[i];
+            }
+            const double worst = qg_optest_expect_close(label, "out", ko, yd, ya, E, 1e-4, 1e-5);
+            printf("%s: ids %s the reference's top %d, out at %.3f of its tolerance\n", label,
+                   clear ? "are" : "are near", K, worst);
+            free(pr);
+            free(pa);
+            free(xn);
+            free(l);
+            free(la);
+            free(hf);
+            free(xnf);
+            free(eh);
+            free(yd);
+            free(ya);
+            free(ehf);
+            qg_optest_fx_free(&f);
+        }
+        if (cs[c].nan &&
+            (memcmp(ids_of[0], ids_of[1], sizeof(int32_t) * (size_t)K) != 0 ||
+             memcmp(wts_of[0], wts_of[1], sizeof(float) * (size_t)K) != 0))
+            fail_msg("case %zu (NaN): the routing differs between the executors", c);
+    }
+    for (int e = 0; e < NEX; e++) ex_free(&exs[e]);
+}
+
 /* ---- supports --------------------------------------------------------- */
 
 static void test_supports(void **state) {
@@ -1108,6 +1337,7 @@ int main(void) {
         cmocka_unit_test(test_expert_swiglu_aggregate),
         cmocka_unit_test(test_moe_fused),
         cmocka_unit_test(test_fold),
+        cmocka_unit_test(test_router_partials),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

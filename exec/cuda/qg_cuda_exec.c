@@ -30,7 +30,9 @@
  * products exact f32, QG_CUDA_I8=0 turns off the integer tensor-core decode
  * products (Q4_K / Q6_K decode then runs the f32 kernels), QG_CUDA_ATTN_CTAS=N
  * (1..8, default 1) sets how many CTAs per multiprocessor the decode
- * attention's split over cache rows aims at.
+ * attention's split over cache rows aims at, QG_CUDA_RPART=1 has the
+ * attention-output projection write router partials that the next MoE
+ * launch sums instead of its router's grid barrier (plan_router_partials).
  */
 #include "../../graph/qg_rope.h"
 #include "../../ops/cuda/qg_cuda_ops.h"
@@ -106,6 +108,9 @@ typedef struct cuda_graph {
                               every position, for the rope nodes with the
                               first rope node's base and head_dim */
     void *extra;           /* outputs of folded adds that need their own memory */
+    float *rpart;          /* (tiles, X + 1) router partials (o.rpart): written
+                              by a matmul, read by the moe_fused launch right
+                              after it; one buffer serves every layer */
     qg_cuda_launch *L;     /* (n_nodes) */
     bool *skip;            /* (n_nodes) folded into a neighbour */
     cudaGraphExec_t *gexec; /* (n_parts) captured partitions */
@@ -356,6 +361,83 @@ static int sole_consumer(const qg_graph *g, int t) {
     return who;
 }
 
+/* The matmul whose output, after its folded add, is tensor t (post[j]:
+ * the residual of matmul j's folded add), or -1. */
+static int matmul_of(const qg_graph *g, const int *post, int t) {
+    const int p = g->tensors[t].producer;
+    if (p < 0) return -1;
+    const qg_node *np = &g->nodes[p];
+    if (np->op == QG_OP_MATMUL) return post[p] < 0 ? p : -1;
+    if (np->op != QG_OP_ADD) return -1;
+    for (int k = 0; k < 2; k++) { /* the add folded into its matmul input's producer */
+        const int j = g->tensors[np->in[k]].producer;
+        if (j >= 0 && g->nodes[j].op == QG_OP_MATMUL && post[j] == np->in[1 - k] &&
+            sole_consumer(g, g->nodes[j].out[0]) == p)
+            return j;
+    }
+    return -1;
+}
+
+/* Router partials (o.rpart, decode graphs, after the folds): for each
+ * moe_fused node m with a folded rmsnorm i whose raw input h is written by
+ * matmul j (directly or through the add folded into j), where j's launch
+ * is the one right before m's (every node between them folded away) and
+ * both kernels take the form (qg_cuda_op_can_router_partials): j also
+ * writes the router partials of h into cg->rpart, and m sums them instead
+ * of computing its router behind a grid barrier.  One buffer serves every
+ * pair: each is written and read by two consecutive kernels.  Returns the
+ * pairs set up; anything that does not fit (shapes, the allocation) keeps
+ * today's path. */
+static int plan_router_partials(cuda_exec *c, cuda_graph *cg, const int *post) {
+    qg_graph *g = cg->g;
+    const int e = cg->exec_index;
+    int *pair = malloc(sizeof *pair * (size_t)g->n_nodes); /* matmul of moe node m, -1 */
+    int *tiles = malloc(sizeof *tiles * (size_t)g->n_nodes);
+    size_t floats = 0;
+    int n = 0;
+    if (!pair || !tiles) goto done;
+    for (int m = 0; m < g->n_nodes; m++) {
+        const qg_node *nm = &g->nodes[m];
+        pair[m] = -1;
+        if (nm->exec != e || cg->skip[m] || nm->op != QG_OP_MOE_FUSED || !cg->L[m].pre_norm)
+            continue;
+        const int i = g->tensors[nm->in[0]].producer;
+        if (i < 0 || g->nodes[i].op != QG_OP_RMSNORM || !cg->skip[i]) continue;
+        const int j = matmul_of(g, post, g->nodes[i].in[0]);
+        if (j < 0 || g->nodes[j].exec != e || g->nodes[j].partition != nm->partition || cg->skip[j])
+            continue;
+        bool next = true; /* m's launch follows j's */
+        for (int k = j + 1; k < m; k++) next &= cg->skip[k];
+        if (!next || !qg_cuda_op_can_router_partials(g, &g->nodes[j], nm, &c->o, &tiles[m]))
+            continue;
+        pair[m] = j;
+        floats = QG_MAX(floats, (size_t)tiles[m] * (size_t)(g->tensors[nm->in[1]].ne[1] + 1));
+        n++;
+    }
+    if (!n || !(cg->rpart = dev_zalloc(sizeof(float) * floats))) {
+        cudaGetLastError();
+        n = 0;
+        goto done;
+    }
+    for (int m = 0; m < g->n_nodes; m++) {
+        if (pair[m] < 0) continue;
+        const qg_node *nm = &g->nodes[m];
+        const qg_tensor *rt = &g->tensors[nm->in[1]];
+        qg_cuda_launch *lj = &cg->L[pair[m]];
+        lj->rp_w = cg->dev[nm->in[1]];
+        lj->rp_rb = sizeof(float) * (size_t)rt->ne[0];
+        lj->rp_nw = cg->L[m].pre_norm;
+        lj->rp_x = (int)rt->ne[1];
+        lj->rp_buf = cg->rpart;
+        cg->L[m].rp_buf = cg->rpart;
+        cg->L[m].rp_tiles = tiles[m];
+    }
+done:
+    free(pair);
+    free(tiles);
+    return n;
+}
+
 /* Fold, within a partition of this executor:
  *   node j -> the add k that is the only consumer of j's out[0]
  *     (qg_cuda_op_can_post_add): j writes out + residual into the add's
@@ -437,6 +519,7 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
     }
     for (int j = 0; j < g->n_nodes; j++)
         if (post[j] >= 0) cg->L[j].post_add = cg->dev[post[j]];
+    const int n_rp = c->o.rpart && g->n_tok_max == 1 ? plan_router_partials(c, cg, post) : 0;
     free(post);
     /* rope -> attention: in decode graphs the attention kernel does the
      * rope node's work; otherwise the rope kernel appends the KV rows */
@@ -482,6 +565,9 @@ static qg_status fold_nodes(cuda_exec *c, cuda_graph *cg, qg_error *err) {
                 "into attention\n",
                 g->phase == QG_PHASE_DECODE ? "decode" : "prefill", n_norm, n_add, n_own, n_app,
                 n_rope);
+    if (c->log && c->o.rpart && g->n_tok_max == 1)
+        fprintf(stderr, "cuda: decode graph: router partials: %d matmul -> moe_fused pairs\n",
+                n_rp);
     return QG_OK;
 }
 
@@ -545,6 +631,7 @@ static void cuda_release(void *self, qg_graph *g) {
     cudaFree(cg->rope);
     cudaFree(cg->rope_cs);
     cudaFree(cg->extra);
+    cudaFree(cg->rpart);
     cudaGetLastError();
     drop_pools(c, cg);
     free(cg->dev);
@@ -1009,6 +1096,7 @@ qg_status qg_exec_cuda_new(const qg_exec_opts *o, qg_exec *out, qg_error *err) {
     c->o.staged = prop.major >= 9 ? env_int("QG_CUDA_STAGED", 0, 0, 63) : 0;
     c->o.dn_early = !env_is("QG_CUDA_DN_EARLY", "0");
     c->o.rt_split = !env_is("QG_CUDA_RT_SPLIT", "0");
+    c->o.rpart = env_is("QG_CUDA_RPART", "1");
     c->o.i8_mv_cfg[0] = env_int("QG_CUDA_I8_MV", -1, 0, 5);
     c->o.i8_mv_cfg[1] = env_int("QG_CUDA_I8_MV16", -1, 0, 5);
     c->o.i8_gu_cfg = env_int("QG_CUDA_I8_GU", -1, 0, 4);

@@ -603,7 +603,30 @@ cudaError_t qg_cu_matmul(const qg_cuda_launch *l) {
     float *y = qg_cu_out_ptr<float>(l, 0);
     const qg_cu_mat mat = mat_of(wt, l->dev[l->n->in[wi]], y, m);
     const bool last = l->n->op == QG_OP_LM_HEAD && l->n->p.only_last;
+    /* router partials for the next launch: the integer decode product alone
+     * writes them (the executor asks only where it runs) */
+    if (l->rp_buf && (!qg_cu_decode(l->g) || !l->o.i8_decode || !qg_i8_mv_part_ok(&mat, n, l->rp_x)))
+        return cudaErrorInvalidValue;
     return qg_cu_product(l, &mat, 1, n, qg_cu_in_ptr<const float>(l, xi), n, last, l->post_add);
+}
+
+extern "C" bool qg_cuda_op_can_router_partials(const qg_graph *g, const qg_node *mm,
+                                               const qg_node *moe, const qg_cuda_opts *o,
+                                               int *tiles) {
+    if (!o->rpart || !o->i8_decode || !o->rgu || !qg_cu_decode(g) || mm->op != QG_OP_MATMUL ||
+        moe->op != QG_OP_MOE_FUSED ||
+        (o->drop & (QG_CUDA_DROP_MATMUL | QG_CUDA_DROP_ROUTER | QG_CUDA_DROP_GU)))
+        return false;
+    const qg_tensor *T = g->tensors;
+    const qg_tensor *wt = &T[mm->in[0]], *rt = &T[moe->in[1]];
+    const int n = (int)wt->ne[0], m = (int)wt->ne[1];
+    const int E = (int)T[moe->in[0]].ne[0], X = (int)rt->ne[1], K = (int)T[moe->out[1]].ne[0];
+    const qg_cu_mat w = mat_of(wt, nullptr, nullptr, m), r = mat_of(rt, nullptr, nullptr, X);
+    const qg_cu_mat gu = mat_of(&T[moe->in[2]], nullptr, nullptr, 0);
+    const qg_cu_mat up = mat_of(&T[moe->in[3]], nullptr, nullptr, 0);
+    *tiles = (m + 15) / 16;
+    return E == m && rt->ne[0] == E && T[moe->in[2]].ne[2] == X && qg_i8_mv_part_ok(&w, n, X) &&
+           qg_i8_gu_part_ok(&gu, &up, &r, E, K, X, *tiles);
 }
 
 /* qkv: x (E,T), wq, wk, wv -> q, k, v */
@@ -798,7 +821,9 @@ cudaError_t qg_cu_moe_fused(const qg_cuda_launch *l) {
                         : nullptr;
         if (!(drop & (QG_CUDA_DROP_ROUTER | QG_CUDA_DROP_GU)) && l->o.i8_decode &&
             qg_i8_gu_ok(&g, &u, E)) {
-            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters, flag, false};
+            /* (rp_buf: the router partials of the previous launch) */
+            const qg_i8_router rt = {nullptr, 0, s.logits, ids, wts, l->counters, flag, false,
+                                     l->rp_buf, l->rp_tiles};
             e = qg_i8_gu_router(l, &g, &u, &r, E, K, X, x, &rt, s.h, &d);
             if (e != cudaSuccess && e != cudaErrorNotSupported) return e;
             if (e == cudaErrorNotSupported) flag = nullptr;

@@ -11,8 +11,11 @@
  * the warps' partial rows are summed in a fixed order (results do not
  * depend on the grid):
  *   k_mv8   y_i = W_i x for up to three matrices (q, k, v), optional
- *           residual on matrix 0, optional last column of x
- *   k_gu8   h[k, f] = silu(gate_e x) * (up_e x), e = ids[k] on the device
+ *           residual on matrix 0, optional last column of x; RP: also
+ *           the router partials of y for the MoE launch after it
+ *   k_gu8   h[k, f] = silu(gate_e x) * (up_e x), e = ids[k] on the device,
+ *           or picked by each block (the router folded in behind a grid
+ *           barrier, or summed from the router partials)
  *   k_dn8   y = add + sum_k wts[k] * down_{ids[k]} h_k, the (expert,
  *           super-block) pairs spread over 12 warps
  * Weight loads go out before anything else a block waits for: before the
@@ -32,7 +35,12 @@
 
 /* ---- dense: up to three matrices ---------------------------------------- */
 
-template <int NW, int NF, int MINB>
+/* RP: also the router partials of y (a.rp, one matrix: qg_i8_rpart): each
+ * tile's slices of the router and norm weights are staged in shared
+ * memory by cp.async (rp_stage: before the launch wait for the first tile,
+ * after the previous tile's partials for later ones), and the epilogue
+ * writes the tile's partials from its final rows (rp_row, rp_tile). */
+template <int NW, int NF, int MINB, bool RP = false>
 __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[NW][I8_TILE];
@@ -42,12 +50,15 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
     int tile = blockIdx.x, mi = 0, r0 = 0;
     i8_frag f[NF];
     i8_job job = {};
+    /* router partials' staging: (rp_smem(X)) after the image */
+    float *rs = RP ? (float *)(img + rp_smem_off(a.n, a.norm_w != nullptr)) : nullptr;
     /* the weights are constant: the first tile's loads go out before the
      * previous kernel has finished (programmatic launch) */
     if (tile < T) {
         mv8_locate(a, tile, &mi, &r0);
         job = i8_rows_of(a.type[mi], a.w[mi], a.rb[mi], a.m[mi], r0);
         i8_job_load(job, f, w, NW, nsb);
+        if (RP) rp_stage(a.rp, a.m[0], r0, rs);
     }
     const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
     qg_pdl_wait();
@@ -65,15 +76,25 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
             i8_job_load(job, f, w, NW, nsb);
         }
         i8_warp_rows(ag, ag8, red[w]);
+        if (RP) qg_cp_wait_all(); /* this thread's staged slices */
         __syncthreads();
         if (threadIdx.x < I8_TILE && cr0 + (int)threadIdx.x < a.m[ci]) {
             float s = 0.0f;
 #pragma unroll
             for (int k = 0; k < NW; k++) s += red[k][threadIdx.x];
             const int r = cr0 + threadIdx.x;
-            a.y[ci][r] = (ci == 0 && a.add) ? a.add[r] + s : s;
+            const float y = (ci == 0 && a.add) ? a.add[r] + s : s;
+            a.y[ci][r] = y;
+            if (RP) rp_row(a.rp, rs, threadIdx.x, y);
         }
         __syncthreads();
+        if (RP) { /* one matrix: tile index = row of the partials */
+            rp_tile(a.rp, tile, min(I8_TILE, a.m[0] - cr0), rs);
+            if (tile + G < T) {
+                __syncthreads(); /* every thread is done with rs */
+                rp_stage(a.rp, a.m[0], r0, rs);
+            }
+        }
     }
 }
 
@@ -156,10 +177,17 @@ __device__ __forceinline__ i8_job gu8_job(const qg_i8_gu_args &a, const int32_t 
               : i8_rows_of(a.tg, a.wg + (size_t)e * a.esg, a.rbg, a.F, r0);
 }
 
-/* RT: the router folded in (qg_i8_router): block b computes router row b
- * (b < X) over x normalized in f32, all blocks meet at a grid barrier,
- * and each block picks the experts itself. */
-template <int NWH, int NF, int MINB, bool RT>
+/* How k_gu8 gets its experts: GU_IDS from a.ids (or one dense matrix);
+ * GU_BAR the router folded in (qg_i8_router): block b computes router row
+ * b (b < X) over x normalized in f32, all blocks meet at a grid barrier,
+ * and each block picks the experts itself (gu_route); GU_PART each block
+ * sums the router partials of the previous launch and picks the experts
+ * itself, no barrier (gu_route_part). */
+#define GU_IDS 0
+#define GU_BAR 1
+#define GU_PART 2
+
+template <int NWH, int NF, int MINB, int RT>
 __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     extern __shared__ __align__(16) uint8_t img[];
     __shared__ float red[2 * NWH][I8_TILE];
@@ -167,20 +195,26 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
     /* folded router: the picks, and the softmax's probabilities */
     __shared__ int32_t s_ids[RT ? GU_RT_KMAX : 1];
     __shared__ float s_wts[RT ? GU_RT_KMAX : 1], s_p[RT ? GU_RT_XMAX : 1];
+    /* router partials: the column totals, then the logits (X + 1) */
+    __shared__ float s_tot[RT == GU_PART ? GU_RT_XMAX + 1 : 1];
     const int w = threadIdx.x >> 5, nsb = a.n / 256, wi = w >= NWH ? w - NWH : w;
     const int FT = (a.F + I8_TILE - 1) / I8_TILE, T = a.K * FT;
     /* a folded router's row (block b takes row b) goes into registers
      * before the launch wait (weights are constant) */
     float4 wr[GU_RT_V4];
-    if (RT) gu_route_row(a, wr);
+    if (RT == GU_BAR) gu_route_row(a, wr);
     const bool one = i8_norm_begin(a.norm_w, a.n, 2 * NWH, img);
     qg_pdl_wait();
     int tile = blockIdx.x;
     i8_frag f[NF];
     i8_job job = {};
     const int32_t *ids = a.ids;
-    if (RT) {
+    if (RT == GU_BAR) {
         gu_route(a, wr, one, cs, img, s_ids, s_wts, s_p);
+        ids = s_ids;
+    }
+    if (RT == GU_PART) {
+        gu_route_part(a, one, img, s_tot, s_ids, s_wts, s_p);
         ids = s_ids;
     }
     /* the expert ids are known: the first tile's loads go out (before x's
@@ -195,7 +229,7 @@ __global__ void __launch_bounds__(2 * NWH * 32, MINB) k_gu8(qg_i8_gu_args a) {
             const int e = ids[k];
             if (e >= 0 && e < a.X) qg_prefetch_grid(a.pf_down + (size_t)e * a.pf_es, a.pf_es);
         }
-    if (!RT) i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img);
+    if (RT == GU_IDS) i8_build_x(a.x, a.n, a.norm_w, a.eps, one, cs, img);
     const qg_i8_vec xv = qg_i8_at(img, a.n);
     for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
@@ -368,6 +402,21 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
     /* room for staged norm weights whenever n allows; a shape whose warps
      * cannot hold the input takes the two-pass build and leaves it unused */
     const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
+    if (l->rp_buf) {
+        /* router partials: the register kernel's default shapes, whatever
+         * the A/B switches ask (the next launch reads the partials) */
+        if (nm != 1 || !qg_i8_mv_part_ok(m, n, l->rp_x)) return cudaErrorInvalidValue;
+        a.rp.w = l->rp_w;
+        a.rp.rb = l->rp_rb;
+        a.rp.nw = l->rp_nw;
+        a.rp.out = l->rp_buf;
+        a.rp.X = l->rp_x;
+        const size_t sm = rp_smem_off(n, a.norm_w != nullptr) + rp_smem(l->rp_x);
+        if (nsb <= 4) return i8_launch(l, k_mv8<4, 1, 3, true>, 128, sm, T, 6, a);
+        if (nsb <= 8) return i8_launch(l, k_mv8<8, 1, 2, true>, 256, sm, T, 4, a);
+        if (nsb <= 16) return i8_launch(l, k_mv8<16, 1, 1, true>, 512, sm, T, 2, a);
+        return i8_launch(l, k_mv8<8, 2, 1, true>, 256, sm, T, 3, a);
+    }
     const bool head = nsb <= 8 && T > 8 * (l->o.n_sm > 0 ? l->o.n_sm : 132);
     if (!head && l->o.i8_mv_cfg[nsb <= 8 ? 0 : 1] < 0) {
         const cudaError_t e = qg_i8s_mv(l, a);
@@ -399,6 +448,13 @@ cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n,
      * projection: tg128 338 against 331 tok/s with 8 warps of two) */
     if (nsb <= 16) return i8_launch(l, k_mv8<16, 1, 1>, 512, smem, T, 2, a);
     return i8_launch(l, k_mv8<8, 2, 1>, 256, smem, T, 3, a);
+}
+
+bool qg_i8_mv_part_ok(const qg_cu_mat *m, int n, int X) {
+    /* (staged slices of 16-byte chunks: m % 4; under the default 48 KiB of
+     * dynamic shared memory with the largest image) */
+    return qg_i8_mv_ok(m, 1, n) && m->m % 4 == 0 && X >= 1 && X <= GU_RT_XMAX &&
+           rp_smem_off(n, true) + rp_smem(X) <= 48 * 1024;
 }
 
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {
@@ -434,24 +490,46 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     const int nsb = n / 256, T = K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = i8_img_smem(n, a.norm_w != nullptr);
     switch (l->o.i8_gu_cfg) { /* an explicit shape (QG_CUDA_I8_GU, for A/B) */
-    case 0: return i8_launch(l, k_gu8<4, 1, 2, false>, 256, smem, T, 4, a);
-    case 1: return i8_launch(l, k_gu8<8, 1, 1, false>, 512, smem, T, 2, a);
-    case 2: return i8_launch(l, k_gu8<8, 2, 1, false>, 512, smem, T, 2, a);
-    case 3: return i8_launch(l, k_gu8<4, 2, 1, false>, 256, smem, T, 3, a);
-    case 4: return i8_launch(l, k_gu8<2, 2, 2, false>, 128, smem, T, 6, a);
+    case 0: return i8_launch(l, k_gu8<4, 1, 2, GU_IDS>, 256, smem, T, 4, a);
+    case 1: return i8_launch(l, k_gu8<8, 1, 1, GU_IDS>, 512, smem, T, 2, a);
+    case 2: return i8_launch(l, k_gu8<8, 2, 1, GU_IDS>, 512, smem, T, 2, a);
+    case 3: return i8_launch(l, k_gu8<4, 2, 1, GU_IDS>, 256, smem, T, 3, a);
+    case 4: return i8_launch(l, k_gu8<2, 2, 2, GU_IDS>, 128, smem, T, 6, a);
     default: break;
     }
-    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, false>, 256, smem, T, 4, a);
-    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, false>, 512, smem, T, 2, a);
-    return i8_launch(l, k_gu8<8, 2, 1, false>, 512, smem, T, 2, a);
+    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, GU_IDS>, 256, smem, T, 4, a);
+    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, GU_IDS>, 512, smem, T, 2, a);
+    return i8_launch(l, k_gu8<8, 2, 1, GU_IDS>, 512, smem, T, 2, a);
+}
+
+bool qg_i8_gu_part_ok(const qg_cu_mat *gate, const qg_cu_mat *up, const qg_cu_mat *router, int n,
+                      int K, int X, int tiles) {
+    return qg_i8_gu_ok(gate, up, n) && router->type == QG_F32 && router->m == X && X >= 1 &&
+           X <= GU_RT_XMAX && K >= 1 && K <= GU_RT_KMAX && tiles == n / I8_TILE &&
+           i8_img_smem(n, true) + gu_part_smem(X, tiles) <= 48 * 1024;
+}
+
+/* The gate/up launch summing router partials (rt->part; see
+ * qg_i8_gu_router): the default shapes of qg_i8_gu, the grid as
+ * i8_grid sizes it (no barrier, so neither a block per expert nor one wave
+ * is needed). */
+static cudaError_t gu_part_launch(const qg_cuda_launch *l, int n, int X, const qg_i8_gu_args &a) {
+    const int nsb = n / 256, T = a.K * ((a.F + I8_TILE - 1) / I8_TILE);
+    const size_t smem = i8_img_smem(n, true) + gu_part_smem(X, a.rt.part_tiles);
+    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, GU_PART>, 256, smem, T, 4, a);
+    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, GU_PART>, 512, smem, T, 2, a);
+    return i8_launch(l, k_gu8<8, 2, 1, GU_PART>, 512, smem, T, 2, a);
 }
 
 cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up,
                             const qg_cu_mat *router, int n, int K, int X, const float *x,
                             const qg_i8_router *rt, float *h, const qg_cu_mat *pf_down) {
-    if (!l->o.rgu || !l->o.i8_fit || router->type != QG_F32 || router->m != X ||
-        n % (4 * GU_RT_THREADS) || n > 4 * GU_RT_V4 * GU_RT_THREADS || X > GU_RT_XMAX ||
-        K > GU_RT_KMAX)
+    const bool part = rt->part && l->pre_norm &&
+                      qg_i8_gu_part_ok(gate, up, router, n, K, X, rt->part_tiles);
+    if (!l->o.rgu) return cudaErrorNotSupported;
+    if (!part && (!l->o.i8_fit || router->type != QG_F32 || router->m != X ||
+                  n % (4 * GU_RT_THREADS) || n > 4 * GU_RT_V4 * GU_RT_THREADS || X > GU_RT_XMAX ||
+                  K > GU_RT_KMAX))
         return cudaErrorNotSupported;
     qg_i8_gu_args a = {};
     a.wg = gate->w;
@@ -479,6 +557,8 @@ cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, cons
     a.rt.w = (const float *)router->w;
     a.rt.rb = router->rb;
     a.rt.split = l->o.rt_split;
+    if (part) return gu_part_launch(l, n, X, a);
+    a.rt.part = nullptr;
     {
         const cudaError_t e = qg_i8s_gu_router(l, a);
         if (e != cudaErrorNotSupported) return e;
@@ -489,9 +569,9 @@ cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, cons
     const int nw = nsb <= 4 ? 8 : 16;
     if (a.norm_w && !i8_build1_ok(n, nw)) return cudaErrorNotSupported;
     const size_t smem = i8_img_smem(n, a.norm_w != nullptr) + (a.norm_w ? sizeof(float) * (size_t)n : 0);
-    void (*k)(qg_i8_gu_args) = nsb <= 4   ? k_gu8<4, 1, 2, true>
-                               : nsb <= 8 ? k_gu8<8, 1, 1, true>
-                                          : k_gu8<8, 2, 1, true>;
+    void (*k)(qg_i8_gu_args) = nsb <= 4   ? k_gu8<4, 1, 2, GU_BAR>
+                               : nsb <= 8 ? k_gu8<8, 1, 1, GU_BAR>
+                                          : k_gu8<8, 2, 1, GU_BAR>;
     const int grid = i8_grid(l, k, 32 * nw, smem, T, nsb <= 4 ? 4 : 2);
     if (grid < X) return cudaErrorNotSupported; /* a block per router row */
     return qg_cu_launch(l, k, dim3(grid), dim3(32 * nw), smem, a);

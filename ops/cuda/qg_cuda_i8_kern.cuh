@@ -4,7 +4,9 @@
  * op_matvec_i8s.cu: weights staged in shared memory): input images with
  * the rmsnorm folded in, one warp's share of a 16-row tile, the row
  * reduction, and the router folded into the gate/up launch (its row
- * product, the grid barrier, the per-block top-k).  ops/cuda/ only.
+ * product, the grid barrier, the per-block top-k; or, with router
+ * partials, the dense product's epilogue that writes them and the gate/up
+ * launch's sum of them).  ops/cuda/ only.
  */
 #ifndef QG_CUDA_I8_KERN_CUH
 #define QG_CUDA_I8_KERN_CUH
@@ -334,6 +336,24 @@ __device__ __forceinline__ void gu_route_row(const qg_i8_gu_args &a, float4 (&wr
         if (k < nv) wr[k] = __ldg(w4 + threadIdx.x + GU_RT_THREADS * k);
 }
 
+/* Warp 0 of every block, once s_ids / s_wts hold the picks: block 0
+ * writes them to a.rt.ids / wts and, when a.rt.flag is set, publishes
+ * them there (release store of 1) for a down kernel that reads them
+ * before its own launch wait. */
+__device__ __forceinline__ void gu_route_publish(const qg_i8_gu_args &a, const int32_t *s_ids,
+                                                 const float *s_wts) {
+    __syncwarp();
+    if (blockIdx.x == 0 && (int)threadIdx.x < a.K) {
+        a.rt.ids[threadIdx.x] = s_ids[threadIdx.x];
+        a.rt.wts[threadIdx.x] = s_wts[threadIdx.x];
+        if (a.rt.flag) __threadfence();
+    }
+    if (blockIdx.x == 0 && a.rt.flag) {
+        __syncwarp();
+        if (threadIdx.x == 0) qg_store_release(a.rt.flag, 1);
+    }
+}
+
 /* Block, after the programmatic-launch wait: x's image into img (x
  * normalized when a.norm_w; `one` from i8_norm_begin), block b < X's
  * router logit (row wr, summed in the router kernel's order) to
@@ -385,18 +405,169 @@ __device__ __forceinline__ void gu_route(const qg_i8_gu_args &a, const float4 (&
     gu_bar_wait(a.rt.bar, gen, last);
     if (w == 0) {
         qg_cu_warp_topk(a.rt.logits, a.X, a.K, s_ids, s_wts, s_p);
-        __syncwarp();
-        if (blockIdx.x == 0 && (int)threadIdx.x < a.K) {
-            a.rt.ids[threadIdx.x] = s_ids[threadIdx.x];
-            a.rt.wts[threadIdx.x] = s_wts[threadIdx.x];
-            if (a.rt.flag) __threadfence();
-        }
-        if (blockIdx.x == 0 && a.rt.flag) {
-            __syncwarp();
-            if (threadIdx.x == 0) qg_store_release(a.rt.flag, 1);
-        }
+        gu_route_publish(a, s_ids, s_wts);
     }
     __syncthreads();
+}
+
+/* ---- router partials: the producer (a dense product's epilogue) ----------- */
+
+/* Floats between two experts' staged router slices: 16 used, 20 so that
+ * the float4 reads of 8 consecutive threads fall in distinct banks. */
+#define RP_LD 20
+
+/* Dynamic shared memory of a dense product's router-partial staging (X
+ * experts), right after its image (i8_img_smem, rounded up to 16): X
+ * router slices of RP_LD floats, then the norm weights' slice, the tile's
+ * h and h * nw (16 floats each). */
+__host__ __device__ __forceinline__ size_t rp_smem(int X) {
+    return sizeof(float) * ((size_t)X * RP_LD + 3 * I8_TILE);
+}
+__host__ __device__ __forceinline__ size_t rp_smem_off(int n, bool norm) {
+    return (i8_img_smem(n, norm) + 15) & ~(size_t)15;
+}
+
+/* Block: start copying the slices of the tile at row r0 of an m-row output
+ * (m % 4 == 0; rows past m left out) into rs (rp_smem): columns r0 ..
+ * r0+15 of each router row and of the norm weights, by cp.async (no
+ * registers held).  Constant data: issued before the programmatic-launch
+ * wait for a block's first tile; waited for (qg_cp_wait_all) before the
+ * barrier that precedes the tile's epilogue. */
+__device__ __forceinline__ void rp_stage(const qg_i8_rpart &p, int m, int r0, float *rs) {
+    const int nc = min(I8_TILE, m - r0) / 4; /* 16-byte chunks per slice */
+    for (int q = threadIdx.x; q < 4 * (p.X + 1); q += blockDim.x) {
+        const int e = q >> 2, c = q & 3;
+        if (c >= nc) continue;
+        if (e < p.X)
+            qg_cp_async16(rs + e * RP_LD + 4 * c,
+                          (const uint8_t *)p.w + (size_t)e * p.rb + sizeof(float) * (r0 + 4 * c));
+        else
+            qg_cp_async16(rs + p.X * RP_LD + 4 * c, p.nw + r0 + 4 * c);
+    }
+    qg_cp_commit();
+}
+
+/* Thread j < 16 of a tile's epilogue, once the row's final y (= h) is
+ * known and the staged slices are visible: h and h * nw into rs. */
+__device__ __forceinline__ void rp_row(const qg_i8_rpart &p, float *rs, int j, float h) {
+    rs[p.X * RP_LD + I8_TILE + j] = h;
+    rs[p.X * RP_LD + 2 * I8_TILE + j] = __fmul_rn(h, rs[p.X * RP_LD + j]);
+}
+
+/* Block, after the barrier that follows the rp_row calls of tile t (jn =
+ * min(16, m - r0) live rows): the tile's partials into row t of p.out.
+ * Thread e takes column e (e, e + blockDim.x, ... <= X): for e < X the
+ * router slice times h * nw, for e == X h times h; each j ascending over
+ * the live rows, f32 FMAs from 0 (rows past m count as 0). */
+__device__ __forceinline__ void rp_tile(const qg_i8_rpart &p, int t, int jn, const float *rs) {
+    const float *hv = rs + p.X * RP_LD + I8_TILE, *hn = hv + I8_TILE;
+    for (int e = threadIdx.x; e <= p.X; e += blockDim.x) {
+        const float *a = e < p.X ? rs + e * RP_LD : hv, *b = e < p.X ? hn : hv;
+        float acc = 0.0f;
+#pragma unroll
+        for (int c = 0; c < I8_TILE / 4; c++) {
+            const float4 u = *(const float4 *)(a + 4 * c), v = *(const float4 *)(b + 4 * c);
+            if (4 * c + 0 < jn) acc = fmaf(u.x, v.x, acc);
+            if (4 * c + 1 < jn) acc = fmaf(u.y, v.y, acc);
+            if (4 * c + 2 < jn) acc = fmaf(u.z, v.z, acc);
+            if (4 * c + 3 < jn) acc = fmaf(u.w, v.w, acc);
+        }
+        p.out[(size_t)t * (p.X + 1) + e] = acc;
+    }
+}
+
+/* ---- router partials: the consumer (gate/up launch) ----------------------- */
+
+/* Tiles per run of the partials' column sums (see gu_route_part). */
+#define GU_RP_RUN 32
+
+/* Dynamic shared memory after the image (i8_img_smem(n, true)) that
+ * gu_route_part takes for its run sums: (runs, X + 1) floats. */
+__host__ __device__ __forceinline__ size_t gu_part_smem(int X, int tiles) {
+    return sizeof(float) * (size_t)((tiles + GU_RP_RUN - 1) / GU_RP_RUN) * (size_t)(X + 1);
+}
+
+/* Block, after the programmatic-launch wait, instead of gu_route (router
+ * partials, a.rt.part: a.rt.part_tiles rows of X + 1 floats written by the
+ * previous launch; the rmsnorm folded in, a.norm_w set; `one` from
+ * i8_norm_begin).  The h loads (a.x, raw) and the partial loads are issued
+ * together.  Column c of the partials is summed in one order that depends
+ * on nothing but the tile count T: runs of GU_RP_RUN tiles, run k =
+ * P[32k][c] + P[32k+1][c] + ... (left to right, up to T), then the runs
+ * left to right, tot = ((run0 + run1) + run2) + ...; (the block's threads
+ * take (run, column) items, into shared memory, then one thread per column
+ * adds the runs).  s = 1 / sqrt(tot[X] / n + eps), logit[e] = tot[e] * s
+ * (in tot, shared memory); warp 0 takes the softmax / top-k / renormalize
+ * (qg_cu_warp_topk from shared memory) into s_ids / s_wts and block 0
+ * publishes them as gu_route does, while the other warps build x's image,
+ * x_i = (h_i * s) * nw_i (i8_build's products).  No grid barrier: any grid
+ * size.  Ends with __syncthreads(). */
+__device__ __forceinline__ void gu_route_part(const qg_i8_gu_args &a, bool one, uint8_t *img,
+                                              float *tot, int32_t *s_ids, float *s_wts,
+                                              float *s_p) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int nsb = a.n / 256, C = a.X + 1, T = a.rt.part_tiles;
+    const int NR = (T + GU_RP_RUN - 1) / GU_RP_RUN;
+    float *rs = (float *)(img + i8_img_smem(a.n, true)); /* (NR, C) run sums */
+    /* h: warp w holds super-blocks nw-1-w, 2nw-1-w, ... (warp 0 holds
+     * none while nsb < nw: it takes the top-k) */
+    float v[I8_BUILD_REG][8];
+    if (one) {
+#pragma unroll
+        for (int k = 0; k < I8_BUILD_REG; k++) {
+            const int sb = nw - 1 - w + k * nw;
+            if (sb >= nsb) continue;
+            const float *p = a.x + 256 * sb + 8 * lane;
+            const float4 u0 = *(const float4 *)p, u1 = *(const float4 *)(p + 4);
+            v[k][0] = u0.x, v[k][1] = u0.y, v[k][2] = u0.z, v[k][3] = u0.w;
+            v[k][4] = u1.x, v[k][5] = u1.y, v[k][6] = u1.z, v[k][7] = u1.w;
+        }
+    }
+    for (int i = threadIdx.x; i < NR * C; i += blockDim.x) {
+        const int k = i / C, c = i - k * C, t0 = GU_RP_RUN * k;
+        float u[GU_RP_RUN];
+        /* every load unconditional, all in flight at once (a partial run
+         * reads the last tile again and leaves it out of the sum) */
+#pragma unroll
+        for (int j = 0; j < GU_RP_RUN; j++)
+            u[j] = __ldcg(a.rt.part + (size_t)min(t0 + j, T - 1) * C + c);
+        float r = u[0];
+#pragma unroll
+        for (int j = 1; j < GU_RP_RUN; j++)
+            if (t0 + j < T) r += u[j];
+        rs[i] = r;
+    }
+    qg_cp_wait_all(); /* this thread's norm-weight copies (i8_norm_begin) */
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float r = rs[c];
+        for (int k = 1; k < NR; k++) r += rs[k * C + c];
+        tot[c] = r;
+    }
+    __syncthreads();
+    const float scale = 1.0f / sqrtf(tot[a.X] / (float)a.n + a.eps);
+    if (w == 0) {
+        for (int e = lane; e < a.X; e += 32) tot[e] = tot[e] * scale;
+        __syncwarp();
+        qg_cu_warp_topk<true>(tot, a.X, a.K, s_ids, s_wts, s_p);
+        gu_route_publish(a, s_ids, s_wts);
+    }
+    if (one) {
+        const float *nws = (const float *)(img + qg_i8_image_bytes(a.n));
+#pragma unroll
+        for (int k = 0; k < I8_BUILD_REG; k++) {
+            const int sb = nw - 1 - w + k * nw;
+            if (sb >= nsb) continue;
+            const float *nn = nws + 256 * sb + 8 * lane;
+            float e[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) e[i] = __fmul_rn(__fmul_rn(v[k][i], scale), nn[i]);
+            qg_i8_store_sb(e, sb, img, a.n);
+        }
+        __syncthreads();
+    } else {
+        i8_build(a.x, a.n, 1, a.norm_w, scale, img);
+    }
 }
 
 #endif

@@ -16,6 +16,19 @@
 #define QG_I8_DN_KMAX 32
 #define QG_I8_DN_WARPS 12
 
+/* Router partials of a dense product (qg_cuda_launch.rp_*): for each
+ * 16-row tile t of matrix 0's output y (rows r0 .. r0+15, those past m
+ * left out), out[t * (X+1) + e] = sum_j w[e][r0+j] * (y[r0+j] * nw[r0+j])
+ * for e < X and out[t * (X+1) + X] = sum_j y[r0+j]^2, j ascending, in f32
+ * FMAs.  out NULL: none. */
+struct qg_i8_rpart {
+    const float *w;  /* (m, X) router weights, rows rb bytes apart */
+    size_t rb;
+    const float *nw; /* (m) norm weights */
+    float *out;      /* (T, X + 1) */
+    int X;
+};
+
 struct qg_i8_mv_args {
     const uint8_t *w[3];
     size_t rb[3];
@@ -29,6 +42,7 @@ struct qg_i8_mv_args {
     const float *norm_w; /* pre-norm weights (n), or NULL */
     float eps;
     const float *add;    /* residual of matrix 0, or NULL */
+    qg_i8_rpart rp;      /* router partials of matrix 0 (k_mv8<..., true>) */
 };
 
 /* The decode MoE's router, folded into the gate/up launch: F32 rows
@@ -47,6 +61,10 @@ struct qg_i8_router {
                         staged down kernel's early read, dn_take_ids) */
     bool split;      /* x's image built between the barrier's arrival and
                         wait (o.rt_split) */
+    const float *part; /* or NULL: router partials of the previous launch
+                          (qg_i8_rpart, (part_tiles, X + 1)) summed instead
+                          of router rows and a barrier (gu_route_part) */
+    int part_tiles;
 };
 
 struct qg_i8_gu_args {
@@ -97,7 +115,10 @@ struct qg_i8s_stage {
 
 /* y_i = W_i x for nm <= 3 matrices (mats[i].y), x of n elements (column
  * n_tok-1 when last_col); the executor's pre_norm folded in; add on
- * matrix 0. */
+ * matrix 0.  With l->rp_buf (nm == 1, qg_i8_mv_part_ok), also the router
+ * partials of y (qg_i8_rpart), always by the register kernel k_mv8 in its
+ * default shape for n (explicit shapes and the staged kernel are not
+ * taken). */
 bool qg_i8_mv_ok(const qg_cu_mat *m, int nm, int n);
 cudaError_t qg_i8_mv(const qg_cuda_launch *l, const qg_cu_mat *m, int nm, int n, const float *x,
                      bool last_col, const float *add);
@@ -114,10 +135,18 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
  * qg_i8_router; x is the router's input).  Returns cudaErrorNotSupported,
  * launching nothing, when this shape cannot take it (router not F32 or its
  * rows not register-sized, more experts than blocks, one-wave grids off):
- * then run the router kernel and qg_i8_gu. */
+ * then run the router kernel and qg_i8_gu.  With rt->part (router
+ * partials, the executor's pre_norm folded in), the kernel sums them
+ * instead (no barrier; any grid); qg_i8_gu_part_ok says which shapes take
+ * that form. */
 cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up,
                             const qg_cu_mat *router, int n, int K, int X, const float *x,
                             const qg_i8_router *rt, float *h, const qg_cu_mat *pf_down);
+bool qg_i8_gu_part_ok(const qg_cu_mat *gate, const qg_cu_mat *up, const qg_cu_mat *router, int n,
+                      int K, int X, int tiles);
+/* Does the dense product (one matrix of m rows over n inputs) take router
+ * partials of X experts (qg_i8_mv with l->rp_buf)? */
+bool qg_i8_mv_part_ok(const qg_cu_mat *m, int n, int X);
 
 /* y (E) = add + sum_k wts[k] * down_{ids[k]} h[:, k]; any invalid id makes
  * y NaN.  flag: NULL, or (only where qg_i8s_dn_ok) the counters that the

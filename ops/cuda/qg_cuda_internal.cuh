@@ -153,20 +153,28 @@ void qg_cu_swiglu_needs(const qg_graph *g, const qg_node *n, qg_cu_bump *b);
  * 32 * QG_TOPK_REG takes the register path). */
 #define QG_TOPK_REG 8
 
+/* A logit of qg_cu_warp_topk: through L2 (global memory, possibly written
+ * by other blocks of the same grid), or from shared memory (SM). */
+template <bool SM> __device__ __forceinline__ float qg_topk_ld(const float *p) {
+    return SM ? *p : __ldcg(p);
+}
+
 /* One warp: softmax over l[0..X) (f32, max subtracted), the K largest
  * probabilities (ties: lower id), weights renormalized to sum 1; p: X
  * floats of shared memory (used only when X > 32 * QG_TOPK_REG).  l is
  * read through L2 (it may have been written by other blocks of the same
- * grid).  Lane t takes e = t, t + 32, ... in that order for every sum, so
- * both paths give the same bits; the register path issues all of its L2
- * reads at once (the decode step waits on this: about 4 us with the reads
- * one after another). */
+ * grid), or with SM from shared memory (written by this block before a
+ * barrier).  Lane t takes e = t, t + 32, ... in that order for every sum,
+ * so both paths give the same bits; the register path issues all of its
+ * L2 reads at once (the decode step waits on this: about 4 us with the
+ * reads one after another). */
+template <bool SM = false>
 __device__ __forceinline__ void qg_cu_warp_topk(const float *l, int X, int K, int32_t *ids, float *wts, float *p) {
     const int lane = threadIdx.x & 31;
     if (X <= 32 * QG_TOPK_REG) {
         float v[QG_TOPK_REG];
 #pragma unroll
-        for (int i = 0; i < QG_TOPK_REG; i++) v[i] = lane + 32 * i < X ? __ldcg(l + lane + 32 * i) : -INFINITY;
+        for (int i = 0; i < QG_TOPK_REG; i++) v[i] = lane + 32 * i < X ? qg_topk_ld<SM>(l + lane + 32 * i) : -INFINITY;
         float mx = -INFINITY;
 #pragma unroll
         for (int i = 0; i < QG_TOPK_REG; i++)
@@ -216,7 +224,7 @@ __device__ __forceinline__ void qg_cu_warp_topk(const float *l, int X, int K, in
     }
     float mx = -INFINITY;
     for (int e = lane; e < X; e += 32) {
-        const float v = __ldcg(l + e);
+        const float v = qg_topk_ld<SM>(l + e);
         p[e] = v;
         mx = fmaxf(mx, v);
     }

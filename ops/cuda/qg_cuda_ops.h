@@ -94,6 +94,10 @@ typedef struct qg_cuda_opts {
                          slower and was removed) */
     bool rt_split;    /* decode MoE: the folded router builds x's image
                          between its grid barrier's arrival and wait */
+    bool rpart;       /* decode MoE: the attention-output projection writes
+                         per-tile router partials and the gate/up launch
+                         sums them, no grid barrier (QG_CUDA_RPART=1;
+                         qg_cuda_launch.rp_*) */
     int i8_mv_cfg[2]; /* decode product shapes (op_matvec_i8.cu's table),
                          inputs of <= 2048 / longer; -1: the default */
     int i8_gu_cfg;    /* gate/up shape, likewise */
@@ -150,6 +154,21 @@ typedef struct qg_cuda_launch {
     const float *rope_q, *rope_k;   /* raw q (Dq), k (Dkv) */
     const float *rope_qn, *rope_kn; /* q_norm, k_norm weights (head_dim) */
     float rope_eps;
+    /* Router partials (o.rpart, decode graphs; see
+     * qg_cuda_op_can_router_partials).  The producer, a matmul whose output
+     * h (m rows, with its folded add) is the raw input of the rmsnorm
+     * folded into the next launch's moe_fused, also writes for each 16-row
+     * tile t of h: rp_buf[t][e] = sum_j rp_w[e][r0+j] * (h[r0+j] *
+     * rp_nw[r0+j]) for e < rp_x, and rp_buf[t][rp_x] = sum_j h[r0+j]^2.
+     * The consumer, that moe_fused, sums them (rp_tiles rows) for its
+     * router logits and norm scale instead of computing the router itself.
+     * NULL / 0 when off. */
+    const float *rp_w;     /* producer: router weights (rp_x rows, rp_rb bytes apart) */
+    size_t rp_rb;
+    const float *rp_nw;    /* producer: the folded rmsnorm's weights (m) */
+    int rp_x;              /* producer: experts (router rows) */
+    float *rp_buf;         /* producer: out, consumer: in; (rp_tiles, rp_x + 1) */
+    int rp_tiles;          /* consumer: tiles of h (rows of rp_buf) */
 } qg_cuda_launch;
 
 /* Does the CUDA executor implement node n (op, dtypes, shapes)? */
@@ -169,6 +188,13 @@ bool qg_cuda_op_can_post_add(const qg_graph *g, const qg_node *n);
 bool qg_cuda_op_can_fold_append(const qg_graph *g, const qg_node *r, const qg_node *a);
 /* Can decode attention node a do rope node r's work itself (rope_fold)? */
 bool qg_cuda_op_can_fold_rope(const qg_graph *g, const qg_node *r, const qg_node *a);
+/* Can matmul node mm produce router partials (qg_cuda_launch.rp_*) for
+ * moe_fused node moe under options o, both kernels taking their integer
+ * tensor-core paths?  The executor checks the graph side: mm's output
+ * (after its folded add) is the raw input of an rmsnorm folded into moe,
+ * and moe is the next launch after mm.  *tiles: rows of the partials. */
+bool qg_cuda_op_can_router_partials(const qg_graph *g, const qg_node *mm, const qg_node *moe,
+                                    const qg_cuda_opts *o, int *tiles);
 
 /* Set the kernels' launch attributes on the current device (shared memory
  * above the default limit).  Call before launching, outside any stream
