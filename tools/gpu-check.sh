@@ -213,10 +213,18 @@ if [ -n "${best_ab:-}" ] && [ "${QG_GPU_AB_BEST:-0}" = 1 ]; then
 fi
 
 # ---- 5. memcheck ---------------------------------------------------------
-TINY=$MODEL_DIR/qg-gpucheck-tiny.gguf
-[ -f "$TINY" ] || step "synth tiny" 120 "$QG" synth "$TINY" --preset tiny --ftype q4_k_m --vocab bytes
+# (QG_GPU_MEMCHECK_PRESET=small: a model the integer decode products and
+# the head path take, with the real vocabulary; QG_GPU_MEMCHECK_ENV: the
+# switches it runs under, e.g. "QG_CUDA_RPART=1")
+MPRESET=${QG_GPU_MEMCHECK_PRESET:-tiny}
+MVOCAB=bytes
+[ "$MPRESET" = tiny ] || MVOCAB=real
+TINY=$MODEL_DIR/qg-gpucheck-$MPRESET.gguf
+[ -f "$TINY" ] || step "synth $MPRESET" 120 "$QG" synth "$TINY" --preset "$MPRESET" --ftype q4_k_m --vocab $MVOCAB
+read -r -a MENV <<< "${QG_GPU_MEMCHECK_ENV:-}"
 if command -v compute-sanitizer >/dev/null; then
-    step "compute-sanitizer memcheck" 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    step "compute-sanitizer memcheck ($MPRESET${QG_GPU_MEMCHECK_ENV:+, $QG_GPU_MEMCHECK_ENV})" 300 \
+        env "${MENV[@]}" compute-sanitizer --tool memcheck --error-exitcode 9 \
         --leak-check no "$QG" bench "$TINY" --backend cuda -p 24 -n 6 -r 1 -b 16
 else
     note "compute-sanitizer: not found, skipped"
