@@ -60,12 +60,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_mv8(qg_i8_mv_args a) {
         i8_job_load(job, f, w, NW, nsb);
         if (RP) rp_stage(a.rp, a.m[0], r0, rs);
     }
-    const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
-    qg_pdl_wait();
-    const float *x = a.x;
-    if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
-    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
-    const qg_i8_vec xv = qg_i8_at(img, a.n);
+    const qg_i8_vec xv = mv8_input(a, NW, img, cs);
     for (; tile < T; tile += gridDim.x) {
         float ag = 0.0f, ag8 = 0.0f;
         i8_job_dot(job, f, w, NW, nsb, xv, ag, ag8);
@@ -128,12 +123,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_hd8(qg_i8_mv_args a) {
 #pragma unroll
     for (int s = 0; s < NP; s++)
         if (s < ni) item(s, f[s], jb[s]);
-    const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
-    qg_pdl_wait();
-    const float *x = a.x;
-    if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
-    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
-    const qg_i8_vec xv = qg_i8_at(img, a.n);
+    const qg_i8_vec xv = mv8_input(a, NW, img, cs);
     float ag = 0.0f, ag8 = 0.0f;
     for (int i0 = 0; i0 < ni; i0 += NP) {
 #pragma unroll

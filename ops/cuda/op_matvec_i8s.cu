@@ -110,12 +110,7 @@ __global__ void __launch_bounds__(NW * 32, 2) k_mv8s(qg_i8_mv_args a, qg_i8s_sta
         }
     }
     if (p.early) qg_pdl_launch_next();
-    const bool one = i8_norm_begin(a.norm_w, a.n, NW, img);
-    qg_pdl_wait();
-    const float *x = a.x;
-    if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
-    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
-    const qg_i8_vec xv = qg_i8_at(img, a.n);
+    const qg_i8_vec xv = mv8_input(a, NW, img, cs);
     for (int j = 0; j < nt; j++) {
         int mi, r0;
         mv8_locate(a, b + j * G, &mi, &r0);

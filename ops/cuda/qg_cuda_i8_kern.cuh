@@ -250,6 +250,21 @@ __device__ __forceinline__ void mv8_locate(const qg_i8_mv_args &a, int tile, int
     *r0 = I8_TILE * (tile - a.tiles[k]);
 }
 
+/* Block (nw warps) of a dense product, once its first weight loads are
+ * issued: stage the folded norm's weights, wait for the previous kernel
+ * (programmatic launch), and build the image of x (its column n_tok - 1
+ * when a.last_col) in img; returns the image.  Ends with
+ * __syncthreads(). */
+__device__ __forceinline__ qg_i8_vec mv8_input(const qg_i8_mv_args &a, int nw, uint8_t *img,
+                                               float *cs) {
+    const bool one = i8_norm_begin(a.norm_w, a.n, nw, img);
+    qg_pdl_wait();
+    const float *x = a.x;
+    if (a.last_col) x += (size_t)(a.step[QG_STEP_N_TOK] - 1) * a.n;
+    i8_build_x(x, a.n, a.norm_w, a.eps, one, cs, img);
+    return qg_i8_at(img, a.n);
+}
+
 /* Most experts (router rows) and picks of a folded router. */
 #define GU_RT_XMAX 256
 #define GU_RT_KMAX 32
