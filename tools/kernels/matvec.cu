@@ -19,7 +19,13 @@
  *       sums of x precomputed per block (3 instead of 5 operations per
  *       weight; same f32 accumulation class)
  *   v4  the product's integer tensor-core path (ops/cuda/op_matvec_i8.cu,
- *       qg_i8_mv): x as three int8 planes, mma.sync s8, 16-row tiles
+ *       qg_i8_mv) in its default shapes: x as three int8 planes, mma.sync
+ *       s8, 16-row tiles (from the fifth session's shape switches until
+ *       the seventh the lab's zeroed options asked for shape 0,
+ *       k_mv8<4,1,3>, on every matrix)
+ *   v5  v6  v7  the head path's k_hd8 shapes (QG_CUDA_I8_HEAD=6, 7, 8:
+ *       each warp owns whole tiles), for products of more than 8 tiles
+ *       per multiprocessor (the lm_head)
  * Every version is timed as a CUDA Graph of back-to-back launches over the
  * rotating copies (launch gaps as in the executor's decode graph).
  * Part C times the product's decode nodes through the CUDA executor with
@@ -163,6 +169,8 @@ struct version {
     qg_dtype type;
     mv_fn fn;          /* a lab kernel, or NULL: the product's qg_i8_mv */
     size_t smem_extra; /* floats beyond n */
+    int head_cfg;      /* the product's head shape (QG_CUDA_I8_HEAD), -1:
+                          its default */
 };
 
 /* Enqueue one y = W x of version v on stream st. */
@@ -177,6 +185,10 @@ static void launch_version(const version &v, const uint8_t *W, size_t rb, int n,
     l.o.n_sm = n_sm;
     l.o.pdl = false;
     l.o.i8_decode = true;
+    /* the product's default shapes, as the executor runs them (-1), or an
+     * explicit head shape */
+    l.o.i8_mv_cfg[0] = l.o.i8_mv_cfg[1] = l.o.i8_gu_cfg = -1;
+    l.o.i8_head_cfg = v.head_cfg;
     l.stream = st;
     qg_cu_mat mat = {};
     mat.type = v.type;
@@ -251,17 +263,22 @@ static void part_b(lab_rng *rng, int reps, int n_sm, double bw_copy) {
         CK(cudaMalloc(&x, sizeof(float) * s.n));
         CK(cudaMalloc(&y, sizeof(float) * s.m));
         CK(cudaMemcpy(x, hx, sizeof(float) * s.n, cudaMemcpyHostToDevice));
-        version vs[4];
+        version vs[7];
         int nv = 0;
         if (s.t == QG_Q4_K) {
-            vs[nv++] = {"v1", s.t, mv_v1<QG_Q4_K>, 0};
-            vs[nv++] = {"v2", s.t, mv_v2<QG_Q4_K>, 0};
-            vs[nv++] = {"v3", s.t, mv_v3_q4k, (size_t)s.n / 32};
+            vs[nv++] = {"v1", s.t, mv_v1<QG_Q4_K>, 0, -1};
+            vs[nv++] = {"v2", s.t, mv_v2<QG_Q4_K>, 0, -1};
+            vs[nv++] = {"v3", s.t, mv_v3_q4k, (size_t)s.n / 32, -1};
         } else {
-            vs[nv++] = {"v1", s.t, mv_v1<QG_Q6_K>, 0};
-            vs[nv++] = {"v2", s.t, mv_v2<QG_Q6_K>, 0};
+            vs[nv++] = {"v1", s.t, mv_v1<QG_Q6_K>, 0, -1};
+            vs[nv++] = {"v2", s.t, mv_v2<QG_Q6_K>, 0, -1};
         }
-        vs[nv++] = {"v4", s.t, nullptr, 0};
+        vs[nv++] = {"v4", s.t, nullptr, 0, -1};
+        if (s.m / 16 > 8 * n_sm) { /* the head path: its k_hd8 shapes */
+            vs[nv++] = {"v5", s.t, nullptr, 0, 6};
+            vs[nv++] = {"v6", s.t, nullptr, 0, 7};
+            vs[nv++] = {"v7", s.t, nullptr, 0, 8};
+        }
         for (int v = 0; v < nv; v++) {
             CK(cudaMemset(y, 0xFF, sizeof(float) * s.m));
             launch_version(vs[v], W, rb, s.n, s.m, x, y, n_sm, 0);
