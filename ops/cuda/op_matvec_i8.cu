@@ -447,6 +447,16 @@ bool qg_i8_mv_part_ok(const qg_cu_mat *m, int n, int X) {
            rp_smem_off(n, true) + rp_smem(X) <= 48 * 1024;
 }
 
+/* The gate/up kernel's default shapes (by super-blocks per row, nsb) for
+ * experts taken as RT says (GU_IDS or GU_PART), over T tiles. */
+template <int RT>
+static cudaError_t gu_launch_default(const qg_cuda_launch *l, int nsb, size_t smem, int T,
+                                     const qg_i8_gu_args &a) {
+    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, RT>, 256, smem, T, 4, a);
+    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, RT>, 512, smem, T, 2, a);
+    return i8_launch(l, k_gu8<8, 2, 1, RT>, 512, smem, T, 2, a);
+}
+
 bool qg_i8_gu_ok(const qg_cu_mat *gate, const qg_cu_mat *up, int n) {
     return n % 256 == 0 && n <= QG_I8_N_MAX && qg_i8_supports(gate->type) &&
            qg_i8_supports(up->type) && gate->m == up->m;
@@ -487,9 +497,7 @@ cudaError_t qg_i8_gu(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu
     case 4: return i8_launch(l, k_gu8<2, 2, 2, GU_IDS>, 128, smem, T, 6, a);
     default: break;
     }
-    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, GU_IDS>, 256, smem, T, 4, a);
-    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, GU_IDS>, 512, smem, T, 2, a);
-    return i8_launch(l, k_gu8<8, 2, 1, GU_IDS>, 512, smem, T, 2, a);
+    return gu_launch_default<GU_IDS>(l, nsb, smem, T, a);
 }
 
 bool qg_i8_gu_part_ok(const qg_cu_mat *gate, const qg_cu_mat *up, const qg_cu_mat *router, int n,
@@ -506,9 +514,7 @@ bool qg_i8_gu_part_ok(const qg_cu_mat *gate, const qg_cu_mat *up, const qg_cu_ma
 static cudaError_t gu_part_launch(const qg_cuda_launch *l, int n, int X, const qg_i8_gu_args &a) {
     const int nsb = n / 256, T = a.K * ((a.F + I8_TILE - 1) / I8_TILE);
     const size_t smem = i8_img_smem(n, true) + gu_part_smem(X, a.rt.part_tiles);
-    if (nsb <= 4) return i8_launch(l, k_gu8<4, 1, 2, GU_PART>, 256, smem, T, 4, a);
-    if (nsb <= 8) return i8_launch(l, k_gu8<8, 1, 1, GU_PART>, 512, smem, T, 2, a);
-    return i8_launch(l, k_gu8<8, 2, 1, GU_PART>, 512, smem, T, 2, a);
+    return gu_launch_default<GU_PART>(l, nsb, smem, T, a);
 }
 
 cudaError_t qg_i8_gu_router(const qg_cuda_launch *l, const qg_cu_mat *gate, const qg_cu_mat *up,
