@@ -28,7 +28,8 @@
  * checks the per-node timestamps of a profiled step, and the decode folds
  * (test_decode_folds: norms and residual adds riding in the neighbouring
  * products give the same bytes as their own dispatches, and save the
- * dispatches and barriers they should).
+ * dispatches and barriers they should), also with the fast decode
+ * products (fast_mv, QG_VK_MV=1) on both sides.
  * The oracle is required unless QG_ALLOW_NO_ORACLE=1; a Vulkan device is
  * required unless QG_ALLOW_NO_VULKAN=1; without a Vulkan build the test
  * skips and says why.  Files, references, logits and the per-file bound are
@@ -275,15 +276,16 @@ static float *decode_steps(const qg_exec *e, qg_graph *g, const qg_e2e_file *f, 
  * and each fold present: per layer the two norm dispatches (and their
  * barriers) are gone, plus the output norm's; `saved_per_layer` says how
  * many per layer (2 for qwen3moe; 1 for qwen3, whose FFN norm feeds the
- * dense swiglu and keeps its dispatch). */
+ * dense swiglu and keeps its dispatch).  fast_mv: both executors with the
+ * fast decode products (QG_VK_MV=1), which must hold the same. */
 static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool no_subgroup,
-                      int saved_per_layer) {
+                      int saved_per_layer, bool fast_mv) {
     qg_e2e_file f;
     qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
     qg_error err = {0};
     const qg_exec_opts eo = {.n_threads = 2, .device = -1};
-    const qg_vk_opts vo[2] = {{.validation = true, .no_subgroup = no_subgroup},
-                              {.no_subgroup = no_subgroup, .no_fold = true}};
+    const qg_vk_opts vo[2] = {{.validation = true, .no_subgroup = no_subgroup, .fast_mv = fast_mv},
+                              {.no_subgroup = no_subgroup, .no_fold = true, .fast_mv = fast_mv}};
     qg_exec ex[3]; /* folds on, folds off, cpu */
     for (int i = 0; i < 2; i++)
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &ex[i], &err)) fail_msg("vulkan: %s", err.msg);
@@ -302,8 +304,9 @@ static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool
     const int nd_on = qg_exec_vulkan_counts(&ex[0], g, &nb_on);
     const int nd_off = qg_exec_vulkan_counts(&ex[1], g, &nb_off);
     for (int i = 0; i < g->n_nodes; i++) n_layer += g->nodes[i].op == QG_OP_QKV;
-    printf("  %-10s %-7s %s: folds on %d dispatches, %d barriers; off %d, %d\n", preset, ftype,
-           no_subgroup ? "shared-memory" : "subgroups", nd_on, nb_on, nd_off, nb_off);
+    printf("  %-10s %-7s %s%s: folds on %d dispatches, %d barriers; off %d, %d\n", preset, ftype,
+           no_subgroup ? "shared-memory" : "subgroups", fast_mv ? ", fast_mv" : "", nd_on, nb_on,
+           nd_off, nb_off);
     const int saved = saved_per_layer * n_layer + 1; /* + the output norm */
     assert_true(n_layer > 0);
     assert_int_equal(nd_off - nd_on, saved);
@@ -328,11 +331,16 @@ static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool
 static void test_decode_folds(void **state) {
     (void)state;
     need_vulkan();
-    fold_case("tiny", "q4_k_m", 600, false, 2);
-    fold_case("tiny", "q4_k_m", 601, true, 2);
-    fold_case("small", "q8_0", 602, false, 2);
-    fold_case("small", "f32", 603, true, 2);
-    fold_case("tiny-dense", "q4_k_m", 604, false, 1);
+    fold_case("tiny", "q4_k_m", 600, false, 2, false);
+    fold_case("tiny", "q4_k_m", 601, true, 2, false);
+    fold_case("small", "q8_0", 602, false, 2, false);
+    fold_case("small", "f32", 603, true, 2, false);
+    fold_case("tiny-dense", "q4_k_m", 604, false, 1, false);
+    /* the fast decode products (QG_VK_MV=1) */
+    fold_case("tiny", "q4_k_m", 605, false, 2, true);
+    fold_case("small", "q8_0", 606, true, 2, true);
+    fold_case("small", "q4_k_m", 607, false, 2, true);
+    fold_case("tiny-dense", "q4_k_m", 608, false, 1, true);
 }
 
 /* No device index past the list; a clear error. */

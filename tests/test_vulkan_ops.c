@@ -18,7 +18,12 @@
  * Every case runs on two executors over the same device: subgroup
  * reductions with the Khronos validation layer on (each case must leave
  * zero validation messages), and the shared-memory reduction shaders
- * (QG_SUBGROUP=0) without it.
+ * (QG_SUBGROUP=0) without it.  The weight-product cases (vcase.mv) also
+ * run on three with the fast decode products (fast_mv, QG_VK_MV=1: the
+ * *_mv shaders in decode graphs; multi-token graphs are the same as on
+ * the first two): subgroups with validation and the rows per row group
+ * chosen per shape; shared memory with 8 rows per group; subgroups with
+ * 3 (not a power of two).
  *
  * Fixtures, the executor step and the per-op checks are the shared harness
  * of tests/ref/qg_optest.h; this file keeps the Vulkan driver (run_case).
@@ -51,8 +56,13 @@ static qg_test_rng rng_for(int test, int case_id) { return qg_optest_rng_for(tes
 
 /* ---- executors ------------------------------------------------------- */
 
-#define N_VK 2
-static qg_exec g_vk[N_VK]; /* [0]: subgroups + validation, [1]: shared memory */
+#define N_VK 5
+#define N_VK_PLAIN 2 /* the executors without fast_mv */
+/* [0]: subgroups + validation, [1]: shared memory; fast_mv: [2] subgroups
+ * + validation, [3] shared memory, 8 rows per group, [4] subgroups, 3 */
+static qg_exec g_vk[N_VK];
+static const char *const VK_NAMES[N_VK] = {"subgroups", "shared-memory", "mv subgroups",
+                                           "mv shared-memory rpt 8", "mv subgroups rpt 3"};
 static qg_exec g_cpu;
 static bool g_have;
 static char g_why[600];
@@ -62,7 +72,11 @@ static int setup(void **state) {
     qg_error err = {0};
     qg_exec_opts eo = {.n_threads = 1, .device = -1};
     if (qg_exec_cpu_new(&eo, &g_cpu, &err)) return -1;
-    const qg_vk_opts vo[N_VK] = {{.validation = true}, {.no_subgroup = true}};
+    const qg_vk_opts vo[N_VK] = {{.validation = true},
+                                 {.no_subgroup = true},
+                                 {.validation = true, .fast_mv = true},
+                                 {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8},
+                                 {.fast_mv = true, .mv_rpt = 3}};
     for (int i = 0; i < N_VK; i++)
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &g_vk[i], &err)) {
             snprintf(g_why, sizeof g_why, "%s", err.msg);
@@ -104,6 +118,8 @@ struct vcase {
     void (*fill)(qg_optest_fx *f, const void *ctx, int n_tok, qg_test_rng *r);
     qg_optest_check_fn check;
     void *ctx; /* passed to fill and check */
+    bool mv;   /* a weight product: also on the fast_mv executors */
+    int n_disp; /* > 0: the dispatches every executor must record */
 };
 
 static bool is_out(const vcase *c, int id) {
@@ -129,20 +145,22 @@ static void run_case(vcase *c, const int *ntoks, int n_ntok, int test, int case_
             (ts->role == QG_ROLE_INPUT || ts->role == QG_ROLE_KV))
             ins[n_ins++] = t;
     }
-    for (int v = 0; v < N_VK; v++) {
+    for (int v = 0; v < (c->mv ? N_VK : N_VK_PLAIN); v++) {
         const qg_exec *e = &g_vk[v];
         qg_optest_compile(f, e);
+        if (c->n_disp && qg_exec_vulkan_counts(e, g, NULL) != c->n_disp)
+            fail_msg("case %d on %s: %d dispatches, want %d", case_id, VK_NAMES[v],
+                     qg_exec_vulkan_counts(e, g, NULL), c->n_disp);
         for (int k = 0; k < n_ntok; k++) {
             const int n_tok = ntoks[k];
             char label[200];
             snprintf(label, sizeof label, "%s case %d n_tok=%d/%d %s",
-                     g->nodes[g->n_nodes - 1].name, case_id, n_tok, g->n_tok_max,
-                     v == 0 ? "subgroups" : "shared-memory");
-            qg_test_rng r = rng_for(test, case_id * 64 + k * 2 + v);
+                     g->nodes[g->n_nodes - 1].name, case_id, n_tok, g->n_tok_max, VK_NAMES[v]);
+            qg_test_rng r = rng_for(test, case_id * 64 + k * N_VK + v);
             c->fill(f, c->ctx, n_tok, &r);
             qg_optest_step(f, e, ins, n_ins, c->out, c->n_out, n_tok, n_tok, label);
             c->check(f, c->ctx, n_tok, label);
-            if (v == 0 && qg_exec_vulkan_messages(e))
+            if (qg_exec_vulkan_messages(e))
                 fail_msg("%s: %zu validation messages (see stderr)", label,
                          qg_exec_vulkan_messages(e));
         }
@@ -273,7 +291,8 @@ static void mm_case(qg_op op, int test, int case_id, qg_dtype wt, int64_t N, int
                .out = {e.y},
                .fill = fill_mm,
                .check = qg_optest_check_matmul,
-               .ctx = &e};
+               .ctx = &e,
+               .mv = true};
     if (T == 1) {
         const int ntoks[] = {1, 1};
         RUN(c, ntoks, test, case_id);
@@ -291,8 +310,14 @@ static void test_matmul(void **state) {
     /* rows not a multiple of the rows per workgroup; chunk counts below,
      * at and above the workgroup size; decode and prefill (NT=8 blocks) */
     const int64_t shapes[][2] = {{256, 37}, {512, 70}, {4608, 9}};
+    /* decode only: rows of 24, 72 and 128 units (units per lane above one
+     * and, for 32-lane groups, not a multiple of the lanes) and row counts
+     * that leave the last workgroup of the fast layout part-filled */
+    const int64_t mv_shapes[][2] = {{768, 37}, {2304, 45}, {4096, 70}};
     for (size_t d = 0; d < QG_ARRAY_LEN(QG_OPTEST_ALL_W); d++)
         for (int si = 0; si < 3; si++) {
+            mm_case(QG_OP_MATMUL, 5, case_id++, QG_OPTEST_ALL_W[d], mv_shapes[si][0],
+                    mv_shapes[si][1], 1, false);
             mm_case(QG_OP_MATMUL, 5, case_id++, QG_OPTEST_ALL_W[d], shapes[si][0], shapes[si][1], 1,
                     false);
             mm_case(QG_OP_MATMUL, 5, case_id++, QG_OPTEST_ALL_W[d], shapes[si][0], shapes[si][1],
@@ -347,7 +372,7 @@ static void test_qkv(void **state) {
             qg_optest_add_node(&f, QG_OP_QKV, "qkv", (int[]){e.x, e.w[0], e.w[1], e.w[2]}, 4, e.y,
                                3, &p);
             vcase c = {.f = &f, .n_out = 3, .out = {e.y[0], e.y[1], e.y[2]}, .fill = fill_qkv,
-                       .check = qg_optest_check_qkv, .ctx = &e};
+                       .check = qg_optest_check_qkv, .ctx = &e, .mv = true};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 8, case_id++);
             qg_optest_fx_free(&f);
@@ -380,7 +405,7 @@ static void test_swiglu(void **state) {
             qg_optest_add_node(&f, QG_OP_SWIGLU, "swiglu", (int[]){e.x, e.gate, e.up}, 3,
                                (int[]){e.h}, 1, &p);
             vcase c = {.f = &f, .n_out = 1, .out = {e.h}, .fill = fill_swiglu,
-                       .check = qg_optest_check_swiglu, .ctx = &e};
+                       .check = qg_optest_check_swiglu, .ctx = &e, .mv = true};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 9, case_id++);
             qg_optest_fx_free(&f);
@@ -563,14 +588,17 @@ static void test_expert_swiglu_aggregate(void **state) {
     (void)state;
     need_vulkan();
     int case_id = 0;
-    const int XK[][2] = {{6, 2}, {4, 3}};
+    /* X, K; the third (decode) as Qwen3-MoE's K = 8 with rows of 768 in the
+     * down projection: 192 (expert, unit) items per row */
+    const int XK[][2] = {{6, 2}, {4, 3}, {10, 8}};
     for (size_t ti = 0; ti < QG_ARRAY_LEN(QG_OPTEST_MOE_TYPES); ti++)
-        for (int xi = 0; xi < 2; xi++) {
-            const int T = xi == 0 ? 1 : 5;
+        for (int xi = 0; xi < 3; xi++) {
+            const int T = xi == 1 ? 5 : 1;
             qg_optest_fx f =
                 qg_optest_fx_new(T == 1 ? QG_PHASE_DECODE : QG_PHASE_PREFILL, T, 64, true);
             qg_test_rng r = rng_for(13, 1000 + case_id);
-            qg_optest_moe e = {.E = 256, .F = 256, .X = XK[xi][0], .K = XK[xi][1]};
+            const int64_t F = xi == 2 ? 768 : 256;
+            qg_optest_moe e = {.E = 256, .F = F, .X = XK[xi][0], .K = XK[xi][1]};
             e.x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, e.E, T, 1);
             e.gate = qg_optest_add_weight(&f, "gate_exps", QG_OPTEST_MOE_TYPES[ti][0], 3, e.E, e.F,
                                           e.X, &r, 1.0f);
@@ -588,9 +616,145 @@ static void test_expert_swiglu_aggregate(void **state) {
             qg_optest_add_node(&f, QG_OP_AGGREGATE, "aggregate", (int[]){e.h, e.down, e.ids, e.wts},
                                4, (int[]){e.y}, 1, &p);
             vcase c = {.f = &f, .n_out = 2, .out = {e.h, e.y}, .fill = fill_experts,
-                       .check = check_experts, .ctx = &e};
+                       .check = check_experts, .ctx = &e, .mv = true};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 13, case_id++);
+            qg_optest_fx_free(&f);
+        }
+}
+
+/* As fill_experts, then two of token 0's ids out of range: k = 1 is X,
+ * k = K - 2 is negative. */
+static void fill_bad_ids(qg_optest_fx *f, const void *ctx, int n_tok, qg_test_rng *r) {
+    const qg_optest_moe *e = ctx;
+    fill_experts(f, ctx, n_tok, r);
+    qg_optest_i32(f, e->ids)[1] = e->X;
+    qg_optest_i32(f, e->ids)[e->K - 2] = -7;
+}
+
+/* The shaders' NaN (0x7fc00000, not the 0xFF poison: so written) in the
+ * bad experts' h columns and all of token 0's y; the other h columns
+ * finite. */
+static void check_bad_ids(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    (void)n_tok;
+    const qg_optest_moe *e = ctx;
+    const float *h = qg_optest_f32(f, e->h), *y = qg_optest_f32(f, e->y);
+    for (int k = 0; k < e->K; k++)
+        for (int64_t i = 0; i < e->F; i++) {
+            uint32_t b;
+            memcpy(&b, &h[k * e->F + i], 4);
+            const bool bad = k == 1 || k == e->K - 2;
+            if (bad ? b != 0x7fc00000u : !isfinite(h[k * e->F + i]))
+                fail_msg("%s: h[%lld, %d] = 0x%08x (%s)", label, (long long)i, k, b,
+                         bad ? "want the NaN of a bad id" : "want a finite value");
+        }
+    for (int64_t i = 0; i < e->E; i++) {
+        uint32_t b;
+        memcpy(&b, &y[i], 4);
+        if (b != 0x7fc00000u) fail_msg("%s: y[%lld] = 0x%08x, want NaN", label, (long long)i, b);
+    }
+}
+
+/* Expert ids outside [0, X) make NaN (decode, K = 8, rows of 768 in the
+ * down projection), on the plain and the fast decode shaders. */
+static void test_bad_expert_ids(void **state) {
+    (void)state;
+    need_vulkan();
+    const qg_dtype types[][3] = {{QG_Q4_K, QG_Q4_K, QG_Q6_K}, {QG_Q8_0, QG_Q6_K, QG_F16}};
+    for (int ti = 0; ti < 2; ti++) {
+        qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 64, true);
+        qg_test_rng r = rng_for(18, 1000 + ti);
+        qg_optest_moe e = {.E = 256, .F = 768, .X = 10, .K = 8};
+        e.x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, e.E, 1, 1);
+        e.gate = qg_optest_add_weight(&f, "gate_exps", types[ti][0], 3, e.E, e.F, e.X, &r, 1.0f);
+        e.up = qg_optest_add_weight(&f, "up_exps", types[ti][1], 3, e.E, e.F, e.X, &r, 1.0f);
+        e.down = qg_optest_add_weight(&f, "down_exps", types[ti][2], 3, e.F, e.E, e.X, &r, 1.0f);
+        e.ids = qg_optest_add_tensor(&f, "ids", QG_I32, QG_ROLE_INPUT, 2, e.K, 1, 1);
+        e.wts = qg_optest_add_tensor(&f, "wts", QG_F32, QG_ROLE_INPUT, 2, e.K, 1, 1);
+        e.h = qg_optest_add_tensor(&f, "h", QG_F32, QG_ROLE_OUTPUT, 3, e.F, e.K, 1);
+        e.y = qg_optest_add_tensor(&f, "y", QG_F32, QG_ROLE_OUTPUT, 2, e.E, 1, 1);
+        qg_op_params p = {.n_expert = e.X, .n_expert_used = e.K};
+        qg_optest_add_node(&f, QG_OP_EXPERT_SWIGLU, "expert_swiglu",
+                           (int[]){e.x, e.gate, e.up, e.ids}, 4, (int[]){e.h}, 1, &p);
+        qg_optest_add_node(&f, QG_OP_AGGREGATE, "aggregate", (int[]){e.h, e.down, e.ids, e.wts}, 4,
+                           (int[]){e.y}, 1, &p);
+        vcase c = {.f = &f, .n_out = 2, .out = {e.h, e.y}, .fill = fill_bad_ids,
+                   .check = check_bad_ids, .ctx = &e, .mv = true};
+        const int ntoks[] = {1};
+        RUN(c, ntoks, 18, ti);
+        qg_optest_fx_free(&f);
+    }
+}
+
+/* ---- decode folds: rmsnorm -> product -> add ------------------------------ */
+
+typedef struct fold_ctx {
+    int x, nw, w, r, out; /* x, nw (N), W (N, M), r, out (M) */
+    int64_t N, M;
+    float eps;
+} fold_ctx;
+
+static void fill_fold(qg_optest_fx *f, const void *ctx, int n_tok, qg_test_rng *r) {
+    const fold_ctx *e = ctx;
+    qg_optest_fill_act(f, e->x, n_tok, r, -2, 2);
+    qg_optest_fill_act(f, e->r, n_tok, r, -1, 1);
+}
+
+/* out = r + W rmsnorm(x): the norm (f32, within a few ulps: rmsnorm's
+ * tolerance) through the dot, the dot as matmul, one f32 add:
+ * |out - ref| <= 3e-5 * (sum|w||xn| + |ref|) + 1e-6, ref over the
+ * float64 norm rounded to f32. */
+static void check_fold(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    const fold_ctx *e = ctx;
+    QG_ASSERT(n_tok == 1);
+    double *xn = qg_optest_dalloc(e->N); /* (N) */
+    double *ref = qg_optest_dalloc(e->M), *mag = qg_optest_dalloc(e->M); /* (M) */
+    float *xf = malloc(sizeof(float) * (size_t)e->N);
+    assert_non_null(xf);
+    qg_ref_rmsnorm(qg_optest_f32(f, e->x), qg_optest_f32(f, e->nw), e->N, 1, e->eps, xn);
+    for (int64_t i = 0; i < e->N; i++) xf[i] = (float)xn[i];
+    qg_ref_matmul(f->g->tensors[e->w].type, f->host[e->w], e->N, e->M, xf, 1, ref, mag);
+    const float *r = qg_optest_f32(f, e->r);
+    for (int64_t i = 0; i < e->M; i++) {
+        ref[i] += r[i];
+        mag[i] += fabs(ref[i]);
+    }
+    qg_optest_expect_close(label, "out", qg_optest_f32(f, e->out), ref, mag, e->M, 3e-5, 1e-6);
+    free(xf);
+    free(xn);
+    free(ref);
+    free(mag);
+}
+
+/* A decode graph rmsnorm -> matmul -> add whose norm and add fold into
+ * the product (NORM and RESID: one dispatch), every weight type, on the
+ * plain and the fast decode shaders. */
+static void test_product_folds(void **state) {
+    (void)state;
+    need_vulkan();
+    int case_id = 0;
+    const int64_t shapes[][2] = {{768, 37}, {2304, 70}, {4096, 45}};
+    for (size_t d = 0; d < QG_ARRAY_LEN(QG_OPTEST_ALL_W); d++)
+        for (int si = 0; si < 3; si++) {
+            qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 64, true);
+            qg_test_rng r = rng_for(19, 1000 + case_id);
+            fold_ctx e = {.N = shapes[si][0], .M = shapes[si][1], .eps = 1e-6f};
+            e.x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, e.N, 1, 1);
+            e.nw = qg_optest_add_weight(&f, "norm", QG_F32, 1, e.N, 1, 1, &r, 2.0f);
+            e.w = qg_optest_add_weight(&f, "w", QG_OPTEST_ALL_W[d], 2, e.N, e.M, 1, &r, 1.0f);
+            e.r = qg_optest_add_tensor(&f, "r", QG_F32, QG_ROLE_INPUT, 2, e.M, 1, 1);
+            const int xn = qg_optest_add_tensor(&f, "xn", QG_F32, QG_ROLE_ACT, 2, e.N, 1, 1);
+            const int y = qg_optest_add_tensor(&f, "y", QG_F32, QG_ROLE_ACT, 2, e.M, 1, 1);
+            e.out = qg_optest_add_tensor(&f, "out", QG_F32, QG_ROLE_OUTPUT, 2, e.M, 1, 1);
+            qg_op_params p = {.eps = e.eps};
+            qg_optest_add_node(&f, QG_OP_RMSNORM, "norm", (int[]){e.x, e.nw}, 2, (int[]){xn}, 1,
+                               &p);
+            qg_optest_add_node(&f, QG_OP_MATMUL, "matmul", (int[]){e.w, xn}, 2, (int[]){y}, 1, &p);
+            qg_optest_add_node(&f, QG_OP_ADD, "add", (int[]){y, e.r}, 2, (int[]){e.out}, 1, &p);
+            vcase c = {.f = &f, .n_out = 1, .out = {e.out}, .fill = fill_fold,
+                       .check = check_fold, .ctx = &e, .mv = true, .n_disp = 1};
+            const int ntoks[] = {1, 1};
+            RUN(c, ntoks, 19, case_id++);
             qg_optest_fx_free(&f);
         }
 }
@@ -655,7 +819,7 @@ static void test_moe_fused(void **state) {
                                (int[]){e.y2, e.ids2, e.wts2}, 3, &p);
             vcase c = {.f = &f, .n_out = 8,
                        .out = {e.logits, e.ids, e.wts, e.h, e.y, e.y2, e.ids2, e.wts2},
-                       .fill = fill_fused, .check = check_fused, .ctx = &e};
+                       .fill = fill_fused, .check = check_fused, .ctx = &e, .mv = true};
             if (phase == 0) {
                 const int ntoks[] = {1, 1};
                 RUN(c, ntoks, 14, case_id++);
@@ -729,7 +893,7 @@ static void test_fused_pairs(void **state) {
         qg_optest_add_node(&f, QG_OP_RMSNORM, "add+rmsnorm", (int[]){e.add.y, e.rms.w}, 2,
                            (int[]){e.rms.y}, 1, &p);
         vcase c = {.f = &f, .n_out = 2, .out = {e.add.y, e.rms.y}, .fill = fill_addnorm,
-                   .check = check_addnorm, .ctx = &e};
+                   .check = check_addnorm, .ctx = &e, .mv = true};
         const int ntoks[] = {1, T};
         RUN(c, ntoks, 16, case_id++);
         qg_optest_fx_free(&f);
@@ -774,7 +938,8 @@ static void test_fused_pairs(void **state) {
                      (int[]){e.attn.o}, 1, &p);
             vcase c = {.f = &f, .n_out = 5,
                        .out = {e.rope.qo, e.rope.ko, e.attn.o, e.attn.kc, e.attn.vc},
-                       .fill = fill_ropeattn, .check = check_ropeattn, .ctx = &e};
+                       .fill = fill_ropeattn, .check = check_ropeattn, .ctx = &e,
+                       .mv = true};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 17, case_id++);
             free(e.attn.kc0);
@@ -841,7 +1006,9 @@ int main(void) {
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_topk),
         cmocka_unit_test(test_expert_swiglu_aggregate),
+        cmocka_unit_test(test_bad_expert_ids),
         cmocka_unit_test(test_moe_fused),
+        cmocka_unit_test(test_product_folds),
         cmocka_unit_test(test_fused_pairs),
     };
     if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER")); /* one test */

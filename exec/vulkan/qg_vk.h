@@ -104,6 +104,7 @@ typedef enum qg_vk_shader {
     QG_VK_ADD,
     QG_VK_ADD_RMSNORM,
     QG_VK_AGGREGATE,
+    QG_VK_AGGREGATE_MV,
     QG_VK_ATTENTION,
     QG_VK_EMBED,
     QG_VK_GEMM,
@@ -112,12 +113,14 @@ typedef enum qg_vk_shader {
     QG_VK_GEMM_SWIGLU_MOE,
     QG_VK_KV_APPEND,
     QG_VK_MATMUL,
+    QG_VK_MATMUL_MV,
     QG_VK_MOE_COMBINE,
     QG_VK_MOE_SORT,
     QG_VK_RMSNORM,
     QG_VK_ROPE,
     QG_VK_ROPE_KV,
     QG_VK_SWIGLU,
+    QG_VK_SWIGLU_MV,
     QG_VK_TOPK,
     QG_VK_SHADER_COUNT
 } qg_vk_shader;
@@ -192,6 +195,8 @@ typedef struct qg_vk_rec_ctx {
     qg_vk_loc moe_scratch;                /* moe_fused's logits | h */
     bool fuse;                            /* peephole fusion of node pairs */
     bool fold;                            /* decode folds (qg_vk_fold.c) */
+    bool fast_mv;                         /* decode products: the *_mv shaders */
+    uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: per shape */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */

@@ -90,6 +90,8 @@ typedef struct vk_exec {
     bool no_fuse; /* QG_VK_NO_FUSE=1: one node, one set of dispatches */
     bool no_fold; /* QG_VK_FOLD=0: no decode folds (qg_vk_fold.c); the
                      node-pair fusions stay on */
+    bool fast_mv; /* QG_VK_MV=1: the *_mv decode products */
+    uint32_t mv_rpt; /* QG_VK_MV_RPT: their rows per row group (0: per shape) */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -495,7 +497,8 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     qg_vk_rec_ctx rc = {.d = &x->d, .g = g, .step = {vg->in.buf, 0, sizeof(int32_t) * QG_STEP_N},
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
-                        .fuse = !x->no_fuse, .fold = fold};
+                        .fuse = !x->no_fuse, .fold = fold, .fast_mv = x->fast_mv,
+                        .mv_rpt = x->mv_rpt};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -578,9 +581,10 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
                 nn += g->parts[p].n;
                 nb += vg->parts[p].n_barrier;
             }
-        fprintf(stderr, "vulkan: %s graph: %d nodes, %d dispatches, %d barriers%s\n",
+        fprintf(stderr, "vulkan: %s graph: %d nodes, %d dispatches, %d barriers%s%s\n",
                 g->phase == QG_PHASE_DECODE ? "decode" : "prefill", nn, vg->n_disp, nb,
-                x->no_fuse ? " (QG_VK_NO_FUSE)" : x->no_fold ? " (QG_VK_FOLD=0)" : "");
+                x->no_fuse ? " (QG_VK_NO_FUSE)" : x->no_fold ? " (QG_VK_FOLD=0)" : "",
+                x->fast_mv && g->n_tok_max == 1 ? " (QG_VK_MV: fast decode products)" : "");
     }
 out:
     x->cur = NULL;
@@ -794,7 +798,13 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         opts.no_subgroup = env_on("QG_VK_NO_SUBGROUP");
         const char *fold = getenv("QG_VK_FOLD");
         opts.no_fold = fold && !strcmp(fold, "0");
+        opts.fast_mv = env_on("QG_VK_MV");
+        const char *rpt = getenv("QG_VK_MV_RPT");
+        opts.mv_rpt = rpt ? atoi(rpt) : 0;
     }
+    if (opts.mv_rpt < 0 || opts.mv_rpt > 8)
+        return qg_error_set(err, QG_ERR_ARG, "vulkan: QG_VK_MV_RPT=%d: rows per row group are 1..8",
+                            opts.mv_rpt);
     vk_exec *x = calloc(1, sizeof *x);
     if (!x) return qg_error_set(err, QG_ERR_NOMEM, "out of memory");
     qg_status st = qg_vk_dev_open(&x->d, o ? o->device : -1, &opts, err);
@@ -807,7 +817,11 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     QG_VK_CHECK(vkCreateFence(x->d.dev, &fci, NULL, &x->fence));
     x->no_fuse = env_on("QG_VK_NO_FUSE");
     x->no_fold = opts.no_fold;
-    if (qg_debug_enabled("vulkan")) fprintf(stderr, "vulkan: %s\n", x->d.desc);
+    x->fast_mv = opts.fast_mv;
+    x->mv_rpt = (uint32_t)opts.mv_rpt;
+    if (qg_debug_enabled("vulkan"))
+        fprintf(stderr, "vulkan: %s; fast decode products (QG_VK_MV) %s\n", x->d.desc,
+                !x->fast_mv ? "off" : x->mv_rpt ? "on, fixed rows per group" : "on");
     out->i = &VK_EXEC;
     out->self = x;
     return QG_OK;

@@ -18,6 +18,7 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_ADD] = "add",
     [QG_VK_ADD_RMSNORM] = "add_rmsnorm",
     [QG_VK_AGGREGATE] = "aggregate",
+    [QG_VK_AGGREGATE_MV] = "aggregate_mv",
     [QG_VK_ATTENTION] = "attention",
     [QG_VK_EMBED] = "embed",
     [QG_VK_GEMM] = "gemm",
@@ -26,12 +27,14 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_GEMM_SWIGLU_MOE] = "gemm_swiglu_moe",
     [QG_VK_KV_APPEND] = "kv_append",
     [QG_VK_MATMUL] = "matmul",
+    [QG_VK_MATMUL_MV] = "matmul_mv",
     [QG_VK_MOE_COMBINE] = "moe_combine",
     [QG_VK_MOE_SORT] = "moe_sort",
     [QG_VK_RMSNORM] = "rmsnorm",
     [QG_VK_ROPE] = "rope",
     [QG_VK_ROPE_KV] = "rope_kv",
     [QG_VK_SWIGLU] = "swiglu",
+    [QG_VK_SWIGLU_MV] = "swiglu_mv",
     [QG_VK_TOPK] = "topk",
 };
 _Static_assert(QG_ARRAY_LEN(SHADER_NAMES) == QG_VK_SHADER_COUNT, "SHADER_NAMES out of date");
@@ -115,7 +118,9 @@ VkPipeline qg_vk_pipe_get(qg_vk_dev *d, qg_vk_pipes *p, qg_vk_shader shader, int
     /* the weight shaders with one row group per subgroup (spec 7) need
      * full subgroups, so that subgroups tile the workgroup exactly */
     const bool sgrows = (shader == QG_VK_MATMUL || shader == QG_VK_SWIGLU ||
-                         shader == QG_VK_AGGREGATE) && spec[QG_VK_SPEC_SGROWS];
+                         shader == QG_VK_AGGREGATE || shader == QG_VK_MATMUL_MV ||
+                         shader == QG_VK_SWIGLU_MV || shader == QG_VK_AGGREGATE_MV) &&
+                        spec[QG_VK_SPEC_SGROWS];
     QG_ASSERT(!sgrows || d->full_subgroups);
     VkComputePipelineCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,

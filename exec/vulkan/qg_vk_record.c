@@ -18,7 +18,9 @@
  * Work shapes (see the shaders' comments):
  *   weight x activation shaders: 128 invocations in row groups of lanes
  *     (rows_for), NT token columns (1 in decode graphs, 8 in prefill);
- *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx).
+ *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx);
+ *   with c->fast_mv (QG_VK_MV=1), decode graphs' products use the *_mv
+ *   shaders instead: RPT rows per row group chosen per shape (mv_rows).
  */
 #include "qg_vk.h"
 
@@ -261,6 +263,48 @@ static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t nslot
     return r;
 }
 
+/* The fast decode products' layout (c->fast_mv; the ops/vulkan
+ * matmul_mv, swiglu_mv and aggregate_mv shaders): as rows_for, with RPT
+ * rows per row group, each lane holding the raw
+ * bytes of one unit of all of them (na_row partial sums per row: 1, or 2
+ * for swiglu's gate and up).  RPT is c->mv_rpt when set, else the largest
+ * power of two, up to 8 and to MV_RAW_WORDS / words (words: the raw
+ * 32-bit words a lane holds per row, qg_dqdot.glsl's DQD_LOAD), that
+ * still leaves MV_GROUPS workgroups for the m rows over z workgroup
+ * columns: about two per SM of a 132-SM GPU, with each row group's RPT
+ * loads in flight per unit. */
+#define MV_GROUPS 256u
+#define MV_RAW_WORDS 64u
+static rows mv_rows(const qg_vk_rec_ctx *c, int64_t n, int64_t m, uint64_t z, uint32_t words,
+                    uint32_t na_row) {
+    const rows probe = rows_for(c->d, n, 1, 1, 1);
+    const uint64_t G = probe.wg / probe.tpr;
+    uint32_t rpt = c->mv_rpt;
+    if (!rpt) {
+        const uint32_t cap = QG_MIN(8u, QG_MAX(1u, MV_RAW_WORDS / QG_MAX(words, 1u)));
+        rpt = 1;
+        while (2 * rpt <= cap && (uint64_t)div_up((uint64_t)m, G * 2 * rpt) * z >= MV_GROUPS)
+            rpt *= 2;
+    }
+    QG_ASSERT(rpt >= 1 && rpt <= 8);
+    return rows_for(c->d, n, na_row * rpt, rpt, rpt);
+}
+
+/* Raw 32-bit words of one unit that qg_dqdot.glsl's DQD_LOAD keeps in
+ * registers for type t (F32: none, its dot reads the buffer; counted as 8
+ * for the register cap). */
+static uint32_t unit_words(qg_dtype t) {
+    switch (t) {
+    case QG_F16: case QG_BF16: return 16;
+    case QG_Q8_0: return 9;
+    case QG_Q4_0: return 5;
+    case QG_Q4_K: return 8;
+    case QG_Q5_K: return 12;
+    case QG_Q6_K: return 13;
+    default: return 8;
+    }
+}
+
 static uint32_t row_bytes(const qg_tensor *w) {
     return (uint32_t)qg_dtype_row_bytes(w->type, w->ne[0]);
 }
@@ -299,6 +343,36 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
     return d;
 }
 
+/* The decode product y (m) = W (n, m) x with fast_mv: matmul_mv.comp (the
+ * bindings, push constants and folds of matmul.comp with NT = 1). */
+static void rec_matmul_mv(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
+                          bool last_only, const xfold *f) {
+    const rows L = mv_rows(r->c, wt->ne[0], wt->ne[1], 1, unit_words(wt->type), 1);
+    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL_MV);
+    d->spec[0] = L.wg;
+    d->spec[1] = (uint32_t)wt->type;
+    d->spec[2] = L.tpr;
+    d->spec[4] = L.rpt;
+    d->spec[5] = f->norm ? (f->store ? 2 : 1) : 0;
+    d->spec[6] = f->resid;
+    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[8] = f->norm ? (uint32_t)(wt->ne[0] / 4) : 1; /* XN4 */
+    bind(d, w, false);
+    bind(d, x, false);
+    bind(d, y, true);
+    bind(d, f->norm ? f->nw : x, false);
+    bind(d, f->norm && f->store ? f->nout : y, true);
+    bind(d, f->resid ? f->res : x, false);
+    row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
+    push(d, (uint32_t)wt->ne[0]);
+    push(d, (uint32_t)wt->ne[1]);
+    push(d, row_bytes(wt));
+    push(d, last_only ? 1 : 0);
+    push(d, d->groups[0]);
+    pushf(d, f->eps);
+    d->groups[2] = 1;
+}
+
 /* y (m, ncol) = W (n, m) x; last_only: the last live column only; f: the
  * decode folds (a one-column product). */
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
@@ -307,6 +381,10 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     QG_ASSERT(Tm == 1 || (!f->norm && !f->resid));
     if (Tm > 1 && !last_only) {
         rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
+        return;
+    }
+    if (r->c->fast_mv && Tm == 1) {
+        rec_matmul_mv(r, wt, w, x, y, last_only, f);
         return;
     }
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
@@ -351,9 +429,12 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
         rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1);
         return;
     }
+    const bool mv = r->c->fast_mv && Tm == 1; /* swiglu_mv.comp, same interface */
     const uint32_t NT = moe || Tm == 1 ? 1 : 8;
-    const rows L = rows_for(r->c->d, gt->ne[0], 2 * NT, NT, 1);
-    qg_vk_dispatch *d = new_dispatch(r, QG_VK_SWIGLU);
+    const rows L = mv ? mv_rows(r->c, gt->ne[0], gt->ne[1], moe ? (uint64_t)K : 1,
+                                unit_words(gt->type) + unit_words(ut->type), 2)
+                      : rows_for(r->c->d, gt->ne[0], 2 * NT, NT, 1);
+    qg_vk_dispatch *d = new_dispatch(r, mv ? QG_VK_SWIGLU_MV : QG_VK_SWIGLU);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)gt->type;
     d->spec[2] = (uint32_t)ut->type;
@@ -394,8 +475,11 @@ static void rec_topk(rec *r, qg_vk_loc logits, int X, int K, qg_vk_loc ids, qg_v
 static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h, qg_vk_loc ids,
                           qg_vk_loc wts, qg_vk_loc y, int K, const xfold *f) {
     QG_ASSERT(!f->norm);
-    const rows L = rows_for(r->c->d, dt->ne[0], 1, 1, 1);
-    qg_vk_dispatch *d = new_dispatch(r, QG_VK_AGGREGATE);
+    /* fast_mv in decode graphs: aggregate_mv.comp, same interface */
+    const bool mv = r->c->fast_mv && r->c->g->n_tok_max == 1;
+    const rows L = mv ? mv_rows(r->c, dt->ne[0], dt->ne[1], 1, unit_words(dt->type), 1)
+                      : rows_for(r->c->d, dt->ne[0], 1, 1, 1);
+    qg_vk_dispatch *d = new_dispatch(r, mv ? QG_VK_AGGREGATE_MV : QG_VK_AGGREGATE);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)dt->type;
     d->spec[2] = L.tpr;

@@ -2,7 +2,7 @@
  * qg_vulkan.h - the Vulkan executor's extras beyond exec/qg_exec.h.
  *
  * qg_exec_vulkan_new() (declared in exec/qg_exec.h) makes the executor with
- * default options; the environment can change three of them:
+ * default options; the environment can change these:
  *   QG_VK_VALIDATION=1   enable VK_LAYER_KHRONOS_validation and a debug
  *                        messenger that prints every message to stderr;
  *                        =2 adds synchronization validation (slow: it
@@ -13,6 +13,19 @@
  *                        a decode graph gets a dispatch of its own instead
  *                        of riding in the neighbouring product (the same
  *                        bits either way; for A/B)
+ *   QG_VK_MV=1           fast decode weight products (fast_mv): the
+ *                        decode graphs' matmul, router, lm_head, qkv,
+ *                        swiglu, expert swiglu and aggregate dispatches
+ *                        use ops/vulkan/{matmul,swiglu,aggregate}_mv.comp
+ *                        (several rows per subgroup with their loads in
+ *                        flight, factored dequant-dots of
+ *                        qg_dqdot.glsl) instead of the exact-dequant
+ *                        shaders; off by default until measured on a GPU.
+ *                        Results differ from the default path in f32
+ *                        rounding only (the op tests' tolerances)
+ *   QG_VK_MV_RPT=N       with QG_VK_MV=1: N (1..8) rows per row group in
+ *                        every fast product instead of the per-shape
+ *                        choice (qg_vk_record.c, mv_rpt); for tuning
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -34,6 +47,8 @@ typedef struct qg_vk_opts {
     bool sync_validation; /* with validation: synchronization checks too */
     bool no_subgroup; /* force the shared-memory reduction shaders */
     bool no_fold;     /* no decode folds (exec/vulkan/qg_vk_fold.c) */
+    bool fast_mv;     /* fast decode weight products (QG_VK_MV=1) */
+    int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: per shape */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
