@@ -3,9 +3,23 @@
 # The GPU host has no glslc or Vulkan headers, so the binary is built on a
 # development machine of the same architecture and carried:
 #   here:   cmake -S . -B build-vk -DCMAKE_BUILD_TYPE=Release -DQG_CUDA=OFF -DQG_VULKAN=ON \
-#             -DQG_REQUIRE_TESTS=OFF && cmake --build build-vk --target qmoe-graph
-#   there:  tools/bench-device-vulkan.sh OUTDIR   (carry build-vk and .gl)
+#             && cmake --build build-vk --target qmoe-graph test_vulkan_ops
+#   there:  tools/bench-device-vulkan.sh OUTDIR   (carry build-vk/qmoe-graph and .gl)
 # .gl holds the Vulkan loader .debs (see /work/.library/device/README.md).
+# Knobs (environment):
+#   VK_BUILD=DIR        the carried build (build-vk)
+#   VK_LAB=FILE         lab_fastmodel (carried, from a CUDA build): makes the
+#                       30b-a3b file in seconds (synth's tensor table, random
+#                       blocks) instead of `qmoe-graph synth`
+#   VK_TESTS=1          run DIR/tests/test_vulkan_ops (and _e2e if carried)
+#                       on the GPU first (cmocka from .cuda-dev/cmocka)
+#   VK_AB="ENV;ENV"     tg128 (-p 0 -n 128 -r 5) under each ';'-separated
+#                       environment, after one with the defaults; then the
+#                       fastest set and the defaults once more, back to back
+#   VK_PROFILE=0        skip `qmoe-graph profile` (else run under the fastest
+#                       A/B set)
+#   AGREE_KV="f16 f32"  KV types of the greedy agreement ("" skips it)
+# Writes OUTDIR/summary.md (and bench.md, profile.txt, agree.txt, log.txt).
 set -uo pipefail
 out=${1:?OUTDIR}
 mkdir -p "$out"
@@ -16,17 +30,76 @@ if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
-q=build-vk/qmoe-graph
+for d in .cuda-dev/cmocka .cuda-dev/pcre2/lib; do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$PWD/$d:${LD_LIBRARY_PATH:-}"
+done
+B=${VK_BUILD:-build-vk}
+q=$B/qmoe-graph
 model=/tmp/30b-a3b-q4_k_m.gguf
-[ -f $model ] || $q synth $model --preset 30b-a3b --ftype q4_k_m -q
+log=$out/log.txt
+sum=$out/summary.md
+echo "# Vulkan device run ($(git log -1 --format=%h 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ))" > "$sum"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /' >> "$sum"
+note() { echo "- $1" | tee -a "$sum"; }
+# tg FILE: the last tg row's tok/s of a bench table
+tg() { grep -E '^\| .*tg[0-9]' "$1" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}'; }
+
+if [ "${VK_TESTS:-0}" = 1 ]; then
+  for t in "$B"/tests/test_vulkan_ops "$B"/tests/test_vulkan_e2e; do
+    [ -x "$t" ] || continue
+    timeout 300 env QG_BUILD_DIR="$PWD/$B" QG_SOURCE_DIR="$PWD" QG_ALLOW_NO_ORACLE=1 "$t" >> "$log" 2>&1
+    rc=$?
+    note "$(basename "$t") on the GPU: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)")"
+    grep -E '^\[  (FAILED|PASSED) ' "$log" | tail -2 | sed 's/^/  /' | tee -a "$sum"
+  done
+fi
+
+if [ ! -f $model ]; then
+  if [ -n "${VK_LAB:-}" ] && [ -x "$VK_LAB" ]; then
+    timeout 300 "$VK_LAB" $model 30b-a3b q4_k_m >> "$log" 2>&1
+  else
+    $q synth $model --preset 30b-a3b --ftype q4_k_m -q
+  fi
+fi
 $q info $model 2>&1 | sed -n '/devices/,/memory plan/p' | tee "$out/devices.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/devices.txt"
+
 # speed
 timeout 300 $q bench $model --backend vulkan -p 512 -n 128 -r 3 2>&1 | grep -v '^loading' | tee "$out/bench.md"
+grep -E '^\| .*(pp|tg)[0-9]' "$out/bench.md" | sed 's/^/  /' >> "$sum"
+if [ -n "${VK_AB:-}" ]; then
+  IFS=';' read -r -a sets <<< "$VK_AB"
+  best="" best_tg=0
+  for ab in default "${sets[@]}"; do
+    [ "$ab" = default ] && envs=() || read -r -a envs <<< "$ab"
+    timeout 200 env "${envs[@]}" $q bench $model --backend vulkan -p 0 -n 128 -r 5 > "$out/ab.md" 2>&1
+    v=$(tg "$out/ab.md")
+    note "A/B tg128 with $ab: ${v:-failed: $(tail -c 200 "$out/ab.md")} tok/s"
+    if [ "$ab" != default ] && awk -v a="${v%%±*}" -v b="$best_tg" 'BEGIN { exit !(a + 0 > b + 0) }'; then
+      best=$ab best_tg=${v%%±*}
+    fi
+  done
+  if [ -n "$best" ]; then
+    read -r -a envs <<< "$best"
+    for ab in default "$best"; do
+      [ "$ab" = default ] && e2=() || e2=("${envs[@]}")
+      timeout 200 env "${e2[@]}" $q bench $model --backend vulkan -p 512 -n 128 -r 3 > "$out/ab.md" 2>&1
+      note "A/B again with $ab: $(grep -E '^\| .*(pp|tg)[0-9]' "$out/ab.md" | awk -F'|' '{gsub(/ /,"",$7); gsub(/ /,"",$8); printf "%s %s  ", $7, $8}')"
+    done
+  fi
+fi
 # where the time goes
-timeout 200 $q profile $model --backend vulkan -p 512 -n 32 2>&1 | grep -v '^loading' > "$out/profile.txt"
-sed -n '/^== decode/,/^by layer/p;/^== prefill/,/^by layer/p' "$out/profile.txt"
+# (under the fastest A/B set, when there was one)
+if [ "${VK_PROFILE:-1}" != 0 ]; then
+  [ -n "${best:-}" ] && read -r -a envs <<< "$best" || envs=()
+  note "profile with ${best:-the defaults}"
+  timeout 200 env "${envs[@]}" $q profile $model --backend vulkan -p 512 -n 32 2>&1 | grep -v '^loading' > "$out/profile.txt"
+  sed -n '/^== decode/,/^by layer/p;/^== prefill/,/^by layer/p' "$out/profile.txt"
+fi
 # agreement: greedy 64-token continuations, Vulkan vs CPU, 10 prompts, with
 # the default F16 KV cache and with --kv-type f32 (tools/agree-device.sh:
 # a failed run counts as a failure, never as agreement)
-AGREE_KV="${AGREE_KV:-f16 f32}" timeout 500 tools/agree-device.sh $q vulkan "$out/agree.txt"
+if [ -n "${AGREE_KV-f16 f32}" ]; then
+  AGREE_KV="${AGREE_KV:-f16 f32}" timeout 500 tools/agree-device.sh $q vulkan "$out/agree.txt"
+  sed 's/^/  /' "$out/agree.txt" >> "$sum"
+fi
+cat "$sum"
