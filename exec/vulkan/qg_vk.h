@@ -196,7 +196,7 @@ typedef struct qg_vk_rec_ctx {
     bool fuse;                            /* peephole fusion of node pairs */
     bool fold;                            /* decode folds (qg_vk_fold.c) */
     bool fast_mv;                         /* decode products: the *_mv shaders */
-    uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: per shape */
+    uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: mv_rows default */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */

@@ -91,7 +91,7 @@ typedef struct vk_exec {
     bool no_fold; /* QG_VK_FOLD=0: no decode folds (qg_vk_fold.c); the
                      node-pair fusions stay on */
     bool fast_mv; /* QG_VK_MV=1: the *_mv decode products */
-    uint32_t mv_rpt; /* QG_VK_MV_RPT: their rows per row group (0: per shape) */
+    uint32_t mv_rpt; /* QG_VK_MV_RPT: their rows per row group (0: the default, mv_rows) */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {

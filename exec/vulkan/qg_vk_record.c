@@ -20,7 +20,7 @@
  *     (rows_for), NT token columns (1 in decode graphs, 8 in prefill);
  *   row groups beyond 65535 spill into gl_WorkGroupID.y (push constant gx);
  *   with c->fast_mv (QG_VK_MV=1), decode graphs' products use the *_mv
- *   shaders instead: RPT rows per row group chosen per shape (mv_rows).
+ *   shaders instead: RPT rows per row group (mv_rows: 2 unless QG_VK_MV_RPT says).
  */
 #include "qg_vk.h"
 
@@ -267,25 +267,18 @@ static rows rows_for(const qg_vk_dev *dv, int64_t n, uint32_t na, uint32_t nslot
  * matmul_mv, swiglu_mv and aggregate_mv shaders): as rows_for, with RPT
  * rows per row group, each lane holding the raw
  * bytes of one unit of all of them (na_row partial sums per row: 1, or 2
- * for swiglu's gate and up).  RPT is c->mv_rpt when set, else the largest
- * power of two, up to 8 and to MV_RAW_WORDS / words (words: the raw
- * 32-bit words a lane holds per row, qg_dqdot.glsl's DQD_LOAD), that
- * still leaves MV_GROUPS workgroups for the m rows over z workgroup
- * columns: about two per SM of a 132-SM GPU, with each row group's RPT
- * loads in flight per unit. */
-#define MV_GROUPS 256u
+ * for swiglu's gate and up).  RPT is c->mv_rpt when set, else
+ * MV_RPT_DEFAULT, or less where MV_RAW_WORDS / words (words: the raw
+ * 32-bit words a lane holds per row, qg_dqdot.glsl's DQD_LOAD) is less.
+ * MV_RPT_DEFAULT is 2: on an H100 (eighth session, same run) every
+ * product at 2 gave tg128 173.6 and 171.5 tok/s, against 159.1 for the
+ * largest power of two up to 8 leaving 256 workgroups (4 for q, gate/up
+ * and lm_head) and 154 for the default shaders. */
+#define MV_RPT_DEFAULT 2u
 #define MV_RAW_WORDS 64u
-static rows mv_rows(const qg_vk_rec_ctx *c, int64_t n, int64_t m, uint64_t z, uint32_t words,
-                    uint32_t na_row) {
-    const rows probe = rows_for(c->d, n, 1, 1, 1);
-    const uint64_t G = probe.wg / probe.tpr;
+static rows mv_rows(const qg_vk_rec_ctx *c, int64_t n, uint32_t words, uint32_t na_row) {
     uint32_t rpt = c->mv_rpt;
-    if (!rpt) {
-        const uint32_t cap = QG_MIN(8u, QG_MAX(1u, MV_RAW_WORDS / QG_MAX(words, 1u)));
-        rpt = 1;
-        while (2 * rpt <= cap && (uint64_t)div_up((uint64_t)m, G * 2 * rpt) * z >= MV_GROUPS)
-            rpt *= 2;
-    }
+    if (!rpt) rpt = QG_MIN(MV_RPT_DEFAULT, QG_MAX(1u, MV_RAW_WORDS / QG_MAX(words, 1u)));
     QG_ASSERT(rpt >= 1 && rpt <= 8);
     return rows_for(c->d, n, na_row * rpt, rpt, rpt);
 }
@@ -347,7 +340,7 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
  * bindings, push constants and folds of matmul.comp with NT = 1). */
 static void rec_matmul_mv(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
                           bool last_only, const xfold *f) {
-    const rows L = mv_rows(r->c, wt->ne[0], wt->ne[1], 1, unit_words(wt->type), 1);
+    const rows L = mv_rows(r->c, wt->ne[0], unit_words(wt->type), 1);
     qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL_MV);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)wt->type;
@@ -431,8 +424,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     }
     const bool mv = r->c->fast_mv && Tm == 1; /* swiglu_mv.comp, same interface */
     const uint32_t NT = moe || Tm == 1 ? 1 : 8;
-    const rows L = mv ? mv_rows(r->c, gt->ne[0], gt->ne[1], moe ? (uint64_t)K : 1,
-                                unit_words(gt->type) + unit_words(ut->type), 2)
+    const rows L = mv ? mv_rows(r->c, gt->ne[0], unit_words(gt->type) + unit_words(ut->type), 2)
                       : rows_for(r->c->d, gt->ne[0], 2 * NT, NT, 1);
     qg_vk_dispatch *d = new_dispatch(r, mv ? QG_VK_SWIGLU_MV : QG_VK_SWIGLU);
     d->spec[0] = L.wg;
@@ -477,7 +469,7 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     QG_ASSERT(!f->norm);
     /* fast_mv in decode graphs: aggregate_mv.comp, same interface */
     const bool mv = r->c->fast_mv && r->c->g->n_tok_max == 1;
-    const rows L = mv ? mv_rows(r->c, dt->ne[0], dt->ne[1], 1, unit_words(dt->type), 1)
+    const rows L = mv ? mv_rows(r->c, dt->ne[0], unit_words(dt->type), 1)
                       : rows_for(r->c->d, dt->ne[0], 1, 1, 1);
     qg_vk_dispatch *d = new_dispatch(r, mv ? QG_VK_AGGREGATE_MV : QG_VK_AGGREGATE);
     d->spec[0] = L.wg;

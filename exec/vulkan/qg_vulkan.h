@@ -20,12 +20,13 @@
  *                        (several rows per subgroup with their loads in
  *                        flight, factored dequant-dots of
  *                        qg_dqdot.glsl) instead of the exact-dequant
- *                        shaders; off by default until measured on a GPU.
+ *                        shaders; off by default until its tests run on
+ *                        a GPU (tg128 +11.6% on an H100, BENCHMARKS.md).
  *                        Results differ from the default path in f32
  *                        rounding only (the op tests' tolerances)
  *   QG_VK_MV_RPT=N       with QG_VK_MV=1: N (1..8) rows per row group in
- *                        every fast product instead of the per-shape
- *                        choice (qg_vk_record.c, mv_rpt); for tuning
+ *                        every fast product instead of the default 2
+ *                        (qg_vk_record.c, mv_rows); for tuning
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -48,7 +49,7 @@ typedef struct qg_vk_opts {
     bool no_subgroup; /* force the shared-memory reduction shaders */
     bool no_fold;     /* no decode folds (exec/vulkan/qg_vk_fold.c) */
     bool fast_mv;     /* fast decode weight products (QG_VK_MV=1) */
-    int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: per shape */
+    int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: the default (2) */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
