@@ -137,6 +137,9 @@ typedef struct qg_vk_pipe_entry {
     VkPipeline pipe;
 } qg_vk_pipe_entry;
 
+/* The shader's name, as its .comp file is named ("matmul_mv"). */
+const char *qg_vk_shader_name(qg_vk_shader s);
+
 typedef struct qg_vk_pipes {
     VkShaderModule module[QG_VK_SHADER_COUNT];
     VkDescriptorSetLayout dsl[QG_VK_MAX_BIND + 1]; /* by binding count */

@@ -14,8 +14,9 @@
  *   - RoPE cos/sin tables (hd, n_ctx), computed in double as the CPU does;
  *   - every node of its partitions as dispatches (qg_vk_record.c), their
  *     pipelines and descriptor sets;
- *   - one command buffer per partition (plus a variant with a timestamp
- *     query after each node when the queue has timestamps), with a
+ *   - one command buffer per partition (plus a variant with a barrier and
+ *     a timestamp query after each dispatch when the queue has
+ *     timestamps), with a
  *     pipeline barrier wherever a dispatch touches memory that an earlier
  *     dispatch since the last barrier wrote (or writes what one read).
  * run() writes the step values into the io buffer and resubmits the
@@ -26,7 +27,11 @@
  * tokens, so a short prefill does not launch n_batch tokens' workgroups.
  * Submission is asynchronous; sync(), tensor_set() and tensor_get() wait
  * for it.  With a profile, run() waits and turns the timestamps into
- * per-node events, placed on the host clock at the time of submission. */
+ * per-node events, placed on the host clock at the time of submission,
+ * and adds each dispatch's time to the graph's per-dispatch totals, which
+ * release() prints by node op and shader under QG_DEBUG=vulkan (where a
+ * fused node's time goes: a decode moe_fused is router, top-k, swiglu and
+ * aggregate dispatches). */
 #include "qg_vk.h"
 
 #include <math.h>
@@ -51,8 +56,8 @@ typedef struct vk_rope {
 
 typedef struct vk_part {
     VkCommandBuffer cmd[2]; /* [0] plain, [1] with timestamps */
-    VkQueryPool qp;         /* n_nodes + 1 timestamps */
-    uint64_t *ts;           /* (n_nodes + 1) their values, read after a timed run */
+    VkQueryPool qp;         /* nd + 1 timestamps: the start, after each dispatch */
+    uint64_t *ts;           /* (nd + 1) their values, read after a timed run */
     int d0, nd;             /* its dispatches [d0, d0+nd) */
     int n_barrier;          /* barriers between its dispatches (plain buffer) */
 } vk_part;
@@ -69,6 +74,8 @@ typedef struct vk_graph {
     VkDeviceSize *io_off; /* (n_tensors) offset in io, or NO_IO */
     qg_vk_dispatch *disp;
     int n_disp, cap_disp;
+    double *disp_ns;      /* (n_disp) time of each dispatch over timed runs */
+    int *disp_runs;       /* (n_disp) timed runs that included it */
     VkDescriptorPool dpool;
     vk_part *parts; /* (g->n_parts); cmd[0] NULL for other executors' */
     int *wids;      /* weights it holds a reference to */
@@ -301,8 +308,8 @@ static void barrier(VkCommandBuffer cb, VkPipelineStageFlags src, VkAccessFlags 
 
 #define SHADER_RW (VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT)
 
-/* Record partition p's command buffer; timed: a timestamp after each node
- * (and a barrier, so node times do not overlap). */
+/* Record partition p's command buffer; timed: a barrier and a timestamp
+ * after each dispatch, so dispatch (and node) times do not overlap. */
 static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_error *err) {
     vk_part *vp = &vg->parts[p];
     const qg_partition *part = &vg->g->parts[p];
@@ -310,7 +317,7 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
     QG_VK_CHECK(vkBeginCommandBuffer(cb, &bi));
     if (timed) {
-        vkCmdResetQueryPool(cb, vp->qp, 0, (uint32_t)part->n + 1);
+        vkCmdResetQueryPool(cb, vp->qp, 0, (uint32_t)vp->nd + 1);
         vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, vp->qp, 0);
     }
     /* the host-written tensors into their device mirror (after earlier
@@ -359,13 +366,13 @@ static qg_status record_part(vk_exec *x, vk_graph *vg, int p, bool timed, qg_err
             for (int k = 0; k < d->n_bind; k++)
                 acc[n_acc++] = (access){d->b[k].buf, d->b[k].off, d->b[k].off + d->b[k].range,
                                         (d->writes >> k) & 1u};
-        }
-        if (timed) {
-            barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
-            n_acc = 0;
-            vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vp->qp,
-                                (uint32_t)(node - part->first + 1));
+            if (timed) {
+                barrier(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, SHADER_RW);
+                n_acc = 0;
+                vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, vp->qp,
+                                    (uint32_t)(di - vp->d0 + 1));
+            }
         }
     }
     QG_ASSERT(di == vp->d0 + vp->nd);
@@ -551,6 +558,12 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
     }
 
     /* one command buffer per partition (and a timed one) */
+    if (x->d.timestamps && vg->n_disp > 0 &&
+        (!(vg->disp_ns = calloc((size_t)vg->n_disp, sizeof *vg->disp_ns)) ||
+         !(vg->disp_runs = calloc((size_t)vg->n_disp, sizeof *vg->disp_runs)))) {
+        st = qg_error_set(err, QG_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
         if (part->exec != e || g->nodes[part->first].op == QG_OP_COPY) continue;
@@ -564,9 +577,9 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
         if (variants == 2) {
             VkQueryPoolCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                          .queryType = VK_QUERY_TYPE_TIMESTAMP,
-                                         .queryCount = (uint32_t)part->n + 1};
+                                         .queryCount = (uint32_t)vp->nd + 1};
             QG_VK_CHECK(vkCreateQueryPool(x->d.dev, &qci, NULL, &vp->qp));
-            if (!(vp->ts = malloc(sizeof(uint64_t) * (size_t)(part->n + 1)))) {
+            if (!(vp->ts = malloc(sizeof(uint64_t) * (size_t)(vp->nd + 1)))) {
                 st = qg_error_set(err, QG_ERR_NOMEM, "out of memory");
                 goto out;
             }
@@ -595,11 +608,52 @@ fail:
     goto out;
 }
 
+/* Under QG_DEBUG=vulkan, graph vg's dispatch times over its timed runs,
+ * summed by (node op, shader): calls a run, µs a run, µs a dispatch. */
+static void print_dispatch_times(const vk_graph *vg) {
+    if (!vg->disp_runs || !qg_debug_enabled("vulkan")) return;
+    int runs = 0;
+    double all = 0;
+    for (int i = 0; i < vg->n_disp; i++) {
+        runs = QG_MAX(runs, vg->disp_runs[i]);
+        all += vg->disp_ns[i];
+    }
+    if (!runs) return;
+    const qg_graph *g = vg->g;
+    fprintf(stderr, "vulkan: %s graph, dispatch times over %d timed runs (%.1f us a run):\n",
+            g->phase == QG_PHASE_DECODE ? "decode" : "prefill", runs, all / 1e3 / runs);
+    fprintf(stderr, "vulkan:   %-12s %-16s %9s %12s %12s %6s\n", "node op", "shader",
+            "calls/run", "us/run", "us/call", "%");
+    /* each (op, shader) pair once, at its first dispatch */
+    for (int i = 0; i < vg->n_disp; i++) {
+        const qg_op op = g->nodes[vg->disp[i].node].op;
+        const qg_vk_shader sh = vg->disp[i].shader;
+        bool seen = false;
+        for (int j = 0; j < i && !seen; j++)
+            seen = vg->disp[j].shader == sh && g->nodes[vg->disp[j].node].op == op;
+        if (seen) continue;
+        double ns = 0;
+        int calls = 0;
+        for (int j = i; j < vg->n_disp; j++)
+            if (vg->disp[j].shader == sh && g->nodes[vg->disp[j].node].op == op) {
+                ns += vg->disp_ns[j];
+                calls += vg->disp_runs[j];
+            }
+        if (!calls) continue;
+        fprintf(stderr, "vulkan:   %-12s %-16s %9.1f %12.1f %12.2f %6.1f\n", qg_op_name(op),
+                qg_vk_shader_name(sh), (double)calls / runs, ns / 1e3 / runs, ns / 1e3 / calls,
+                all > 0 ? 100.0 * ns / all : 0.0);
+    }
+}
+
 static void vk_release(void *self, qg_graph *g) {
     vk_exec *x = self;
     vk_graph *vg = find_graph(x, g);
     if (!vg) return;
     vk_sync(x, NULL);
+    print_dispatch_times(vg);
+    free(vg->disp_ns);
+    free(vg->disp_runs);
     if (vg->parts)
         for (int p = 0; p < g->n_parts; p++) {
             vk_part *vp = &vg->parts[p];
@@ -670,14 +724,23 @@ static qg_status vk_run(void *self, qg_graph *g, int part, const int32_t *step, 
                            t0 + (t1 - t0) * (uint64_t)(i + 1) / (uint64_t)pp->n);
         return QG_OK;
     }
-    const int nq = pp->n + 1;
+    const int nq = vp->nd + 1;
     QG_VK_CHECK(vkGetQueryPoolResults(x->d.dev, vp->qp, 0, (uint32_t)nq,
                                       sizeof(uint64_t) * (size_t)nq, vp->ts, sizeof(uint64_t),
                                       VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT));
     const double per = x->d.props.limits.timestampPeriod; /* ns per tick */
+    for (int j = 0; j < vp->nd; j++) { /* dispatch d0 + j: queries j .. j+1 */
+        vg->disp_ns[vp->d0 + j] += (double)(vp->ts[j + 1] - vp->ts[j]) * per;
+        vg->disp_runs[vp->d0 + j]++;
+    }
+    /* node i spans from the end of the node before to its last dispatch
+     * (zero length when it has none: fused into the node before) */
+    int di = vp->d0, q = 0;
     for (int i = 0; i < pp->n; i++) {
-        const uint64_t a = t0 + (uint64_t)((double)(vp->ts[i] - vp->ts[0]) * per);
-        const uint64_t b = t0 + (uint64_t)((double)(vp->ts[i + 1] - vp->ts[0]) * per);
+        const int q0 = q;
+        while (di < vp->d0 + vp->nd && vg->disp[di].node == pp->first + i) q = ++di - vp->d0;
+        const uint64_t a = t0 + (uint64_t)((double)(vp->ts[q0] - vp->ts[0]) * per);
+        const uint64_t b = t0 + (uint64_t)((double)(vp->ts[q] - vp->ts[0]) * per);
         qg_profile_add(prof, g, pp->first + i, step[QG_STEP_N_TOK], step[QG_STEP_N_KV],
                        vg->exec_index, a, b);
     }

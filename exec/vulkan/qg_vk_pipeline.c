@@ -39,6 +39,10 @@ static const char *const SHADER_NAMES[] = {
 };
 _Static_assert(QG_ARRAY_LEN(SHADER_NAMES) == QG_VK_SHADER_COUNT, "SHADER_NAMES out of date");
 
+const char *qg_vk_shader_name(qg_vk_shader s) {
+    return s >= 0 && s < QG_VK_SHADER_COUNT ? SHADER_NAMES[s] : "?";
+}
+
 qg_status qg_vk_pipes_init(qg_vk_dev *d, qg_vk_pipes *p, qg_error *err) {
     memset(p, 0, sizeof *p);
     int n_tab = 0;
