@@ -17,7 +17,7 @@
 #                       environment, after one with the defaults; then the
 #                       fastest set and the defaults once more, back to back
 #   VK_PROFILE=0        skip `qmoe-graph profile` (else run under the fastest
-#                       A/B set)
+#                       A/B set, with its per-dispatch times in the summary)
 #   AGREE_KV="f16 f32"  KV types of the greedy agreement ("" skips it)
 # Writes OUTDIR/summary.md (and bench.md, profile.txt, agree.txt, log.txt).
 set -uo pipefail
@@ -92,8 +92,11 @@ fi
 if [ "${VK_PROFILE:-1}" != 0 ]; then
   [ -n "${best:-}" ] && read -r -a envs <<< "$best" || envs=()
   note "profile with ${best:-the defaults}"
-  timeout 200 env "${envs[@]}" $q profile $model --backend vulkan -p 512 -n 32 2>&1 | grep -v '^loading' > "$out/profile.txt"
+  timeout 200 env "${envs[@]}" QG_DEBUG=vulkan $q profile $model --backend vulkan -p 512 -n 32 2>&1 |
+    grep -v '^loading' > "$out/profile.txt"
   sed -n '/^== decode/,/^by layer/p;/^== prefill/,/^by layer/p' "$out/profile.txt"
+  # per dispatch, by node op and shader (QG_DEBUG=vulkan, at graph release)
+  grep -E '^vulkan: (decode|prefill) graph, dispatch|^vulkan:   ' "$out/profile.txt" | tee -a "$sum"
 fi
 # agreement: greedy 64-token continuations, Vulkan vs CPU, 10 prompts, with
 # the default F16 KV cache and with --kv-type f32 (tools/agree-device.sh:

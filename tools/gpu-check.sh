@@ -28,7 +28,9 @@
 # QG_GPU_TESTS=REGEX narrows it to the ctest names matching REGEX;
 # QG_GPU_DEPTH=0 skips the bench at a 4096-token depth; QG_GPU_PREBUILT=1
 # takes the binaries already in $QG_GPU_BUILD, built elsewhere, and runs
-# its tests/test_* programs matching QG_GPU_TESTS without ctest.)
+# its tests/test_* programs matching QG_GPU_TESTS without ctest, each
+# within QG_GPU_TEST_LIMIT seconds (420), so that a hung test leaves time
+# for the benches.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
 # Carried helpers, when present in the checkout (both git-ignored):
@@ -118,7 +120,8 @@ elif [ "${QG_GPU_PREBUILT:-0}" = 1 ]; then
     # environment ctest gives it
     for t in "$BUILD"/tests/test_*; do
         [ -x "$t" ] && [[ "$(basename "$t")" =~ $TESTS ]] || continue
-        step "$(basename "$t")" 420 env QG_BUILD_DIR="$PWD/$BUILD" QG_SOURCE_DIR="$PWD" "$t"
+        step "$(basename "$t")" "${QG_GPU_TEST_LIMIT:-420}" env QG_BUILD_DIR="$PWD/$BUILD" \
+            QG_SOURCE_DIR="$PWD" "$t"
     done
 else
     step "ctest -R $TESTS" 420 bash -c "cd '$BUILD' && ctest -R '$TESTS' -V -j2"
