@@ -5,7 +5,10 @@
 #   here:   cmake -S . -B build-vk -DCMAKE_BUILD_TYPE=Release -DQG_CUDA=OFF -DQG_VULKAN=ON \
 #             && cmake --build build-vk --target qmoe-graph test_vulkan_ops
 #   there:  tools/bench-device-vulkan.sh OUTDIR   (carry build-vk/qmoe-graph and .gl)
-# .gl holds the Vulkan loader .debs (see /work/.library/device/README.md).
+# .gl holds the Vulkan loader .debs (see /work/.library/device/README.md)
+# and Debian's vulkan-validationlayers (`apt-get download
+# vulkan-validationlayers` there): the op tests run one executor with the
+# Khronos validation layer, and fail without it.
 # Knobs (environment):
 #   VK_BUILD=DIR        the carried build (build-vk)
 #   VK_LAB=FILE         lab_fastmodel (carried, from a CUDA build): makes the
