@@ -1339,6 +1339,10 @@ int main(void) {
         cmocka_unit_test(test_fold),
         cmocka_unit_test(test_router_partials),
     };
+    /* a device session's narrowing: QG_TEST_FILTER runs the tests whose
+     * names match, QG_TEST_SKIP skips them (cmocka patterns) */
+    if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER"));
+    if (getenv("QG_TEST_SKIP")) cmocka_set_skip_filter(getenv("QG_TEST_SKIP"));
     return cmocka_run_group_tests(tests, setup, NULL);
 }
 

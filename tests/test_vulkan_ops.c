@@ -1011,7 +1011,10 @@ int main(void) {
         cmocka_unit_test(test_product_folds),
         cmocka_unit_test(test_fused_pairs),
     };
-    if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER")); /* one test */
+    /* narrowing: QG_TEST_FILTER runs the matching tests, QG_TEST_SKIP
+     * skips them (cmocka patterns) */
+    if (getenv("QG_TEST_FILTER")) cmocka_set_test_filter(getenv("QG_TEST_FILTER"));
+    if (getenv("QG_TEST_SKIP")) cmocka_set_skip_filter(getenv("QG_TEST_SKIP"));
     return cmocka_run_group_tests(tests, setup, teardown);
 }
 

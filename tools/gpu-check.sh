@@ -30,7 +30,8 @@
 # takes the binaries already in $QG_GPU_BUILD, built elsewhere, and runs
 # its tests/test_* programs matching QG_GPU_TESTS without ctest, each
 # within QG_GPU_TEST_LIMIT seconds (420), so that a hung test leaves time
-# for the benches.)
+# for the benches; QG_TEST_FILTER / QG_TEST_SKIP, read by the test
+# programs, run or skip the cmocka tests whose names match.)
 # and prints a short summary (also written to SUMMARY_FILE when given).
 #
 # Carried helpers, when present in the checkout (both git-ignored):
