@@ -23,7 +23,9 @@
  * *_mv shaders in decode graphs; multi-token graphs are the same as on
  * the first two): subgroups with validation and the rows per row group
  * chosen per shape; shared memory with 8 rows per group; subgroups with
- * 3 (not a power of two).
+ * 3 (not a power of two).  Those three also have the tiled prefill
+ * attention (attn_tile, QG_VK_ATTN_TILE=1: attention_tile.comp), and the
+ * attention cases (vcase.mv too) run on them.
  *
  * Fixtures, the executor step and the per-op checks are the shared harness
  * of tests/ref/qg_optest.h; this file keeps the Vulkan driver (run_case).
@@ -74,9 +76,10 @@ static int setup(void **state) {
     if (qg_exec_cpu_new(&eo, &g_cpu, &err)) return -1;
     const qg_vk_opts vo[N_VK] = {{.validation = true},
                                  {.no_subgroup = true},
-                                 {.validation = true, .fast_mv = true},
-                                 {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8},
-                                 {.fast_mv = true, .mv_rpt = 3}};
+                                 {.validation = true, .fast_mv = true, .attn_tile = true},
+                                 {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8,
+                                  .attn_tile = true},
+                                 {.fast_mv = true, .mv_rpt = 3, .attn_tile = true}};
     for (int i = 0; i < N_VK; i++)
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &g_vk[i], &err)) {
             snprintf(g_why, sizeof g_why, "%s", err.msg);
@@ -118,7 +121,7 @@ struct vcase {
     void (*fill)(qg_optest_fx *f, const void *ctx, int n_tok, qg_test_rng *r);
     qg_optest_check_fn check;
     void *ctx; /* passed to fill and check */
-    bool mv;   /* a weight product: also on the fast_mv executors */
+    bool mv;   /* also on the executors with the opt-in paths (fast_mv, attn_tile) */
     int n_disp; /* > 0: the dispatches every executor must record */
 };
 
@@ -488,10 +491,13 @@ static void test_attention(void **state) {
     (void)state;
     need_vulkan();
     int case_id = 0;
-    /* hd up to 256 (two outputs per invocation); C > 128 (several blocks) */
-    const int heads[][3] = {{16, 4, 2}, {64, 6, 1}, {256, 2, 2}};
+    /* hd up to 256 (two outputs per invocation); C > 128 (several blocks);
+     * attention_tile (attn_tile executors, prefill): G = 2 and 1 (hd 256:
+     * blocks of 8 rows), G = 8 with hd 128 (the 30B's heads), and G = 6
+     * (not dividing 32: attention.comp) */
+    const int heads[][3] = {{16, 4, 2}, {64, 6, 1}, {256, 2, 2}, {128, 16, 2}};
     const qg_dtype cts[] = {QG_F32, QG_F16};
-    for (int hi = 0; hi < 3; hi++)
+    for (int hi = 0; hi < 4; hi++)
         for (int ci = 0; ci < 2; ci++)
             for (int phase = 0; phase < 2; phase++) {
                 const int T = phase == 0 ? 1 : 6, C = 300;
@@ -520,7 +526,7 @@ static void test_attention(void **state) {
                                    (int[]){e.q, e.k, e.v, e.kc, e.vc, e.pos}, 6, (int[]){e.o}, 1,
                                    &p);
                 vcase c = {.f = &f, .n_out = 3, .out = {e.o, e.kc, e.vc}, .fill = fill_attention,
-                           .check = check_attention, .ctx = &e};
+                           .check = check_attention, .ctx = &e, .mv = true};
                 /* the caches are outputs too: read back whole (no poison
                  * tail); fill() rewrites them before every run */
                 if (phase == 0) {

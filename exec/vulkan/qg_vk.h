@@ -106,6 +106,7 @@ typedef enum qg_vk_shader {
     QG_VK_AGGREGATE,
     QG_VK_AGGREGATE_MV,
     QG_VK_ATTENTION,
+    QG_VK_ATTENTION_TILE,
     QG_VK_EMBED,
     QG_VK_GEMM,
     QG_VK_GEMM_MOE,
@@ -200,6 +201,7 @@ typedef struct qg_vk_rec_ctx {
     bool fold;                            /* decode folds (qg_vk_fold.c) */
     bool fast_mv;                         /* decode products: the *_mv shaders */
     uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: mv_rows default */
+    bool attn_tile;                       /* prefill attention: attention_tile.comp */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */

@@ -99,6 +99,7 @@ typedef struct vk_exec {
                      node-pair fusions stay on */
     bool fast_mv; /* QG_VK_MV=1: the *_mv decode products */
     uint32_t mv_rpt; /* QG_VK_MV_RPT: their rows per row group (0: the default, mv_rows) */
+    bool attn_tile; /* QG_VK_ATTN_TILE=1: prefill attention_tile.comp */
 } vk_exec;
 
 static vk_graph *find_graph(vk_exec *x, const qg_graph *g) {
@@ -505,7 +506,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
                         .fuse = !x->no_fuse, .fold = fold, .fast_mv = x->fast_mv,
-                        .mv_rpt = x->mv_rpt};
+                        .mv_rpt = x->mv_rpt, .attn_tile = x->attn_tile};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -864,6 +865,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         opts.fast_mv = env_on("QG_VK_MV");
         const char *rpt = getenv("QG_VK_MV_RPT");
         opts.mv_rpt = rpt ? atoi(rpt) : 0;
+        opts.attn_tile = env_on("QG_VK_ATTN_TILE");
     }
     if (opts.mv_rpt < 0 || opts.mv_rpt > 8)
         return qg_error_set(err, QG_ERR_ARG, "vulkan: QG_VK_MV_RPT=%d: rows per row group are 1..8",
@@ -882,9 +884,11 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     x->no_fold = opts.no_fold;
     x->fast_mv = opts.fast_mv;
     x->mv_rpt = (uint32_t)opts.mv_rpt;
+    x->attn_tile = opts.attn_tile;
     if (qg_debug_enabled("vulkan"))
-        fprintf(stderr, "vulkan: %s; fast decode products (QG_VK_MV) %s\n", x->d.desc,
-                !x->fast_mv ? "off" : x->mv_rpt ? "on, fixed rows per group" : "on");
+        fprintf(stderr, "vulkan: %s; fast decode products (QG_VK_MV) %s; tiled prefill attention (QG_VK_ATTN_TILE) %s\n",
+                x->d.desc, !x->fast_mv ? "off" : x->mv_rpt ? "on, fixed rows per group" : "on",
+                x->attn_tile ? "on" : "off");
     out->i = &VK_EXEC;
     out->self = x;
     return QG_OK;

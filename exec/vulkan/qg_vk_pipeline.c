@@ -20,6 +20,7 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_AGGREGATE] = "aggregate",
     [QG_VK_AGGREGATE_MV] = "aggregate_mv",
     [QG_VK_ATTENTION] = "attention",
+    [QG_VK_ATTENTION_TILE] = "attention_tile",
     [QG_VK_EMBED] = "embed",
     [QG_VK_GEMM] = "gemm",
     [QG_VK_GEMM_MOE] = "gemm_moe",

@@ -516,6 +516,28 @@ static void rec_attention(rec *r, const qg_node *nd, bool append) {
         d->groups[1] = 2;
         tok_groups(d, Tm, 1, 1);
     }
+    const int hd = p->head_dim, G = p->n_head_kv > 0 ? p->n_head / p->n_head_kv : 0;
+    if (r->c->attn_tile && Tm > 1 && hd % 4 == 0 && hd <= 256 && G >= 1 && G <= 32 &&
+        32 % G == 0 && p->n_head % p->n_head_kv == 0) {
+        /* attention_tile.comp: 32 queries (G heads x 32 / G tokens) of a
+         * kv head per workgroup */
+        d = new_dispatch(r, QG_VK_ATTENTION_TILE);
+        d->spec[1] = f16;
+        d->spec[2] = (uint32_t)hd;
+        bind(d, tloc(r, nd->in[0]), false);
+        bind(d, tloc(r, nd->in[3]), false);
+        bind(d, tloc(r, nd->in[4]), false);
+        bind(d, tloc(r, nd->in[5]), false);
+        bind(d, tloc(r, nd->out[0]), true);
+        push(d, (uint32_t)hd);
+        push(d, (uint32_t)p->n_head);
+        push(d, (uint32_t)p->n_head_kv);
+        push(d, C);
+        d->groups[0] = (uint32_t)p->n_head_kv;
+        d->groups[1] = 1;
+        tok_groups(d, Tm, 1, (uint32_t)(32 / G));
+        return;
+    }
     d = new_dispatch(r, QG_VK_ATTENTION);
     d->spec[1] = f16;
     bind(d, tloc(r, nd->in[0]), false);

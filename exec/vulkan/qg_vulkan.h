@@ -27,6 +27,11 @@
  *   QG_VK_MV_RPT=N       with QG_VK_MV=1: N (1..8) rows per row group in
  *                        every fast product instead of the default 2
  *                        (qg_vk_record.c, mv_rows); for tuning
+ *   QG_VK_ATTN_TILE=1    prefill attention with the 32 queries of a kv
+ *                        head and token block in one workgroup, each
+ *                        cache row read once for them
+ *                        (ops/vulkan/attention_tile.comp); off by default
+ *                        until measured on a GPU
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -50,6 +55,7 @@ typedef struct qg_vk_opts {
     bool no_fold;     /* no decode folds (exec/vulkan/qg_vk_fold.c) */
     bool fast_mv;     /* fast decode weight products (QG_VK_MV=1) */
     int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: the default (2) */
+    bool attn_tile;   /* prefill attention with the queries of a kv head tiled */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
