@@ -16,9 +16,10 @@
 #                       blocks) instead of `qmoe-graph synth`
 #   VK_TESTS=1          run DIR/tests/test_vulkan_ops (and _e2e if carried)
 #                       on the GPU first (cmocka from .cuda-dev/cmocka)
-#   VK_AB="ENV;ENV"     tg128 (-p 0 -n 128 -r 5) under each ';'-separated
+#   VK_AB="ENV;ENV"     pp512 and tg128 (-r 5) under each ';'-separated
 #                       environment, after one with the defaults; then the
-#                       fastest set and the defaults once more, back to back
+#                       fastest set by tg128 and the defaults once more,
+#                       back to back
 #   VK_PROFILE=0        skip `qmoe-graph profile` (else run under the fastest
 #                       A/B set, with its per-dispatch times in the summary)
 #   AGREE_KV="f16 f32"  KV types of the greedy agreement ("" skips it)
@@ -74,9 +75,10 @@ if [ -n "${VK_AB:-}" ]; then
   best="" best_tg=0
   for ab in default "${sets[@]}"; do
     [ "$ab" = default ] && envs=() || read -r -a envs <<< "$ab"
-    timeout 200 env "${envs[@]}" $q bench $model --backend vulkan -p 0 -n 128 -r 5 > "$out/ab.md" 2>&1
+    timeout 200 env "${envs[@]}" $q bench $model --backend vulkan -p 512 -n 128 -r 5 > "$out/ab.md" 2>&1
     v=$(tg "$out/ab.md")
-    note "A/B tg128 with $ab: ${v:-failed: $(tail -c 200 "$out/ab.md")} tok/s"
+    pp=$(grep -E '^\| .*pp[0-9]' "$out/ab.md" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}')
+    note "A/B with $ab: tg128 ${v:-failed: $(tail -c 200 "$out/ab.md")}, pp512 ${pp:-?} tok/s"
     if [ "$ab" != default ] && awk -v a="${v%%±*}" -v b="$best_tg" 'BEGIN { exit !(a + 0 > b + 0) }'; then
       best=$ab best_tg=${v%%±*}
     fi
