@@ -1125,17 +1125,46 @@ static void test_router_partials(void **state) {
         const int X = cs[c].X, K = cs[c].K;
         int32_t ids_of[NEX][KMAX];
         float wts_of[NEX][KMAX];
+        /* the case's weights, quantized once (case 0's experts take ~35 s
+         * of one core) and copied into the second executor's fixture; r
+         * then goes on from where the first executor's weights left it */
+        const struct {
+            const char *name;
+            qg_dtype t;
+            int nd;
+            int64_t e0, e1, e2;
+            float scale;
+        } ws[6] = {{"attn_output", cs[c].wo, 2, Din, E, 1, 0.05f},
+                   {"ffn_norm", QG_F32, 1, E, 1, 1, 2.0f},
+                   {"gate_inp", QG_F32, 2, E, X, 1, 0.05f},
+                   {"gate_exps", QG_Q4_K, 3, E, F, X, 1.0f},
+                   {"up_exps", QG_Q4_K, 3, E, F, X, 1.0f},
+                   {"down_exps", QG_Q6_K, 3, F, E, X, 1.0f}};
+        void *wbuf[6] = {0};
+        qg_test_rng r_after = {0};
         for (int e = 0; e < NEX; e++) {
+            const uint64_t t0 = qg_time_ns();
             qg_test_rng r = rng_for(19, (int)c); /* same weights and inputs on both */
             qg_optest_fx f = qg_optest_fx_new(QG_PHASE_DECODE, 1, 16, true);
             const int x = qg_optest_add_tensor(&f, "x", QG_F32, QG_ROLE_INPUT, 2, E, 1, 1);
             const int a = qg_optest_add_tensor(&f, "a", QG_F32, QG_ROLE_INPUT, 2, Din, 1, 1);
-            const int wo = qg_optest_add_weight(&f, "attn_output", cs[c].wo, 2, Din, E, 1, &r, 0.05f);
-            const int nf = qg_optest_add_weight(&f, "ffn_norm", QG_F32, 1, E, 1, 1, &r, 2.0f);
-            const int gi = qg_optest_add_weight(&f, "gate_inp", QG_F32, 2, E, X, 1, &r, 0.05f);
-            const int gw = qg_optest_add_weight(&f, "gate_exps", QG_Q4_K, 3, E, F, X, &r, 1.0f);
-            const int uw = qg_optest_add_weight(&f, "up_exps", QG_Q4_K, 3, E, F, X, &r, 1.0f);
-            const int dw = qg_optest_add_weight(&f, "down_exps", QG_Q6_K, 3, F, E, X, &r, 1.0f);
+            int wid[6];
+            for (int i = 0; i < 6; i++) {
+                if (e == 0) {
+                    wid[i] = qg_optest_add_weight(&f, ws[i].name, ws[i].t, ws[i].nd, ws[i].e0,
+                                                  ws[i].e1, ws[i].e2, &r, ws[i].scale);
+                    wbuf[i] = malloc(f.g->tensors[wid[i]].nbytes);
+                    assert_non_null(wbuf[i]);
+                    memcpy(wbuf[i], f.host[wid[i]], f.g->tensors[wid[i]].nbytes);
+                } else {
+                    wid[i] = qg_optest_add_tensor(&f, ws[i].name, ws[i].t, QG_ROLE_WEIGHT, ws[i].nd,
+                                                  ws[i].e0, ws[i].e1, ws[i].e2);
+                    memcpy(f.host[wid[i]], wbuf[i], f.g->tensors[wid[i]].nbytes);
+                }
+            }
+            if (e == 0) r_after = r;
+            else r = r_after;
+            const int wo = wid[0], nf = wid[1], gi = wid[2], gw = wid[3], uw = wid[4], dw = wid[5];
             const int pj = qg_optest_add_tensor(&f, "proj", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
             const int h = qg_optest_add_tensor(&f, "h", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
             const int hn = qg_optest_add_tensor(&f, "hn", QG_F32, QG_ROLE_ACT, 2, E, 1, 1);
@@ -1168,7 +1197,12 @@ static void test_router_partials(void **state) {
             qg_optest_fill_act(&f, x, 1, &r, -1, 1);
             qg_optest_fill_act(&f, a, 1, &r, -1, 1);
             if (cs[c].nan) qg_optest_f32(&f, x)[37] = NAN;
+            /* progress on stderr (unbuffered): a GPU hang stops after
+             * "stepping", a slow host anywhere else */
+            fprintf(stderr, "%s: weights and compile %.1f s; stepping\n", label,
+                    (double)(qg_time_ns() - t0) / 1e9);
             qg_optest_step(&f, f.ex, (int[]){x, a}, 2, (int[]){ids, wts, out}, 3, 1, 0, label);
+            fprintf(stderr, "%s: step done\n", label);
             const int32_t *ki = qg_optest_i32(&f, ids);
             const float *kw = qg_optest_f32(&f, wts), *ko = qg_optest_f32(&f, out);
             memcpy(ids_of[e], ki, sizeof(int32_t) * (size_t)K);
@@ -1251,6 +1285,7 @@ static void test_router_partials(void **state) {
             free(ehf);
             qg_optest_fx_free(&f);
         }
+        for (int i = 0; i < 6; i++) free(wbuf[i]);
         if (cs[c].nan &&
             (memcmp(ids_of[0], ids_of[1], sizeof(int32_t) * (size_t)K) != 0 ||
              memcmp(wts_of[0], wts_of[1], sizeof(float) * (size_t)K) != 0))
