@@ -12,6 +12,7 @@
 #include "qg_optest.h"
 #include "qg_ref_ops.h"
 
+#include "exec/cpu/qg_threadpool.h"
 #include "graph/qg_sched.h"
 #include "ops/quant/qg_quant.h"
 
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const qg_dtype QG_OPTEST_ALL_W[8] = {QG_F32,  QG_F16,  QG_BF16, QG_Q8_0,
                                      QG_Q4_0, QG_Q4_K, QG_Q5_K, QG_Q6_K};
@@ -70,18 +72,49 @@ int qg_optest_add_tensor(qg_optest_fx *f, const char *name, qg_dtype type, qg_ro
     return id;
 }
 
+/* A chunk of rows to quantize: src (e0, n) f32 -> dst, n rows of rb bytes. */
+typedef struct quant_chunk {
+    qg_dtype type;
+    const float *src;
+    char *dst;
+    int64_t e0, n;
+    size_t rb;
+} quant_chunk;
+
+/* Worker ith of nth: rows ith, ith + nth, ... of the chunk. */
+static void quant_rows(void *arg, int ith, int nth) {
+    const quant_chunk *c = arg;
+    for (int64_t i = ith; i < c->n; i += nth)
+        qg_quantize_row(c->type, c->src + (size_t)(i * c->e0), c->dst + (size_t)i * c->rb, c->e0);
+}
+
+/* Rows per chunk of qg_optest_add_weight's parallel quantization. */
+#define QUANT_CHUNK_ELEMS ((int64_t)1 << 22)
+
 int qg_optest_add_weight(qg_optest_fx *f, const char *name, qg_dtype type, int nd, int64_t e0,
                          int64_t e1, int64_t e2, qg_test_rng *r, float scale) {
     const int id = qg_optest_add_tensor(f, name, type, QG_ROLE_WEIGHT, nd, e0, e1, e2);
     const qg_tensor *t = &f->g->tensors[id];
     const int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
     const size_t rb = qg_dtype_row_bytes(type, e0);
-    float *src = malloc(sizeof(float) * (size_t)e0); /* (e0) one row */
+    /* the values are drawn row after row from r (the same stream as one
+     * row at a time), a chunk of rows at once, and the chunk's rows are
+     * quantized on every core: big weights (the 30B's experts) took
+     * minutes of one core */
+    const int64_t per = QG_MAX((int64_t)1, QG_MIN(rows, QUANT_CHUNK_ELEMS / e0));
+    float *src = malloc(sizeof(float) * (size_t)(per * e0)); /* (e0, per) */
     assert_non_null(src);
-    for (int64_t i = 0; i < rows; i++) {
-        for (int64_t j = 0; j < e0; j++) src[j] = qg_test_rng_unif(r, -scale, scale);
-        qg_quantize_row(type, src, (char *)f->host[id] + (size_t)i * rb, e0);
+    const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    const int nth = rows * e0 >= ((int64_t)1 << 20) ? (int)QG_MAX(1L, QG_MIN(ncpu, 16L)) : 1;
+    qg_threadpool *tp = nth > 1 ? qg_threadpool_new(nth) : NULL;
+    for (int64_t i0 = 0; i0 < rows; i0 += per) {
+        const int64_t n = QG_MIN(per, rows - i0);
+        for (int64_t j = 0; j < n * e0; j++) src[j] = qg_test_rng_unif(r, -scale, scale);
+        quant_chunk c = {type, src, (char *)f->host[id] + (size_t)i0 * rb, e0, n, rb};
+        if (tp) qg_threadpool_run(tp, quant_rows, &c);
+        else quant_rows(&c, 0, 1);
     }
+    if (tp) qg_threadpool_free(tp);
     free(src);
     return id;
 }
