@@ -336,38 +336,10 @@ static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const 
     return d;
 }
 
-/* The decode product y (m) = W (n, m) x with fast_mv: matmul_mv.comp (the
- * bindings, push constants and folds of matmul.comp with NT = 1). */
-static void rec_matmul_mv(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
-                          bool last_only, const xfold *f) {
-    const rows L = mv_rows(r->c, wt->ne[0], unit_words(wt->type), 1);
-    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL_MV);
-    d->spec[0] = L.wg;
-    d->spec[1] = (uint32_t)wt->type;
-    d->spec[2] = L.tpr;
-    d->spec[4] = L.rpt;
-    d->spec[5] = f->norm ? (f->store ? 2 : 1) : 0;
-    d->spec[6] = f->resid;
-    d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
-    d->spec[8] = f->norm ? (uint32_t)(wt->ne[0] / 4) : 1; /* XN4 */
-    bind(d, w, false);
-    bind(d, x, false);
-    bind(d, y, true);
-    bind(d, f->norm ? f->nw : x, false);
-    bind(d, f->norm && f->store ? f->nout : y, true);
-    bind(d, f->resid ? f->res : x, false);
-    row_groups(d, div_up((uint64_t)wt->ne[1], L.nr));
-    push(d, (uint32_t)wt->ne[0]);
-    push(d, (uint32_t)wt->ne[1]);
-    push(d, row_bytes(wt));
-    push(d, last_only ? 1 : 0);
-    push(d, d->groups[0]);
-    pushf(d, f->eps);
-    d->groups[2] = 1;
-}
-
 /* y (m, ncol) = W (n, m) x; last_only: the last live column only; f: the
- * decode folds (a one-column product). */
+ * decode folds (a one-column product).  Decode graphs with fast_mv take
+ * matmul_mv.comp (matmul.comp's bindings, push constants and folds with
+ * NT = 1; its rows per group from mv_rows). */
 static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg_vk_loc y,
                        bool last_only, const xfold *f) {
     const int Tm = r->c->g->n_tok_max;
@@ -376,17 +348,15 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
         rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
         return;
     }
-    if (r->c->fast_mv && Tm == 1) {
-        rec_matmul_mv(r, wt, w, x, y, last_only, f);
-        return;
-    }
+    const bool mv = r->c->fast_mv && Tm == 1;
     const uint32_t NT = (Tm > 1 && !last_only) ? 8 : 1;
     /* two rows per group, so each x load serves two rows (x traffic, not
      * the weights', bounds a matvec's speed from cache): always in prefill,
      * in decode where the matrix has rows enough to keep every SM busy */
     const uint32_t RPT = NT > 1 || wt->ne[1] >= 4096 ? 2 : 1;
-    const rows L = rows_for(r->c->d, wt->ne[0], NT * RPT, NT * RPT, RPT);
-    qg_vk_dispatch *d = new_dispatch(r, QG_VK_MATMUL);
+    const rows L = mv ? mv_rows(r->c, wt->ne[0], unit_words(wt->type), 1)
+                      : rows_for(r->c->d, wt->ne[0], NT * RPT, NT * RPT, RPT);
+    qg_vk_dispatch *d = new_dispatch(r, mv ? QG_VK_MATMUL_MV : QG_VK_MATMUL);
     d->spec[0] = L.wg;
     d->spec[1] = (uint32_t)wt->type;
     d->spec[2] = L.tpr;

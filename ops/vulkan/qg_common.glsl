@@ -38,6 +38,16 @@ layout(std430, binding = 0) readonly buffer StepBuf { int step[]; };
 
 float qg_silu(float x) { return x / (1.0 + exp(-x)); }
 
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K
+ * super-block, from its header words hd = (d|dmin, scales[0..12)):
+ * GGML's get_scale_min_k4. */
+uvec2 qg_k4_scale_min(uvec4 hd, uint j) {
+    if (j < 4u) return uvec2((hd.y >> (8u * j)) & 63u, (hd.z >> (8u * j)) & 63u);
+    const uint b = 8u * (j - 4u);
+    return uvec2(((hd.w >> b) & 15u) | (((hd.y >> (b + 6u)) & 3u) << 4),
+                 ((hd.w >> (b + 4u)) & 15u) | (((hd.z >> (b + 6u)) & 3u) << 4));
+}
+
 /* f32 -> f16 bits, round to nearest even, exactly as qg_f32_to_f16
  * (graph/qg_base.c): Inf/NaN kept, overflow to Inf, subnormals rounded. */
 uint qg_f32_to_f16(float f) {

@@ -116,18 +116,9 @@ void DQ_FN(uint rb, uint u, out float w[32], out uint e0, out uint e1) {
         /* 6-bit scale and min of sub-blocks j = 2c and 2c+1 */
         float d1[2], m1[2];
         for (uint s = 0u; s < 2u; s++) {
-            const uint j = 2u * c + s;
-            uint sc, mn;
-            if (j < 4u) {
-                sc = (hd.y >> (8u * j)) & 63u;
-                mn = (hd.z >> (8u * j)) & 63u;
-            } else {
-                const uint b = 8u * (j - 4u);
-                sc = ((hd.w >> b) & 15u) | (((hd.y >> (b + 6u)) & 3u) << 4);
-                mn = ((hd.w >> (b + 4u)) & 15u) | (((hd.z >> (b + 6u)) & 3u) << 4);
-            }
-            d1[s] = dm.x * float(sc);
-            m1[s] = dm.y * float(mn);
+            const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
+            d1[s] = dm.x * float(sm.x);
+            m1[s] = dm.y * float(sm.y);
         }
         const uvec4 qs = DQ_BUF4[(o + (q5 ? 48u : 16u) + 32u * c + 16u * h) >> 4];
         uvec4 qh = uvec4(0u);

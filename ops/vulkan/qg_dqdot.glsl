@@ -141,18 +141,9 @@ float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs) {
         /* 6-bit scale and min of sub-blocks j = 2c (low nibbles) and 2c+1 */
         vec2 d1, m1;
         for (uint s = 0u; s < 2u; s++) {
-            const uint j = 2u * c + s;
-            uint sc, mn;
-            if (j < 4u) {
-                sc = (hd.y >> (8u * j)) & 63u;
-                mn = (hd.z >> (8u * j)) & 63u;
-            } else {
-                const uint b = 8u * (j - 4u);
-                sc = ((hd.w >> b) & 15u) | (((hd.y >> (b + 6u)) & 3u) << 4);
-                mn = ((hd.w >> (b + 4u)) & 15u) | (((hd.z >> (b + 6u)) & 3u) << 4);
-            }
-            d1[s] = dm.x * float(sc);
-            m1[s] = dm.y * float(mn);
+            const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
+            d1[s] = dm.x * float(sm.x);
+            m1[s] = dm.y * float(sm.y);
         }
         float sl = 0.0, sh = 0.0;
         for (uint i = 0u; i < 4u; i++) {
