@@ -25,7 +25,11 @@
  * chosen per shape; shared memory with 8 rows per group; subgroups with
  * 3 (not a power of two).  Those three also have the tiled prefill
  * attention (attn_tile, QG_VK_ATTN_TILE=1: attention_tile.comp), and the
- * attention cases (vcase.mv too) run on them.
+ * attention cases (vcase.mv too) run on them.  The multi-token product
+ * cases (vcase.check_cm) also run on a sixth executor, with the
+ * cooperative-matrix prefill products (coopmat, QG_VK_CM=1: f16 inputs,
+ * f32 sums) and validation, where the device has them (NVIDIA; not
+ * lavapipe, where setup says so), held to the f16 tolerance CM_REL.
  *
  * Fixtures, the executor step and the per-op checks are the shared harness
  * of tests/ref/qg_optest.h; this file keeps the Vulkan driver (run_case).
@@ -58,13 +62,17 @@ static qg_test_rng rng_for(int test, int case_id) { return qg_optest_rng_for(tes
 
 /* ---- executors ------------------------------------------------------- */
 
-#define N_VK 5
+#define N_VK 6
 #define N_VK_PLAIN 2 /* the executors without fast_mv */
+#define VK_CM 5      /* the cooperative-matrix executor */
 /* [0]: subgroups + validation, [1]: shared memory; fast_mv: [2] subgroups
- * + validation, [3] shared memory, 8 rows per group, [4] subgroups, 3 */
+ * + validation, [3] shared memory, 8 rows per group, [4] subgroups, 3;
+ * [5] coopmat + validation */
 static qg_exec g_vk[N_VK];
 static const char *const VK_NAMES[N_VK] = {"subgroups", "shared-memory", "mv subgroups",
-                                           "mv shared-memory rpt 8", "mv subgroups rpt 3"};
+                                           "mv shared-memory rpt 8", "mv subgroups rpt 3",
+                                           "coopmat"};
+static bool g_cm; /* g_vk[VK_CM] has cooperative matrices */
 static qg_exec g_cpu;
 static bool g_have;
 static char g_why[600];
@@ -79,7 +87,8 @@ static int setup(void **state) {
                                  {.validation = true, .fast_mv = true, .attn_tile = true},
                                  {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8,
                                   .attn_tile = true},
-                                 {.fast_mv = true, .mv_rpt = 3, .attn_tile = true}};
+                                 {.fast_mv = true, .mv_rpt = 3, .attn_tile = true},
+                                 {.validation = true, .coopmat = true}};
     for (int i = 0; i < N_VK; i++)
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &g_vk[i], &err)) {
             snprintf(g_why, sizeof g_why, "%s", err.msg);
@@ -88,6 +97,9 @@ static int setup(void **state) {
         }
     g_have = true;
     printf("vulkan device: %s\n", qg_exec_vulkan_device_name(&g_vk[0]));
+    g_cm = strstr(qg_exec_vulkan_device_name(&g_vk[VK_CM]), "cooperative matrices") != NULL;
+    if (!g_cm)
+        printf("no cooperative matrices on this device: the coopmat executor's cases do not run\n");
     return 0;
 }
 
@@ -122,6 +134,7 @@ struct vcase {
     qg_optest_check_fn check;
     void *ctx; /* passed to fill and check */
     bool mv;   /* also on the executors with the opt-in paths (fast_mv, attn_tile) */
+    qg_optest_check_fn check_cm; /* also on the coopmat executor, checked so */
     int n_disp; /* > 0: the dispatches every executor must record */
 };
 
@@ -148,7 +161,9 @@ static void run_case(vcase *c, const int *ntoks, int n_ntok, int test, int case_
             (ts->role == QG_ROLE_INPUT || ts->role == QG_ROLE_KV))
             ins[n_ins++] = t;
     }
-    for (int v = 0; v < (c->mv ? N_VK : N_VK_PLAIN); v++) {
+    for (int v = 0; v < N_VK; v++) {
+        if (v >= N_VK_PLAIN && v < VK_CM && !c->mv) continue;
+        if (v == VK_CM && !(c->check_cm && g_cm)) continue;
         const qg_exec *e = &g_vk[v];
         qg_optest_compile(f, e);
         if (c->n_disp && qg_exec_vulkan_counts(e, g, NULL) != c->n_disp)
@@ -162,7 +177,7 @@ static void run_case(vcase *c, const int *ntoks, int n_ntok, int test, int case_
             qg_test_rng r = rng_for(test, case_id * 64 + k * N_VK + v);
             c->fill(f, c->ctx, n_tok, &r);
             qg_optest_step(f, e, ins, n_ins, c->out, c->n_out, n_tok, n_tok, label);
-            c->check(f, c->ctx, n_tok, label);
+            (v == VK_CM ? c->check_cm : c->check)(f, c->ctx, n_tok, label);
             if (qg_exec_vulkan_messages(e))
                 fail_msg("%s: %zu validation messages (see stderr)", label,
                          qg_exec_vulkan_messages(e));
@@ -172,6 +187,26 @@ static void run_case(vcase *c, const int *ntoks, int n_ntok, int test, int case_
 }
 
 #define RUN(c, ntoks, test, case_id) run_case(&(c), ntoks, (int)QG_ARRAY_LEN(ntoks), test, case_id)
+
+/* The cooperative-matrix products round weights and x to f16 (11
+ * significant bits, relative error <= 2^-11 each) and sum in f32: each
+ * product within 2 * 2^-11 + 2^-22 of |w x|, plus the exact path's 1e-5
+ * of f32 sums; x below f16's normal range (2^-14) loses at most 2^-25
+ * absolutely, covered by CM_ABS at these sizes. */
+#define CM_REL 1.1e-3
+#define CM_ABS 1e-5
+
+static void check_matmul_cm(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    qg_optest_expect_matmul(f, ctx, n_tok, label, CM_REL, CM_ABS);
+}
+
+static void check_qkv_cm(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    qg_optest_expect_qkv(f, ctx, n_tok, label, CM_REL, CM_ABS);
+}
+
+static void check_swiglu_cm(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    qg_optest_expect_swiglu(f, ctx, n_tok, label, CM_REL, CM_ABS);
+}
 
 static void fill_embed(qg_optest_fx *f, const void *ctx, int n_tok, qg_test_rng *r) {
     const qg_optest_embed *e = ctx;
@@ -295,7 +330,10 @@ static void mm_case(qg_op op, int test, int case_id, qg_dtype wt, int64_t N, int
                .fill = fill_mm,
                .check = qg_optest_check_matmul,
                .ctx = &e,
-               .mv = true};
+               .mv = true,
+               /* the router keeps the exact path (it chooses experts) */
+               .check_cm = T == 1 ? NULL
+                           : op == QG_OP_ROUTER ? qg_optest_check_matmul : check_matmul_cm};
     if (T == 1) {
         const int ntoks[] = {1, 1};
         RUN(c, ntoks, test, case_id);
@@ -375,7 +413,8 @@ static void test_qkv(void **state) {
             qg_optest_add_node(&f, QG_OP_QKV, "qkv", (int[]){e.x, e.w[0], e.w[1], e.w[2]}, 4, e.y,
                                3, &p);
             vcase c = {.f = &f, .n_out = 3, .out = {e.y[0], e.y[1], e.y[2]}, .fill = fill_qkv,
-                       .check = qg_optest_check_qkv, .ctx = &e, .mv = true};
+                       .check = qg_optest_check_qkv, .ctx = &e, .mv = true,
+                       .check_cm = T == 1 ? NULL : check_qkv_cm};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 8, case_id++);
             qg_optest_fx_free(&f);
@@ -408,7 +447,8 @@ static void test_swiglu(void **state) {
             qg_optest_add_node(&f, QG_OP_SWIGLU, "swiglu", (int[]){e.x, e.gate, e.up}, 3,
                                (int[]){e.h}, 1, &p);
             vcase c = {.f = &f, .n_out = 1, .out = {e.h}, .fill = fill_swiglu,
-                       .check = qg_optest_check_swiglu, .ctx = &e, .mv = true};
+                       .check = qg_optest_check_swiglu, .ctx = &e, .mv = true,
+                       .check_cm = T == 1 ? NULL : check_swiglu_cm};
             const int ntoks[] = {1, T};
             RUN(c, ntoks, 9, case_id++);
             qg_optest_fx_free(&f);
@@ -779,6 +819,13 @@ static void check_fused(qg_optest_fx *f, const void *ctx, int n_tok, const char 
     qg_optest_expect_fused(f, ctx, n_tok, label, f->g->n_tok_max == 1);
 }
 
+/* As check_fused, prefill on the coopmat executor: the routing still
+ * bit-identical to the chain's (both routers keep the exact path), y at
+ * the f16 tolerance. */
+static void check_fused_cm(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    qg_optest_expect_fused_tol(f, ctx, n_tok, label, false, CM_REL, CM_ABS);
+}
+
 static void test_moe_fused(void **state) {
     (void)state;
     need_vulkan();
@@ -825,7 +872,8 @@ static void test_moe_fused(void **state) {
                                (int[]){e.y2, e.ids2, e.wts2}, 3, &p);
             vcase c = {.f = &f, .n_out = 8,
                        .out = {e.logits, e.ids, e.wts, e.h, e.y, e.y2, e.ids2, e.wts2},
-                       .fill = fill_fused, .check = check_fused, .ctx = &e, .mv = true};
+                       .fill = fill_fused, .check = check_fused, .ctx = &e, .mv = true,
+                       .check_cm = phase == 0 ? NULL : check_fused_cm};
             if (phase == 0) {
                 const int ntoks[] = {1, 1};
                 RUN(c, ntoks, 14, case_id++);

@@ -61,6 +61,9 @@ typedef struct qg_vk_dev {
     bool full_subgroups;    /* VK_EXT_subgroup_size_control enabled with
                                computeFullSubgroups: the weight shaders may
                                give one row group per subgroup (SGROWS) */
+    bool coopmat;           /* VK_NV_cooperative_matrix enabled: the prefill
+                               products may take qg_gemm_cm.glsl (asked for
+                               by qg_vk_opts.coopmat) */
     bool timestamps;        /* the queue supports timestamp queries */
     uint32_t mt_device;     /* memory type for device buffers */
     uint32_t mt_host;       /* host-visible, coherent (cached if any) */
@@ -70,7 +73,7 @@ typedef struct qg_vk_dev {
     VkCommandBuffer once;   /* one-shot transfers */
     VkFence once_fence;
     qg_vk_buf staging;      /* host buffer for transfers, made on demand */
-    char desc[320];         /* "name, type, subgroup N" */
+    char desc[384];         /* "name (type, subgroup N, ...)" */
 } qg_vk_dev;
 
 /* Open device `index` of the preference list (< 0: the first).  d must be
@@ -112,6 +115,10 @@ typedef enum qg_vk_shader {
     QG_VK_GEMM_MOE,
     QG_VK_GEMM_SWIGLU,
     QG_VK_GEMM_SWIGLU_MOE,
+    QG_VK_GEMM_CM,             /* the gemm shaders on cooperative matrices */
+    QG_VK_GEMM_SWIGLU_CM,
+    QG_VK_GEMM_MOE_CM,
+    QG_VK_GEMM_SWIGLU_MOE_CM,
     QG_VK_KV_APPEND,
     QG_VK_MATMUL,
     QG_VK_MATMUL_MV,
@@ -202,6 +209,7 @@ typedef struct qg_vk_rec_ctx {
     bool fast_mv;                         /* decode products: the *_mv shaders */
     uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: mv_rows default */
     bool attn_tile;                       /* prefill attention: attention_tile.comp */
+    bool coopmat;                         /* prefill products: the *_cm shaders */
 } qg_vk_rec_ctx;
 
 /* Can the Vulkan executor run node n on device d? */

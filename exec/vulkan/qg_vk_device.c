@@ -189,6 +189,54 @@ static int find_mem(const VkPhysicalDeviceMemoryProperties *m, uint32_t bits,
     return -1;
 }
 
+/* Is extension `name` among the device's n extensions? */
+static bool has_ext(const VkExtensionProperties *e, uint32_t n, const char *name) {
+    for (uint32_t i = 0; i < n; i++)
+        if (!strcmp(e[i].extensionName, name)) return true;
+    return false;
+}
+
+/* Can qg_gemm_cm.glsl run on d: VK_NV_cooperative_matrix with its
+ * feature, a 16 x 16 x 16 subgroup shape of f16 x f16 + f32, f16
+ * arithmetic and the Vulkan memory model (which its SPIR-V declares), and
+ * subgroups of 32 with subgroup operations (four per workgroup of 128).
+ * The three feature structs are filled by the query. */
+static bool coopmat_usable(qg_vk_dev *d, const VkExtensionProperties *e, uint32_t n,
+                           VkPhysicalDeviceShaderFloat16Int8FeaturesKHR *f16f,
+                           VkPhysicalDeviceVulkanMemoryModelFeaturesKHR *vmmf,
+                           VkPhysicalDeviceCooperativeMatrixFeaturesNV *cmf) {
+    if (!d->subgroup || d->sg_size != 32 || !has_ext(e, n, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME) ||
+        !has_ext(e, n, VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME) ||
+        !has_ext(e, n, VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME))
+        return false;
+    f16f->pNext = vmmf;
+    vmmf->pNext = cmf;
+    cmf->pNext = NULL;
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                    .pNext = f16f};
+    vkGetPhysicalDeviceFeatures2(d->pd, &f2);
+    if (!f16f->shaderFloat16 || !vmmf->vulkanMemoryModel || !cmf->cooperativeMatrix) return false;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV props =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)vkGetInstanceProcAddr(
+            d->inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    uint32_t np = 0;
+    if (!props || props(d->pd, &np, NULL) != VK_SUCCESS || np == 0) return false;
+    VkCooperativeMatrixPropertiesNV cp[64];
+    if (np > 64) np = 64;
+    for (uint32_t i = 0; i < np; i++)
+        cp[i] = (VkCooperativeMatrixPropertiesNV){
+            .sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV};
+    VkResult r = props(d->pd, &np, cp);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE) return false;
+    for (uint32_t i = 0; i < np; i++)
+        if (cp[i].MSize == 16 && cp[i].NSize == 16 && cp[i].KSize == 16 &&
+            cp[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV && cp[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+            cp[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV && cp[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+            cp[i].scope == VK_SCOPE_SUBGROUP_NV)
+            return true;
+    return false;
+}
+
 qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error *err) {
     qg_status st = make_instance(d, o && o->validation, o && o->sync_validation, err);
     if (st) goto fail_st;
@@ -229,37 +277,69 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
         d->timestamps = qp[d->qfam].timestampValidBits > 0 && d->props.limits.timestampPeriod > 0;
     }
 
+    /* the device's extensions, for the optional features below */
+    uint32_t n_ext = 0;
+    VkExtensionProperties *exts = NULL;
+    if (vkEnumerateDeviceExtensionProperties(d->pd, NULL, &n_ext, NULL) == VK_SUCCESS && n_ext) {
+        exts = malloc(sizeof *exts * n_ext);
+        if (!exts || vkEnumerateDeviceExtensionProperties(d->pd, NULL, &n_ext, exts) != VK_SUCCESS)
+            n_ext = 0;
+    }
+    const char *enable[4];
+    uint32_t n_enable = 0;
+    const void *chain = NULL;
+
     /* full subgroups (VK_EXT_subgroup_size_control): lets the weight
      * shaders map one row to one subgroup; the workgroup size (128) must
      * be a multiple of every subgroup size the device may use */
     VkPhysicalDeviceSubgroupSizeControlFeaturesEXT sgf = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES_EXT};
-    const char *sg_ext = VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME;
-    {
-        uint32_t ne = 0;
-        bool has = false;
-        if (vkEnumerateDeviceExtensionProperties(d->pd, NULL, &ne, NULL) == VK_SUCCESS && ne) {
-            VkExtensionProperties *ep = malloc(sizeof *ep * ne);
-            if (ep && vkEnumerateDeviceExtensionProperties(d->pd, NULL, &ne, ep) == VK_SUCCESS)
-                for (uint32_t i = 0; i < ne; i++) has |= strcmp(ep[i].extensionName, sg_ext) == 0;
-            free(ep);
-        }
-        if (has) {
-            VkPhysicalDeviceSubgroupSizeControlPropertiesEXT sgp2 = {
-                .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES_EXT};
-            VkPhysicalDeviceProperties2 pp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                              .pNext = &sgp2};
-            vkGetPhysicalDeviceProperties2(d->pd, &pp);
-            VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
-                                            .pNext = &sgf};
-            vkGetPhysicalDeviceFeatures2(d->pd, &f2);
-            d->full_subgroups = d->subgroup && sgf.subgroupSizeControl && sgf.computeFullSubgroups &&
-                                sgp2.maxSubgroupSize && 128 % sgp2.maxSubgroupSize == 0 &&
-                                d->sg_size >= 8 && d->sg_size <= 128;
-        }
-        sgf.pNext = NULL;
-        sgf.subgroupSizeControl = sgf.computeFullSubgroups = d->full_subgroups;
+    if (has_ext(exts, n_ext, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME)) {
+        VkPhysicalDeviceSubgroupSizeControlPropertiesEXT sgp2 = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES_EXT};
+        VkPhysicalDeviceProperties2 pp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                          .pNext = &sgp2};
+        vkGetPhysicalDeviceProperties2(d->pd, &pp);
+        VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                        .pNext = &sgf};
+        vkGetPhysicalDeviceFeatures2(d->pd, &f2);
+        d->full_subgroups = d->subgroup && sgf.subgroupSizeControl && sgf.computeFullSubgroups &&
+                            sgp2.maxSubgroupSize && 128 % sgp2.maxSubgroupSize == 0 &&
+                            d->sg_size >= 8 && d->sg_size <= 128;
     }
+    if (d->full_subgroups) {
+        sgf.pNext = NULL;
+        sgf.subgroupSizeControl = sgf.computeFullSubgroups = VK_TRUE;
+        enable[n_enable++] = VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME;
+        chain = &sgf;
+    }
+
+    /* cooperative matrices for the prefill products (QG_VK_CM=1) */
+    VkPhysicalDeviceShaderFloat16Int8FeaturesKHR f16f = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES_KHR};
+    VkPhysicalDeviceVulkanMemoryModelFeaturesKHR vmmf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES_KHR};
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    if (o && o->coopmat) {
+        d->coopmat = coopmat_usable(d, exts, n_ext, &f16f, &vmmf, &cmf);
+        if (d->coopmat) {
+            f16f = (VkPhysicalDeviceShaderFloat16Int8FeaturesKHR){
+                .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES_KHR,
+                .pNext = (void *)chain, .shaderFloat16 = VK_TRUE};
+            vmmf = (VkPhysicalDeviceVulkanMemoryModelFeaturesKHR){
+                .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES_KHR,
+                .pNext = &f16f, .vulkanMemoryModel = VK_TRUE};
+            cmf = (VkPhysicalDeviceCooperativeMatrixFeaturesNV){
+                .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV,
+                .pNext = &vmmf, .cooperativeMatrix = VK_TRUE};
+            chain = &cmf;
+            enable[n_enable++] = VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
+            enable[n_enable++] = VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME;
+            enable[n_enable++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+        }
+    }
+    free(exts);
 
     /* memory types: probe with a throwaway storage buffer's requirements */
     float prio = 1.0f;
@@ -267,14 +347,15 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
                                    .queueFamilyIndex = d->qfam, .queueCount = 1,
                                    .pQueuePriorities = &prio};
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                              .pNext = d->full_subgroups ? &sgf : NULL,
+                              .pNext = chain,
                               .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
-                              .enabledExtensionCount = d->full_subgroups ? 1 : 0,
-                              .ppEnabledExtensionNames = &sg_ext};
-    snprintf(d->desc, sizeof d->desc, "%s (%s, subgroup %u%s)", d->props.deviceName,
+                              .enabledExtensionCount = n_enable,
+                              .ppEnabledExtensionNames = enable};
+    snprintf(d->desc, sizeof d->desc, "%.256s (%s, subgroup %u%s%s)", d->props.deviceName,
              type_name(d->props.deviceType), d->sg_size,
              !d->subgroup ? ", shared-memory reductions"
-             : d->full_subgroups ? ", full subgroups" : "");
+             : d->full_subgroups ? ", full subgroups" : "",
+             d->coopmat ? ", cooperative matrices" : "");
     QG_VK_CHECK(vkCreateDevice(d->pd, &dci, NULL, &d->dev));
     vkGetDeviceQueue(d->dev, d->qfam, 0, &d->queue);
     {

@@ -26,6 +26,10 @@ static const char *const SHADER_NAMES[] = {
     [QG_VK_GEMM_MOE] = "gemm_moe",
     [QG_VK_GEMM_SWIGLU] = "gemm_swiglu",
     [QG_VK_GEMM_SWIGLU_MOE] = "gemm_swiglu_moe",
+    [QG_VK_GEMM_CM] = "gemm_cm",
+    [QG_VK_GEMM_SWIGLU_CM] = "gemm_swiglu_cm",
+    [QG_VK_GEMM_MOE_CM] = "gemm_moe_cm",
+    [QG_VK_GEMM_SWIGLU_MOE_CM] = "gemm_swiglu_moe_cm",
     [QG_VK_KV_APPEND] = "kv_append",
     [QG_VK_MATMUL] = "matmul",
     [QG_VK_MATMUL_MV] = "matmul_mv",
@@ -57,6 +61,8 @@ qg_status qg_vk_pipes_init(qg_vk_dev *d, qg_vk_pipes *p, qg_error *err) {
                          SHADER_NAMES[s]);
             goto fail;
         }
+        /* the cooperative-matrix shaders only where they were enabled */
+        if (s >= QG_VK_GEMM_CM && s <= QG_VK_GEMM_SWIGLU_MOE_CM && !d->coopmat) continue;
         const int v = d->subgroup ? 1 : 0;
         VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                         .codeSize = sp->bytes[v], .pCode = sp->code[v]};
@@ -101,6 +107,7 @@ void qg_vk_pipes_free(qg_vk_dev *d, qg_vk_pipes *p) {
 VkPipeline qg_vk_pipe_get(qg_vk_dev *d, qg_vk_pipes *p, qg_vk_shader shader, int n_bind,
                           const uint32_t *spec, qg_error *err) {
     QG_ASSERT(shader >= 0 && shader < QG_VK_SHADER_COUNT && n_bind >= 1 && n_bind <= QG_VK_MAX_BIND);
+    QG_ASSERT(p->module[shader] != VK_NULL_HANDLE);
     for (int i = 0; i < p->n; i++)
         if (p->e[i].shader == shader && p->e[i].n_bind == n_bind &&
             !memcmp(p->e[i].spec, spec, sizeof p->e[i].spec))

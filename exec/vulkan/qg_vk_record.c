@@ -202,6 +202,9 @@ typedef struct xfold {
     qg_vk_loc nout; /* store: there (the rmsnorm's output) */
     bool resid;     /* y = res + the product: a residual add folded in */
     qg_vk_loc res;  /* resid */
+    bool exact;     /* multi-token: the f32 gemm even where the executor has
+                       cooperative matrices (router logits choose experts;
+                       f16 inputs would move near-ties) */
 } xfold;
 
 static const xfold NO_FOLD;
@@ -306,14 +309,19 @@ static uint32_t row_bytes(const qg_tensor *w) {
  * y (m, cols) = W x, or silu(W x) * (U x) when ut; grouped: W (n, m, X)
  * experts over moe_sort's tiles (device-written counts at dev_ind), x
  * column a / xdiv of assignment a; else token columns, the token dimension
- * sized per step.  Returns the dispatch. */
+ * sized per step; exact: never the cooperative-matrix shaders.  Returns
+ * the dispatch. */
 #define GEMM_BM 64u
 #define GEMM_BN 32u
 static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const qg_tensor *ut,
                                 qg_vk_loc u, qg_vk_loc x, qg_vk_loc y, const qg_vk_loc *grouped,
-                                qg_vk_loc dev_ind, uint32_t xdiv) {
-    const qg_vk_shader sh = grouped ? (ut ? QG_VK_GEMM_SWIGLU_MOE : QG_VK_GEMM_MOE)
-                                    : (ut ? QG_VK_GEMM_SWIGLU : QG_VK_GEMM);
+                                qg_vk_loc dev_ind, uint32_t xdiv, bool exact) {
+    /* the _cm shaders: same interface and tile, on cooperative matrices */
+    const bool cm = r->c->coopmat && !exact;
+    const qg_vk_shader sh = grouped ? (ut ? (cm ? QG_VK_GEMM_SWIGLU_MOE_CM : QG_VK_GEMM_SWIGLU_MOE)
+                                          : (cm ? QG_VK_GEMM_MOE_CM : QG_VK_GEMM_MOE))
+                                    : (ut ? (cm ? QG_VK_GEMM_SWIGLU_CM : QG_VK_GEMM_SWIGLU)
+                                          : (cm ? QG_VK_GEMM_CM : QG_VK_GEMM));
     qg_vk_dispatch *d = new_dispatch(r, sh);
     d->spec[1] = (uint32_t)wt->type;
     d->spec[2] = (uint32_t)(ut ? ut->type : wt->type);
@@ -345,7 +353,7 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     const int Tm = r->c->g->n_tok_max;
     QG_ASSERT(Tm == 1 || (!f->norm && !f->resid));
     if (Tm > 1 && !last_only) {
-        rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1);
+        rec_gemm(r, wt, w, NULL, w, x, y, NULL, (qg_vk_loc){0}, 1, f->exact);
         return;
     }
     const bool mv = r->c->fast_mv && Tm == 1;
@@ -389,7 +397,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
                        qg_vk_loc x, qg_vk_loc h, bool moe, qg_vk_loc ids, int K, int X) {
     const int Tm = r->c->g->n_tok_max;
     if (Tm > 1 && !moe) {
-        rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1);
+        rec_gemm(r, gt, g, ut, u, x, h, NULL, (qg_vk_loc){0}, 1, false);
         return;
     }
     const bool mv = r->c->fast_mv && Tm == 1; /* swiglu_mv.comp, same interface */
@@ -548,7 +556,8 @@ static void rec_moe_fused(rec *r, const qg_node *nd, qg_vk_loc x_src, qg_vk_loc 
     const qg_vk_loc h = {s.buf, s.off + ms.h, 4 * (VkDeviceSize)F * K * Tm};
     const qg_vk_loc x = tloc(r, nd->in[0]);
     const qg_vk_loc ids = tloc(r, nd->out[1]), wts = tloc(r, nd->out[2]);
-    const xfold fr = {.norm = f->norm, .nw = f->nw, .eps = f->eps, .store = f->norm, .nout = x};
+    const xfold fr = {.norm = f->norm, .nw = f->nw, .eps = f->eps, .store = f->norm, .nout = x,
+                      .exact = true};
     const xfold fa = {.resid = f->resid, .res = f->res};
     rec_matmul(r, rt, tloc(r, nd->in[1]), x_src, logits, false, &fr);
     rec_topk(r, logits, X, K, ids, wts);
@@ -580,10 +589,10 @@ static void rec_moe_fused(rec *r, const qg_node *nd, qg_vk_loc x_src, qg_vk_loc 
     d->groups[0] = d->groups[1] = d->groups[2] = 1;
     /* gate/up: x columns are tokens (a / K); down: h columns are a */
     rec_gemm(r, gt, tloc(r, nd->in[2]), ut, tloc(r, nd->in[3]), x, h, grouped,
-             (qg_vk_loc){ind.buf, ind.off, sizeof(VkDispatchIndirectCommand)}, (uint32_t)K);
+             (qg_vk_loc){ind.buf, ind.off, sizeof(VkDispatchIndirectCommand)}, (uint32_t)K, false);
     rec_gemm(r, dt, tloc(r, nd->in[4]), NULL, (qg_vk_loc){0}, h, yk, grouped,
              (qg_vk_loc){ind.buf, ind.off + sizeof(VkDispatchIndirectCommand),
-                         sizeof(VkDispatchIndirectCommand)}, 1);
+                         sizeof(VkDispatchIndirectCommand)}, 1, false);
     d = new_dispatch(r, QG_VK_MOE_COMBINE);
     bind(d, yk, false);
     bind(d, ids, false);
@@ -639,6 +648,7 @@ static int rec_product(rec *r, int pi, int end, int ri) {
         break;
     case QG_OP_ROUTER:
     case QG_OP_LM_HEAD:
+        f.exact = nd->op == QG_OP_ROUTER;
         rec_matmul(r, &T[nd->in[1]], tloc(r, nd->in[1]), x, y,
                    nd->op == QG_OP_LM_HEAD && nd->p.only_last, &f);
         break;

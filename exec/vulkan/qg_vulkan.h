@@ -32,6 +32,12 @@
  *                        cache row read once for them
  *                        (ops/vulkan/attention_tile.comp); off by default
  *                        until measured on a GPU
+ *   QG_VK_CM=1           prefill weight products (the gemm shaders) on
+ *                        cooperative matrices (VK_NV_cooperative_matrix,
+ *                        f16 inputs, f32 sums; ops/vulkan/qg_gemm_cm.glsl)
+ *                        where the device has them (NVIDIA); ignored
+ *                        elsewhere (lavapipe).  Off by default until its
+ *                        tests pass on a GPU
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -56,6 +62,8 @@ typedef struct qg_vk_opts {
     bool fast_mv;     /* fast decode weight products (QG_VK_MV=1) */
     int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: the default (2) */
     bool attn_tile;   /* prefill attention with the queries of a kv head tiled */
+    bool coopmat;     /* prefill products on cooperative matrices, where the
+                         device has them (QG_VK_CM=1) */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,

@@ -22,52 +22,12 @@
  * accumulates a 4 x 4 block of the tile in f32 from shared memory.
  * gl_WorkGroupID.x = row tile.
  */
-#include "qg_common.glsl"
-
 #define BM 64u
 #define BN 32u
 #define BK 32u
+#include "qg_gemm_io.glsl"
+
 layout(local_size_x = 128) in;
-layout(constant_id = 1) const int WTYPE = 0; /* W, or G */
-layout(constant_id = 2) const int UTYPE = 0; /* U (SWIGLU) */
-
-/* unit layout classes of qg_dequant.glsl: contiguous, Q4_K/Q5_K, Q6_K */
-int qg_unit_class(int t) { return t == QG_Q4_K || t == QG_Q5_K ? 1 : t == QG_Q6_K ? 2 : 0; }
-#define SAME_UNITS (qg_unit_class(WTYPE) == qg_unit_class(UTYPE))
-
-layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };
-layout(std430, binding = 1) readonly buffer WBuf4 { uvec4 wbuf4[]; };
-layout(std430, binding = 2) readonly buffer UBuf { uint ubuf[]; };   /* SWIGLU; else unused */
-layout(std430, binding = 2) readonly buffer UBuf4 { uvec4 ubuf4[]; };
-layout(std430, binding = 3) readonly buffer XBuf { vec4 x4[]; };
-layout(std430, binding = 4) writeonly buffer YBuf { float y[]; };
-#if GROUPED
-layout(std430, binding = 5) readonly buffer AsgBuf { uint asg[]; };
-layout(std430, binding = 6) readonly buffer OffBuf { uint off[]; };
-layout(std430, binding = 7) readonly buffer TileBuf { uvec2 tiles[]; };
-#endif
-
-layout(push_constant) uniform PC {
-    uint n;        /* elements per row */
-    uint m;        /* rows (per expert) */
-    uint rbw, rbu; /* bytes per row of W (G), U */
-    uint xdiv;     /* GROUPED: x column = a / xdiv */
-} pc;
-
-#define DQ_FN dq_w
-#define DQ_BUF wbuf
-#define DQ_BUF4 wbuf4
-#define DQ_TYPE WTYPE
-#include "qg_dequant.glsl"
-#undef DQ_FN
-#undef DQ_BUF
-#undef DQ_BUF4
-#undef DQ_TYPE
-#define DQ_FN dq_u
-#define DQ_BUF ubuf
-#define DQ_BUF4 ubuf4
-#define DQ_TYPE UTYPE
-#include "qg_dequant.glsl"
 
 shared vec4 sh_w[BK * BM / 4u]; /* [k][row / 4] */
 #if SWIGLU
@@ -79,30 +39,13 @@ shared vec4 sh_x[BK * BN / 4u]; /* [k][column / 4] */
  * then x is staged a second time in U's order */
 shared vec4 sh_xu[BK * BN / 4u];
 #endif
-shared uint sh_xcol[BN], sh_ycol[BN];
 
 void main() {
     const uint l = gl_LocalInvocationIndex;
     const uint r0 = gl_WorkGroupID.x * BM;
-    uint nc, row0 = 0u;
-#if GROUPED
-    const uvec2 tile = tiles[gl_WorkGroupID.z];
-    nc = min(BN, off[tile.x + 1u] - tile.y);
-    row0 = tile.x * pc.m;
-    if (l < BN) {
-        const uint a = l < nc ? asg[tile.y + l] : asg[tile.y];
-        sh_xcol[l] = a / pc.xdiv;
-        sh_ycol[l] = a;
-    }
-#else
-    const uint c0 = gl_WorkGroupID.z * BN, n_tok = uint(N_TOK);
-    if (c0 >= n_tok) return;
-    nc = min(BN, n_tok - c0);
-    if (l < BN) {
-        sh_xcol[l] = c0 + min(l, nc - 1u);
-        sh_ycol[l] = c0 + l;
-    }
-#endif
+    uint row0;
+    const uint nc = qg_gemm_cols(l, row0);
+    if (nc == 0u) return;
     barrier();
     /* 4 x 4 block: rows 4*ty .., columns 4*tx .. of the tile */
     const uint tx = l % 8u, ty = l / 8u;

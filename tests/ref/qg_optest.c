@@ -447,32 +447,40 @@ void qg_optest_check_add(qg_optest_fx *f, const void *ctx, int n_tok, const char
     free(ref);
 }
 
-void qg_optest_check_matmul(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
-    const qg_optest_mm *c = ctx;
+void qg_optest_expect_matmul(qg_optest_fx *f, const qg_optest_mm *c, int n_tok, const char *label,
+                             double rel, double abs_tol) {
     const int cols = c->only_last ? 1 : n_tok;
     const float *x = qg_optest_f32(f, c->x) + (c->only_last ? (size_t)(n_tok - 1) * c->N : 0);
     double *ref = qg_optest_dalloc(c->M * cols),
            *mag = qg_optest_dalloc(c->M * cols); /* (M, cols) */
     qg_ref_matmul(f->g->tensors[c->w].type, f->host[c->w], c->N, c->M, x, cols, ref, mag);
-    /* f32 accumulation of exactly dequantized products (in any grouping of
-     * partial sums): |y - ref| <= 1e-5 * sum|w||x| + 1e-6 */
-    qg_optest_expect_close(label, "y", qg_optest_f32(f, c->y), ref, mag, c->M * cols, 1e-5, 1e-6);
+    qg_optest_expect_close(label, "y", qg_optest_f32(f, c->y), ref, mag, c->M * cols, rel, abs_tol);
     free(ref);
     free(mag);
 }
 
-void qg_optest_check_qkv(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
-    const qg_optest_qkv *c = ctx;
+void qg_optest_check_matmul(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    /* f32 accumulation of exactly dequantized products (in any grouping of
+     * partial sums): |y - ref| <= 1e-5 * sum|w||x| + 1e-6 */
+    qg_optest_expect_matmul(f, ctx, n_tok, label, 1e-5, 1e-6);
+}
+
+void qg_optest_expect_qkv(qg_optest_fx *f, const qg_optest_qkv *c, int n_tok, const char *label,
+                          double rel, double abs_tol) {
     for (int i = 0; i < 3; i++) {
         double *ref = qg_optest_dalloc(c->m[i] * n_tok), *mag = qg_optest_dalloc(c->m[i] * n_tok);
         qg_ref_matmul(f->g->tensors[c->w[i]].type, f->host[c->w[i]], c->E, c->m[i],
                       qg_optest_f32(f, c->x), n_tok, ref, mag);
-        /* as matmul: |y - ref| <= 1e-5 * sum|w||x| + 1e-6 */
         qg_optest_expect_close(label, i == 0 ? "q" : i == 1 ? "k" : "v", qg_optest_f32(f, c->y[i]),
-                               ref, mag, c->m[i] * n_tok, 1e-5, 1e-6);
+                               ref, mag, c->m[i] * n_tok, rel, abs_tol);
         free(ref);
         free(mag);
     }
+}
+
+void qg_optest_check_qkv(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
+    /* as matmul: |y - ref| <= 1e-5 * sum|w||x| + 1e-6 */
+    qg_optest_expect_qkv(f, ctx, n_tok, label, 1e-5, 1e-6);
 }
 
 void qg_optest_expect_swiglu(qg_optest_fx *f, const qg_optest_swiglu *c, int n_tok,
@@ -655,6 +663,11 @@ void qg_optest_expect_moe_y(qg_optest_fx *f, const qg_optest_moe *c, int n_tok, 
 
 void qg_optest_expect_fused(qg_optest_fx *f, const qg_optest_moe *c, int n_tok, const char *label,
                             bool same_y) {
+    qg_optest_expect_fused_tol(f, c, n_tok, label, same_y, 1e-5, 1e-6);
+}
+
+void qg_optest_expect_fused_tol(qg_optest_fx *f, const qg_optest_moe *c, int n_tok,
+                                const char *label, bool same_y, double rel, double abs_tol) {
     const struct {
         int a, b;
         const char *name;
@@ -674,8 +687,8 @@ void qg_optest_expect_fused(qg_optest_fx *f, const qg_optest_moe *c, int n_tok, 
     /* routing: as topk, over those logits */
     qg_optest_expect_topk(label, qg_optest_f32(f, c->logits), qg_optest_i32(f, c->ids2),
                           qg_optest_f32(f, c->wts2), c->X, c->K, n_tok, false);
-    /* y: |y - ref| <= 1e-5 * (sum_k |w| sum_f |down| (|h| + habs)) + 1e-6 */
-    qg_optest_expect_moe_y(f, c, n_tok, label, 1e-5, 1e-6);
+    /* y: |y - ref| <= rel * (sum_k |w| sum_f |down| (|h| + habs)) + abs_tol */
+    qg_optest_expect_moe_y(f, c, n_tok, label, rel, abs_tol);
     free(lr);
     free(la);
 }

@@ -256,10 +256,17 @@ void qg_optest_check_rmsnorm(qg_optest_fx *f, const void *ctx, int n_tok, const 
 /* add (qg_optest_add): one correctly rounded f32 add:
  * |y - ref| <= 2^-24 |ref|. */
 void qg_optest_check_add(qg_optest_fx *f, const void *ctx, int n_tok, const char *label);
-/* matmul, router, lm_head (qg_optest_mm): f32 accumulation of exactly
- * dequantized products: |y - ref| <= 1e-5 * sum|w||x| + 1e-6. */
+/* matmul, router, lm_head (qg_optest_mm): |y - ref| <= rel * sum|w||x| +
+ * abs_tol. */
+void qg_optest_expect_matmul(qg_optest_fx *f, const qg_optest_mm *c, int n_tok, const char *label,
+                             double rel, double abs_tol);
+/* ... at the exact-path tolerance (f32 accumulation of exactly dequantized
+ * products): rel 1e-5, abs 1e-6. */
 void qg_optest_check_matmul(qg_optest_fx *f, const void *ctx, int n_tok, const char *label);
-/* qkv (qg_optest_qkv): each part as matmul. */
+/* qkv (qg_optest_qkv): each part as matmul, at rel and abs_tol. */
+void qg_optest_expect_qkv(qg_optest_fx *f, const qg_optest_qkv *c, int n_tok, const char *label,
+                          double rel, double abs_tol);
+/* ... at the exact-path tolerance. */
 void qg_optest_check_qkv(qg_optest_fx *f, const void *ctx, int n_tok, const char *label);
 /* swiglu (qg_optest_swiglu): gate and up dots as matmul, propagated through
  * silu (|silu'| <= 1.1): |h - ref| <= rel * habs + abs_tol with habs =
@@ -311,5 +318,9 @@ void qg_optest_expect_moe_y(qg_optest_fx *f, const qg_optest_moe *c, int n_tok, 
  * at rel 1e-5, abs 1e-6. */
 void qg_optest_expect_fused(qg_optest_fx *f, const qg_optest_moe *c, int n_tok, const char *label,
                             bool same_y);
+/* As qg_optest_expect_fused with y2 at rel and abs_tol (products of other
+ * precision than the exact path's). */
+void qg_optest_expect_fused_tol(qg_optest_fx *f, const qg_optest_moe *c, int n_tok,
+                                const char *label, bool same_y, double rel, double abs_tol);
 
 #endif
