@@ -7,8 +7,8 @@
 #
 # Shaders: every ops/vulkan/*.comp is compiled by glslc at build time, twice:
 # with QG_SUBGROUP=1 (subgroup arithmetic) and QG_SUBGROUP=0 (shared-memory
-# reductions), into C initializer lists (glslc -mfmt=c); the cooperative
-# matrix shaders (*_cm.comp) only with QG_SUBGROUP=1.  A generated C file
+# reductions; for the cooperative-matrix shaders *_cm.comp, their scalar
+# emulation), into C initializer lists (glslc -mfmt=c).  A generated C file
 # (qg_vk_spirv.c, in the build tree) embeds them as uint32 arrays in the
 # table that exec/vulkan/qg_vk_spirv.h declares, so the library carries its
 # SPIR-V and needs no files at run time.
@@ -40,16 +40,7 @@ set(_qg_vk_table "")
 set(_qg_vk_decls "")
 foreach(src ${QG_VK_SHADERS})
   get_filename_component(name ${src} NAME_WE)
-  # *_cm.comp (cooperative matrices) exist only with subgroup operations:
-  # one build, in both slots of the table
-  if(name MATCHES "_cm$")
-    set(_qg_sgs 1)
-    set(_qg_sg0 1)
-  else()
-    set(_qg_sgs 0 1)
-    set(_qg_sg0 0)
-  endif()
-  foreach(sg ${_qg_sgs})
+  foreach(sg 0 1)
     set(inc ${_qg_vk_out}/${name}_sg${sg}.inc)
     add_custom_command(
       OUTPUT ${inc}
@@ -63,8 +54,8 @@ foreach(src ${QG_VK_SHADERS})
       "static const uint32_t spv_${name}_sg${sg}[] =\n#include \"${name}_sg${sg}.inc\"\n;\n")
   endforeach()
   string(APPEND _qg_vk_table
-    "    {\"${name}\", {spv_${name}_sg${_qg_sg0}, spv_${name}_sg1},\n"
-    "     {sizeof spv_${name}_sg${_qg_sg0}, sizeof spv_${name}_sg1}},\n")
+    "    {\"${name}\", {spv_${name}_sg0, spv_${name}_sg1},\n"
+    "     {sizeof spv_${name}_sg0, sizeof spv_${name}_sg1}},\n")
 endforeach()
 
 set(_qg_vk_c ${_qg_vk_out}/qg_vk_spirv.c)

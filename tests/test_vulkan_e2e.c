@@ -20,7 +20,9 @@
  *     (tiled products), and vulkan with the CPU executor: rel_rms < 3e-4
  *     each (the same f32 numerics in other summation orders; the F16 KV
  *     cache turns last-bit differences of k, v into occasional f16
- *     rounding flips of 2^-11 relative, which dominate).
+ *     rounding flips of 2^-11 relative, which dominate); 1.5e-3 with
+ *     QG_VK_CM (f16 prefill products; ctest's test_vulkan_e2e_cm runs this
+ *     program so, emulated on lavapipe).
  * Further cases: mixed placement (experts of layer 0 on the CPU, so
  * tensors cross executors every layer), the unfused MoE chain, and one run
  * through the executor interface with the Khronos validation layer
@@ -69,9 +71,23 @@ static void need_vulkan(void) {
     fail_msg("Vulkan unavailable: %s (set QG_ALLOW_NO_VULKAN=1 to skip)", g_why);
 }
 
+/* The bound on decode graph against prefill, and on Vulkan against the
+ * CPU executor: rel_rms < 3e-4 with f32 products everywhere.  With
+ * QG_VK_CM (the prefill products of quantized and F16 / BF16 weights on
+ * cooperative matrices, their inputs rounded to f16: about 2^-12 relative
+ * per product against the exact path's f32 rounding) prefill moves by up
+ * to ~9e-4 on these models, so 1.5e-3; the bound against the reference
+ * (llama.cpp's error) is the same either way. */
+static double consistency_bound(void) {
+    const char *cm = getenv("QG_VK_CM");
+    return cm && *cm && strcmp(cm, "0") != 0 ? 1.5e-3 : 3e-4;
+}
+
 /* One file: the per-file bound on the prefill logits; decode graph against
- * prefill and Vulkan against the CPU executor: rel_rms < 3e-4 each. */
+ * prefill and Vulkan against the CPU executor: rel_rms below
+ * consistency_bound() each. */
 static void check_file(const char *preset, const char *ftype, uint64_t seed) {
+    const double bound = consistency_bound();
     qg_e2e_file f;
     qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
     const qg_e2e_run vk = qg_e2e_run_default("vulkan"), cpu = qg_e2e_run_default("cpu");
@@ -83,9 +99,9 @@ static void check_file(const char *preset, const char *ftype, uint64_t seed) {
     const double e_cpu = qg_e2e_rel_rms_f32(ours, c, f.V * N_TOK);
     printf("  %-12s %-7s decode-vs-prefill %.1e  vulkan-vs-cpu %.1e\n", preset, ftype, e_step,
            e_cpu);
-    if (!(e_step < 3e-4))
+    if (!(e_step < bound))
         fail_msg("%s %s: the decode graph differs from prefill: %.3e", preset, ftype, e_step);
-    if (!(e_cpu < 3e-4)) fail_msg("%s %s: vulkan differs from the CPU: %.3e", preset, ftype, e_cpu);
+    if (!(e_cpu < bound)) fail_msg("%s %s: vulkan differs from the CPU: %.3e", preset, ftype, e_cpu);
     free(c);
     free(step);
     free(ours);

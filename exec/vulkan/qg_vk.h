@@ -64,6 +64,8 @@ typedef struct qg_vk_dev {
     bool coopmat;           /* VK_NV_cooperative_matrix enabled: the prefill
                                products may take qg_gemm_cm.glsl (asked for
                                by qg_vk_opts.coopmat) */
+    bool cm_emulate;        /* no cooperative matrices, but their scalar
+                               emulation asked for (qg_vk_opts.cm_emulate) */
     bool timestamps;        /* the queue supports timestamp queries */
     uint32_t mt_device;     /* memory type for device buffers */
     uint32_t mt_host;       /* host-visible, coherent (cached if any) */

@@ -323,6 +323,7 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
     if (o && o->coopmat) {
         d->coopmat = coopmat_usable(d, exts, n_ext, &f16f, &vmmf, &cmf);
+        d->cm_emulate = !d->coopmat && o->cm_emulate;
         if (d->coopmat) {
             f16f = (VkPhysicalDeviceShaderFloat16Int8FeaturesKHR){
                 .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES_KHR,
@@ -355,7 +356,7 @@ qg_status qg_vk_dev_open(qg_vk_dev *d, int index, const qg_vk_opts *o, qg_error 
              type_name(d->props.deviceType), d->sg_size,
              !d->subgroup ? ", shared-memory reductions"
              : d->full_subgroups ? ", full subgroups" : "",
-             d->coopmat ? ", cooperative matrices" : "");
+             d->coopmat ? ", cooperative matrices" : d->cm_emulate ? ", cooperative matrices emulated" : "");
     QG_VK_CHECK(vkCreateDevice(d->pd, &dci, NULL, &d->dev));
     vkGetDeviceQueue(d->dev, d->qfam, 0, &d->queue);
     {

@@ -507,7 +507,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
                         .fuse = !x->no_fuse, .fold = fold, .fast_mv = x->fast_mv,
                         .mv_rpt = x->mv_rpt, .attn_tile = x->attn_tile,
-                        .coopmat = x->d.coopmat};
+                        .coopmat = x->d.coopmat || x->d.cm_emulate};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
         const qg_partition *part = &g->parts[p];
@@ -868,6 +868,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         opts.mv_rpt = rpt ? atoi(rpt) : 0;
         opts.attn_tile = env_on("QG_VK_ATTN_TILE");
         opts.coopmat = env_on("QG_VK_CM");
+        opts.cm_emulate = opts.coopmat && !strcmp(getenv("QG_VK_CM"), "emulate");
     }
     if (opts.mv_rpt < 0 || opts.mv_rpt > 8)
         return qg_error_set(err, QG_ERR_ARG, "vulkan: QG_VK_MV_RPT=%d: rows per row group are 1..8",
@@ -891,7 +892,8 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         fprintf(stderr, "vulkan: %s; fast decode products (QG_VK_MV) %s; tiled prefill attention (QG_VK_ATTN_TILE) %s; cooperative-matrix prefill products (QG_VK_CM) %s\n",
                 x->d.desc, !x->fast_mv ? "off" : x->mv_rpt ? "on, fixed rows per group" : "on",
                 x->attn_tile ? "on" : "off",
-                x->d.coopmat ? "on" : opts.coopmat ? "asked for, not available" : "off");
+                x->d.coopmat ? "on" : x->d.cm_emulate ? "emulated"
+                : opts.coopmat ? "asked for, not available" : "off");
     out->i = &VK_EXEC;
     out->self = x;
     return QG_OK;

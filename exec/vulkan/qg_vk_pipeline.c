@@ -61,9 +61,11 @@ qg_status qg_vk_pipes_init(qg_vk_dev *d, qg_vk_pipes *p, qg_error *err) {
                          SHADER_NAMES[s]);
             goto fail;
         }
-        /* the cooperative-matrix shaders only where they were enabled */
-        if (s >= QG_VK_GEMM_CM && s <= QG_VK_GEMM_SWIGLU_MOE_CM && !d->coopmat) continue;
-        const int v = d->subgroup ? 1 : 0;
+        /* the cooperative-matrix shaders only where they were enabled, or
+         * their emulation (the QG_SUBGROUP=0 build) where it was asked for */
+        const bool cm = s >= QG_VK_GEMM_CM && s <= QG_VK_GEMM_SWIGLU_MOE_CM;
+        if (cm && !d->coopmat && !d->cm_emulate) continue;
+        const int v = cm ? (d->coopmat ? 1 : 0) : d->subgroup ? 1 : 0;
         VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                         .codeSize = sp->bytes[v], .pCode = sp->code[v]};
         QG_VK_CHECK(vkCreateShaderModule(d->dev, &mci, NULL, &p->module[s]));

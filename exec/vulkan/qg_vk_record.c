@@ -316,8 +316,10 @@ static uint32_t row_bytes(const qg_tensor *w) {
 static qg_vk_dispatch *rec_gemm(rec *r, const qg_tensor *wt, qg_vk_loc w, const qg_tensor *ut,
                                 qg_vk_loc u, qg_vk_loc x, qg_vk_loc y, const qg_vk_loc *grouped,
                                 qg_vk_loc dev_ind, uint32_t xdiv, bool exact) {
-    /* the _cm shaders: same interface and tile, on cooperative matrices */
-    const bool cm = r->c->coopmat && !exact;
+    /* the _cm shaders: same interface and tile, on cooperative matrices
+     * (f16 inputs); F32 weights keep the f32 products, whose precision
+     * their user chose */
+    const bool cm = r->c->coopmat && !exact && wt->type != QG_F32 && (!ut || ut->type != QG_F32);
     const qg_vk_shader sh = grouped ? (ut ? (cm ? QG_VK_GEMM_SWIGLU_MOE_CM : QG_VK_GEMM_SWIGLU_MOE)
                                           : (cm ? QG_VK_GEMM_MOE_CM : QG_VK_GEMM_MOE))
                                     : (ut ? (cm ? QG_VK_GEMM_SWIGLU_CM : QG_VK_GEMM_SWIGLU)

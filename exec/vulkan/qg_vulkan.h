@@ -37,7 +37,9 @@
  *                        f16 inputs, f32 sums; ops/vulkan/qg_gemm_cm.glsl)
  *                        where the device has them (NVIDIA); ignored
  *                        elsewhere (lavapipe).  Off by default until its
- *                        tests pass on a GPU
+ *                        tests pass on a GPU.  QG_VK_CM=emulate: their
+ *                        scalar emulation where the device lacks them
+ *                        (slow; to test the shaders on lavapipe)
  * qg_exec_vulkan_new_ex() takes them explicitly (tests), and
  * qg_exec_vulkan_messages() reports how many validation messages (warning
  * or error severity) the executor's instance has produced so far.
@@ -64,6 +66,9 @@ typedef struct qg_vk_opts {
     bool attn_tile;   /* prefill attention with the queries of a kv head tiled */
     bool coopmat;     /* prefill products on cooperative matrices, where the
                          device has them (QG_VK_CM=1) */
+    bool cm_emulate;  /* with coopmat, on a device without them: the
+                         shaders' scalar emulation (tests: CI checks the
+                         shaders' tiling on lavapipe) */
 } qg_vk_opts;
 
 /* As qg_exec_vulkan_new, with explicit options (vo may be NULL: defaults,
