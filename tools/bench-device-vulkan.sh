@@ -49,12 +49,20 @@ note() { echo "- $1" | tee -a "$sum"; }
 tg() { grep -E '^\| .*tg[0-9]' "$1" | tail -1 | awk -F'|' '{gsub(/ /,"",$8); print $8}'; }
 
 if [ "${VK_TESTS:-0}" = 1 ]; then
-  for t in "$B"/tests/test_vulkan_ops "$B"/tests/test_vulkan_e2e; do
-    [ -x "$t" ] || continue
-    timeout 300 env QG_BUILD_DIR="$PWD/$B" QG_SOURCE_DIR="$PWD" QG_ALLOW_NO_ORACLE=1 "$t" >> "$log" 2>&1
+  # test_vulkan_ops includes the real cooperative-matrix executor where the
+  # device has them; the e2e test runs twice, the second time with the
+  # cooperative-matrix prefill products (QG_VK_CM=1, as ctest's
+  # test_vulkan_e2e_cm)
+  for t in test_vulkan_ops test_vulkan_e2e test_vulkan_e2e:QG_VK_CM=1; do
+    prog=${t%%:*}
+    envs=()
+    [ "$prog" != "$t" ] && envs=("${t#*:}")
+    [ -x "$B/tests/$prog" ] || continue
+    timeout 300 env QG_BUILD_DIR="$PWD/$B" QG_SOURCE_DIR="$PWD" QG_ALLOW_NO_ORACLE=1 "${envs[@]}" \
+      "$B/tests/$prog" >> "$log" 2>&1
     rc=$?
-    note "$(basename "$t") on the GPU: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)")"
-    grep -E '^\[  (FAILED|PASSED) ' "$log" | tail -2 | sed 's/^/  /' | tee -a "$sum"
+    note "$t on the GPU: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)")"
+    grep -E '^\[  (FAILED|PASSED) |^coopmat executor' "$log" | tail -3 | sed 's/^/  /' | tee -a "$sum"
   done
 fi
 
