@@ -293,14 +293,17 @@ static float *decode_steps(const qg_exec *e, qg_graph *g, const qg_e2e_file *f, 
  * barriers) are gone, plus the output norm's; `saved_per_layer` says how
  * many per layer (2 for qwen3moe; 1 for qwen3, whose FFN norm feeds the
  * dense swiglu and keeps its dispatch).  fast_mv: both executors with the
- * fast decode products (QG_VK_MV=1), which must hold the same. */
+ * fast decode products (QG_VK_MV=1), which must hold the same, the folded
+ * one also with their loops software-pipelined (QG_VK_MV_PF=1: the same
+ * sums in the same order, so the same bytes too). */
 static void fold_case(const char *preset, const char *ftype, uint64_t seed, bool no_subgroup,
                       int saved_per_layer, bool fast_mv) {
     qg_e2e_file f;
     qg_e2e_file_load(&f, g_dir, preset, ftype, 7, seed, true);
     qg_error err = {0};
     const qg_exec_opts eo = {.n_threads = 2, .device = -1};
-    const qg_vk_opts vo[2] = {{.validation = true, .no_subgroup = no_subgroup, .fast_mv = fast_mv},
+    const qg_vk_opts vo[2] = {{.validation = true, .no_subgroup = no_subgroup, .fast_mv = fast_mv,
+                               .mv_pf = fast_mv},
                               {.no_subgroup = no_subgroup, .no_fold = true, .fast_mv = fast_mv}};
     qg_exec ex[3]; /* folds on, folds off, cpu */
     for (int i = 0; i < 2; i++)

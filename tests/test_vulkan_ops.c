@@ -23,7 +23,8 @@
  * *_mv shaders in decode graphs; multi-token graphs are the same as on
  * the first two): subgroups with validation and the rows per row group
  * chosen per shape; shared memory with 8 rows per group; subgroups with
- * 3 (not a power of two).  Those three also have the tiled prefill
+ * 3 (not a power of two); the last two with the loops software-pipelined
+ * (mv_pf, QG_VK_MV_PF=1).  Those three also have the tiled prefill
  * attention (attn_tile, QG_VK_ATTN_TILE=1: attention_tile.comp), and the
  * attention cases (vcase.mv too) run on them.  The multi-token product
  * cases (vcase.check_cm) also run on a sixth executor, with the
@@ -67,11 +68,12 @@ static qg_test_rng rng_for(int test, int case_id) { return qg_optest_rng_for(tes
 #define N_VK_PLAIN 2 /* the executors without fast_mv */
 #define VK_CM 5      /* the cooperative-matrix executor */
 /* [0]: subgroups + validation, [1]: shared memory; fast_mv: [2] subgroups
- * + validation, [3] shared memory, 8 rows per group, [4] subgroups, 3;
+ * + validation, [3] shared memory, 8 rows per group, pipelined, [4]
+ * subgroups, 3, pipelined;
  * [5] coopmat + validation */
 static qg_exec g_vk[N_VK];
 static const char *const VK_NAMES[N_VK] = {"subgroups", "shared-memory", "mv subgroups",
-                                           "mv shared-memory rpt 8", "mv subgroups rpt 3",
+                                           "mv shared-memory rpt 8 pf", "mv subgroups rpt 3 pf",
                                            "coopmat"};
 static qg_exec g_cpu;
 static bool g_have;
@@ -89,9 +91,9 @@ static int setup(void **state) {
     const qg_vk_opts vo[N_VK] = {{.validation = true},
                                  {.no_subgroup = true},
                                  {.validation = true, .fast_mv = true, .attn_tile = true},
-                                 {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8,
+                                 {.no_subgroup = true, .fast_mv = true, .mv_rpt = 8, .mv_pf = true,
                                   .attn_tile = true},
-                                 {.fast_mv = true, .mv_rpt = 3, .attn_tile = true},
+                                 {.fast_mv = true, .mv_rpt = 3, .mv_pf = true, .attn_tile = true},
                                  {.validation = true, .coopmat = true, .cm_emulate = true}};
     for (int i = 0; i < VK_CM; i++)
         if (qg_exec_vulkan_new_ex(&eo, &vo[i], &g_vk[i], &err)) {

@@ -138,6 +138,7 @@ typedef enum qg_vk_shader {
 #define QG_VK_MAX_BIND 12 /* storage buffers per dispatch, step included */
 #define QG_VK_MAX_SPEC 10 /* specialization constants, ids 0.. */
 #define QG_VK_SPEC_SGROWS 7 /* weight shaders: one row group per subgroup */
+#define QG_VK_SPEC_MV_PF 9  /* the *_mv shaders: software-pipelined loads */
 #define QG_VK_PUSH_BYTES 64
 
 typedef struct qg_vk_pipe_entry {
@@ -210,6 +211,7 @@ typedef struct qg_vk_rec_ctx {
     bool fold;                            /* decode folds (qg_vk_fold.c) */
     bool fast_mv;                         /* decode products: the *_mv shaders */
     uint32_t mv_rpt;                      /* fast_mv: rows per row group; 0: mv_rows default */
+    bool mv_pf;                           /* fast_mv: loops software-pipelined (spec 9) */
     bool attn_tile;                       /* prefill attention: attention_tile.comp */
     bool coopmat;                         /* prefill products: the *_cm shaders */
 } qg_vk_rec_ctx;

@@ -99,6 +99,7 @@ typedef struct vk_exec {
                      node-pair fusions stay on */
     bool fast_mv; /* QG_VK_MV=1: the *_mv decode products */
     uint32_t mv_rpt; /* QG_VK_MV_RPT: their rows per row group (0: the default, mv_rows) */
+    bool mv_pf;      /* QG_VK_MV_PF=1: their loops software-pipelined */
     bool attn_tile; /* QG_VK_ATTN_TILE=1: prefill attention_tile.comp */
 } vk_exec;
 
@@ -506,7 +507,7 @@ static qg_status vk_compile(void *self, qg_graph *g, int e, qg_error *err) {
                         .loc = tensor_loc, .self = x, .rope_table = rope_loc,
                         .moe_scratch = {vg->scratch.buf, 0, vg->scratch.size},
                         .fuse = !x->no_fuse, .fold = fold, .fast_mv = x->fast_mv,
-                        .mv_rpt = x->mv_rpt, .attn_tile = x->attn_tile,
+                        .mv_rpt = x->mv_rpt, .mv_pf = x->mv_pf, .attn_tile = x->attn_tile,
                         .coopmat = x->d.coopmat || x->d.cm_emulate};
     size_t n_desc = 0;
     for (int p = 0; p < g->n_parts; p++) {
@@ -866,6 +867,7 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
         opts.fast_mv = env_on("QG_VK_MV");
         const char *rpt = getenv("QG_VK_MV_RPT");
         opts.mv_rpt = rpt ? atoi(rpt) : 0;
+        opts.mv_pf = env_on("QG_VK_MV_PF");
         opts.attn_tile = env_on("QG_VK_ATTN_TILE");
         opts.coopmat = env_on("QG_VK_CM");
         opts.cm_emulate = opts.coopmat && !strcmp(getenv("QG_VK_CM"), "emulate");
@@ -887,10 +889,14 @@ qg_status qg_exec_vulkan_new_ex(const qg_exec_opts *o, const qg_vk_opts *vo, qg_
     x->no_fold = opts.no_fold;
     x->fast_mv = opts.fast_mv;
     x->mv_rpt = (uint32_t)opts.mv_rpt;
+    x->mv_pf = opts.mv_pf;
     x->attn_tile = opts.attn_tile;
     if (qg_debug_enabled("vulkan"))
         fprintf(stderr, "vulkan: %s; fast decode products (QG_VK_MV) %s; tiled prefill attention (QG_VK_ATTN_TILE) %s; cooperative-matrix prefill products (QG_VK_CM) %s\n",
-                x->d.desc, !x->fast_mv ? "off" : x->mv_rpt ? "on, fixed rows per group" : "on",
+                x->d.desc,
+                !x->fast_mv ? "off"
+                : x->mv_rpt ? (x->mv_pf ? "on, fixed rows per group, pipelined" : "on, fixed rows per group")
+                : x->mv_pf ? "on, pipelined" : "on",
                 x->attn_tile ? "on" : "off",
                 x->d.coopmat ? "on" : x->d.cm_emulate ? "emulated"
                 : opts.coopmat ? "asked for, not available" : "off");

@@ -375,6 +375,7 @@ static void rec_matmul(rec *r, const qg_tensor *wt, qg_vk_loc w, qg_vk_loc x, qg
     d->spec[5] = f->norm ? (f->store ? 2 : 1) : 0;
     d->spec[6] = f->resid;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[QG_VK_SPEC_MV_PF] = mv && r->c->mv_pf;
     d->spec[8] = f->norm ? (uint32_t)(wt->ne[0] / 4) : 1; /* XN4 */
     bind(d, w, false);
     bind(d, x, false);
@@ -415,6 +416,7 @@ static void rec_swiglu(rec *r, const qg_tensor *gt, qg_vk_loc g, const qg_tensor
     d->spec[5] = L.rpt;
     d->spec[6] = moe ? 1 : 0;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[QG_VK_SPEC_MV_PF] = mv && r->c->mv_pf;
     bind(d, g, false);
     bind(d, u, false);
     bind(d, x, false);
@@ -458,6 +460,7 @@ static void rec_aggregate(rec *r, const qg_tensor *dt, qg_vk_loc dw, qg_vk_loc h
     d->spec[3] = L.rpt;
     d->spec[4] = f->resid;
     d->spec[QG_VK_SPEC_SGROWS] = L.sgrows;
+    d->spec[QG_VK_SPEC_MV_PF] = mv && r->c->mv_pf;
     bind(d, dw, false);
     bind(d, h, false);
     bind(d, ids, false);

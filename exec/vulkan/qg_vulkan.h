@@ -27,6 +27,12 @@
  *   QG_VK_MV_RPT=N       with QG_VK_MV=1: N (1..8) rows per row group in
  *                        every fast product instead of the default 2
  *                        (qg_vk_record.c, mv_rows); for tuning
+ *   QG_VK_MV_PF=1        with QG_VK_MV=1: the fast products' loops
+ *                        software-pipelined (a unit's weight bytes, and in
+ *                        aggregate_mv the expert id, loaded during the
+ *                        previous unit's dots: one memory latency per
+ *                        lane instead of one per unit); same results;
+ *                        off until measured on a GPU
  *   QG_VK_ATTN_TILE=1    prefill attention with the 32 queries of a kv
  *                        head and token block in one workgroup, each
  *                        cache row read once for them
@@ -63,6 +69,8 @@ typedef struct qg_vk_opts {
     bool no_fold;     /* no decode folds (exec/vulkan/qg_vk_fold.c) */
     bool fast_mv;     /* fast decode weight products (QG_VK_MV=1) */
     int mv_rpt;       /* fast_mv: rows per row group, 1..8; 0: the default (2) */
+    bool mv_pf;       /* fast_mv: each unit's loads issued during the
+                         previous unit's dots (QG_VK_MV_PF=1) */
     bool attn_tile;   /* prefill attention with the queries of a kv head tiled */
     bool coopmat;     /* prefill products on cooperative matrices, where the
                          device has them (QG_VK_CM=1) */

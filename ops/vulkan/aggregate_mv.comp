@@ -14,7 +14,9 @@
  * loads of several experts are in flight (K = 8, f = 768: 192 items for
  * 32 lanes).  Per item a lane loads the raw bytes of u of expert e's RPT
  * rows (qg_dqdot.glsl), h's elements of u once with their sums, and adds
- * wts[k] times each factored dot to its row's partial sum.
+ * wts[k] times each factored dot to its row's partial sum.  PF = 1
+ * (qg_vk_opts.mv_pf) software-pipelines the items: the next item's
+ * expert id and raw bytes are loaded during this item's dots.
  * RESID = 1: y = r + sum, r (m) at binding 6; otherwise binding 6 is h,
  * never read.
  */
@@ -27,6 +29,7 @@ layout(constant_id = 3) const uint RPT = 1u; /* <= RPT_MAX */
 #define RPT_MAX 8
 layout(constant_id = 4) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
+layout(constant_id = 9) const uint PF = 0u; /* 1: load the next item during this one */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer DBuf { uint dbuf[]; };   /* (f, m, X) */
@@ -77,26 +80,47 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
-    for (uint it = lane; it < K * nu; it += lanes) {
-        const uint kk = it / nu, u = it - kk * nu;
-        const int e = ids[kk];
-        if (e < 0 || uint(e) >= pc.n_expert) continue; /* bad: NaN below */
-        const uint eb = uint(e) * pc.m;
-        uvec4 q[RPT_MAX][4];
-        [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
-            if (k < RPT) ld_d((eb + rk[k]) * pc.rb, u, q[k]);
-        uint e0, e1;
-        qg_unit_elems(WTYPE, u, e0, e1);
-        const uint a = (kk * pc.n + e0) >> 2, b = (kk * pc.n + e1) >> 2;
-        vec4 xv[8];
-        for (uint i = 0u; i < 4u; i++) {
-            xv[i] = h4[a + i];
-            xv[4u + i] = h4[b + i];
+    const uint n_it = K * nu;
+    /* item it's expert base row (eb; invalid id: ~0u) and raw bytes of
+     * each row; PF: also the next item's */
+    uint eb = ~0u, ebn = ~0u;
+    uvec4 q[RPT_MAX][4], qn[RPT_MAX][4];
+    for (uint it = lane; it < n_it; it += lanes) {
+        if (PF == 0u || it == lane) {
+            const int e = ids[it / nu];
+            eb = e < 0 || uint(e) >= pc.n_expert ? ~0u : uint(e) * pc.m; /* bad: NaN below */
+            if (eb != ~0u)
+                [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                    if (k < RPT) ld_d((eb + rk[k]) * pc.rb, it % nu, q[k]);
         }
-        const vec2 xs = qg_xsums(xv);
-        const float wk = wts[kk];
-        [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
-            if (k < RPT) acc[k] += wk * dot_d((eb + rk[k]) * pc.rb, u, q[k], xv, xs);
+        const bool more = PF != 0u && it + lanes < n_it;
+        if (more) {
+            const uint itn = it + lanes;
+            const int e = ids[itn / nu];
+            ebn = e < 0 || uint(e) >= pc.n_expert ? ~0u : uint(e) * pc.m;
+            if (ebn != ~0u)
+                [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                    if (k < RPT) ld_d((ebn + rk[k]) * pc.rb, itn % nu, qn[k]);
+        }
+        if (eb != ~0u) {
+            const uint kk = it / nu, u = it - kk * nu;
+            uint e0, e1;
+            qg_unit_elems(WTYPE, u, e0, e1);
+            const uint a = (kk * pc.n + e0) >> 2, b = (kk * pc.n + e1) >> 2;
+            vec4 xv[8];
+            for (uint i = 0u; i < 4u; i++) {
+                xv[i] = h4[a + i];
+                xv[4u + i] = h4[b + i];
+            }
+            const vec2 xs = qg_xsums(xv);
+            const float wk = wts[kk];
+            [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                if (k < RPT) acc[k] += wk * dot_d((eb + rk[k]) * pc.rb, u, q[k], xv, xs);
+        }
+        if (more) {
+            eb = ebn;
+            q = qn;
+        }
     }
     qg_rows_reduce(acc, RPT);
     uint j, gg;

@@ -12,8 +12,11 @@
  * of u of all RPT rows (qg_dqdot.glsl's DQD_LOAD: RPT independent loads in
  * flight), then x's elements of u once with their sums, then the RPT
  * factored dots.  The first unit's loads are issued before the NORM
- * prologue, so they fly while the workgroup normalizes x.  Rows past m
- * repeat the last row; their sums are not written.
+ * prologue, so they fly while the workgroup normalizes x.  PF = 1
+ * (qg_vk_opts.mv_pf) software-pipelines the loop: each unit's raw bytes
+ * are loaded during the previous unit's dots, so a lane's units cost one
+ * memory latency rather than one each.  Rows past m repeat the last row;
+ * their sums are not written.
  *
  * Executor folds (decode graphs; exec/vulkan/qg_vk_fold.c), as in
  * matmul.comp: NORM = 1 normalizes x into shared memory first
@@ -32,6 +35,7 @@ layout(constant_id = 5) const uint NORM = 0u;
 layout(constant_id = 6) const uint RESID = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
 layout(constant_id = 8) const uint XN4 = 1u; /* NORM: n / 4 */
+layout(constant_id = 9) const uint PF = 0u;  /* 1: load the next unit during this one */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer WBuf { uint wbuf[]; };     /* (n, m) */
@@ -82,7 +86,8 @@ void main() {
     [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
         rbk[k] = min(r0 + g + k * G, pc.m - 1u) * pc.rb;
 
-    uvec4 q[RPT_MAX][4]; /* unit u's raw bytes of each row */
+    uvec4 q[RPT_MAX][4];  /* unit u's raw bytes of each row */
+    uvec4 qn[RPT_MAX][4]; /* PF: unit u + lanes's */
     uint u = lane;
     if (u < nu)
         [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
@@ -92,9 +97,13 @@ void main() {
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
     for (; u < nu; u += lanes) {
-        if (u != lane)
+        if (PF == 0u && u != lane)
             [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
                 if (k < RPT) ld_w(rbk[k], u, q[k]);
+        const bool more = PF != 0u && u + lanes < nu;
+        if (more)
+            [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                if (k < RPT) ld_w(rbk[k], u + lanes, qn[k]);
         uint e0, e1;
         qg_unit_elems(WTYPE, u, e0, e1);
         const uint xo = NORM != 0u ? 0u : xc * pc.n;
@@ -107,6 +116,7 @@ void main() {
         const vec2 xs = qg_xsums(xv);
         [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
             if (k < RPT) acc[k] += dot_w(rbk[k], u, q[k], xv, xs);
+        if (more) q = qn;
     }
     qg_rows_reduce(acc, RPT);
     uint j, gg;

@@ -15,6 +15,8 @@
  * (twice when the gate and up formats lay units out differently, e.g.
  * Q4_K and Q6_K), then the 2 RPT factored dots (qg_dqdot.glsl).  Partial
  * 2k is row k's gate, 2k+1 its up (2 RPT <= 16), reduced over the group.
+ * PF = 1 (qg_vk_opts.mv_pf): the next unit's raw bytes are loaded during
+ * this unit's dots.
  */
 #include "qg_common.glsl"
 
@@ -26,6 +28,7 @@ layout(constant_id = 5) const uint RPT = 1u; /* <= RPT_MAX */
 #define RPT_MAX 8
 layout(constant_id = 6) const uint MOE = 0u;
 layout(constant_id = 7) const uint SGROWS = 0u;
+layout(constant_id = 9) const uint PF = 0u; /* 1: load the next unit during this one */
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 1) readonly buffer GBuf { uint gbuf[]; };
@@ -109,13 +112,23 @@ void main() {
 
     float acc[QG_ROWS_ACC];
     for (uint i = 0u; i < QG_ROWS_ACC; i++) acc[i] = 0.0;
+    /* unit u's raw bytes of each row of the gate and the up; PF: also
+     * unit u + lanes's, loaded during u's dots */
+    uvec4 qg_[RPT_MAX][4], qu[RPT_MAX][4], qgn[RPT_MAX][4], qun[RPT_MAX][4];
     for (uint u = lane; u < nu; u += lanes) {
-        uvec4 qg_[RPT_MAX][4], qu[RPT_MAX][4];
-        [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
-            if (k < RPT) {
-                ld_g(rk[k] * pc.rbg, u, qg_[k]);
-                ld_u(rk[k] * pc.rbu, u, qu[k]);
-            }
+        if (PF == 0u || u == lane)
+            [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                if (k < RPT) {
+                    ld_g(rk[k] * pc.rbg, u, qg_[k]);
+                    ld_u(rk[k] * pc.rbu, u, qu[k]);
+                }
+        const bool more = PF != 0u && u + lanes < nu;
+        if (more)
+            [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
+                if (k < RPT) {
+                    ld_g(rk[k] * pc.rbg, u + lanes, qgn[k]);
+                    ld_u(rk[k] * pc.rbu, u + lanes, qun[k]);
+                }
         uint e0, e1;
         vec4 xv[8];
         vec2 xs;
@@ -129,6 +142,10 @@ void main() {
         }
         [[unroll]] for (uint k = 0u; k < RPT_MAX; k++)
             if (k < RPT) acc[2u * k + 1u] += dot_u(rk[k] * pc.rbu, u, qu[k], xv, xs);
+        if (more) {
+            qg_ = qgn;
+            qu = qun;
+        }
     }
     qg_rows_reduce(acc, 2u * RPT);
     uint j, gg;
