@@ -22,6 +22,9 @@
 #                       back to back
 #   VK_PROFILE=0        skip `qmoe-graph profile` (else run under the fastest
 #                       A/B set, with its per-dispatch times in the summary)
+#   VK_PROFILE_ENV="VAR=value ..."  profile under this environment instead
+#                       (e.g. the prefill switches, which the tg128 choice
+#                       of the fastest set does not weigh)
 #   AGREE_KV="f16 f32"  KV types of the greedy agreement ("" skips it)
 # Writes OUTDIR/summary.md (and bench.md, profile.txt, agree.txt, log.txt).
 set -uo pipefail
@@ -101,10 +104,12 @@ if [ -n "${VK_AB:-}" ]; then
   fi
 fi
 # where the time goes
-# (under the fastest A/B set, when there was one)
+# (under VK_PROFILE_ENV when given, else the fastest A/B set, when there
+# was one)
 if [ "${VK_PROFILE:-1}" != 0 ]; then
-  [ -n "${best:-}" ] && read -r -a envs <<< "$best" || envs=()
-  note "profile with ${best:-the defaults}"
+  pset=${VK_PROFILE_ENV:-${best:-}}
+  [ -n "$pset" ] && read -r -a envs <<< "$pset" || envs=()
+  note "profile with ${pset:-the defaults}"
   timeout 200 env "${envs[@]}" QG_DEBUG=vulkan $q profile $model --backend vulkan -p 512 -n 32 2>&1 |
     grep -v '^loading' > "$out/profile.txt"
   sed -n '/^== decode/,/^by layer/p;/^== prefill/,/^by layer/p' "$out/profile.txt"

@@ -18,11 +18,18 @@
  * registers (F32 reads nothing: its dot reads the buffer itself), DQD_DOT
  * computes the unit's dot from them.  DQD_FN does both.
  *
+ * DQD_VALS (optional) gives the unit's 32 weights from the same raw
+ * bytes, w[0..16) elements e0 .., w[16..32) e1 .. (qg_unit_elems), each
+ * d q - m in f32 (one rounding, not GGML's exact order): the
+ * cooperative-matrix products, which round them to f16 anyway.
+ *
  * Include with defined (may be included several times, one set per
  * weight buffer):
  *   DQD_LOAD  void DQD_LOAD(uint rb, uint u, out uvec4 q[4])
  *   DQD_DOT   float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs)
  *   DQD_FN    float DQD_FN(uint rb, uint u, vec4 xv[8], vec2 xs)
+ *   DQD_VALS  void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32])
+ *             (only when defined)
  *   DQD_BUF   a uint array in a storage buffer holding the weight's bytes
  *   DQD_BUF4  a uvec4 array aliasing it (same binding)
  *   DQD_TYPE  its dtype (a QG_* id; usually a specialization constant)
@@ -186,3 +193,93 @@ float DQD_FN(uint rb, uint u, vec4 xv[8], vec2 xs) {
     DQD_LOAD(rb, u, q);
     return DQD_DOT(rb, u, q, xv, xs);
 }
+
+#ifdef DQD_VALS
+void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32]) {
+    if (DQD_TYPE == QG_F32) {
+        const uint o = (rb >> 4) + 8u * u;
+        for (uint i = 0u; i < 8u; i++) {
+            const vec4 v = uintBitsToFloat(DQD_BUF4[o + i]);
+            for (uint j = 0u; j < 4u; j++) w[4u * i + j] = v[j];
+        }
+    } else if (DQD_TYPE == QG_F16 || DQD_TYPE == QG_BF16) {
+        /* word j of q holds elements 2j, 2j+1 */
+        for (uint j = 0u; j < 16u; j++) {
+            const uint v = q[j >> 2][j & 3u];
+            const vec2 h = DQD_TYPE == QG_F16 ? unpackHalf2x16(v)
+                                              : uintBitsToFloat(uvec2(v << 16, v & 0xffff0000u));
+            w[2u * j] = h.x;
+            w[2u * j + 1u] = h.y;
+        }
+    } else if (DQD_TYPE == QG_Q8_0) {
+        const bool odd2 = ((rb + 34u * u) & 2u) != 0u;
+        const uint ww[9] = uint[9](q[0].x, q[0].y, q[0].z, q[0].w, q[1].x, q[1].y, q[1].z, q[1].w,
+                                   q[2].x);
+        const float d = unpackHalf2x16(odd2 ? ww[0] >> 16 : ww[0]).x;
+        for (uint i = 0u; i < 8u; i++) {
+            const vec4 v = d * qg_s8x4(odd2 ? ww[i + 1u] : qg_w32at(ww[i], ww[i + 1u], true));
+            for (uint b = 0u; b < 4u; b++) w[4u * i + b] = v[b];
+        }
+    } else if (DQD_TYPE == QG_Q4_0) {
+        const bool odd2 = ((rb + 18u * u) & 2u) != 0u;
+        const uint ww[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[1].x);
+        const float d = unpackHalf2x16(odd2 ? ww[0] >> 16 : ww[0]).x;
+        for (uint i = 0u; i < 4u; i++) {
+            const uint v = odd2 ? ww[i + 1u] : qg_w32at(ww[i], ww[i + 1u], true);
+            const vec4 lo = d * (qg_u8x4(v & 0x0f0f0f0fu) - 8.0);
+            const vec4 hi = d * (qg_u8x4((v >> 4) & 0x0f0f0f0fu) - 8.0);
+            for (uint b = 0u; b < 4u; b++) {
+                w[4u * i + b] = lo[b];
+                w[16u + 4u * i + b] = hi[b];
+            }
+        }
+    } else if (DQD_TYPE == QG_Q4_K || DQD_TYPE == QG_Q5_K) {
+        const bool q5 = DQD_TYPE == QG_Q5_K;
+        const uint c = (u & 7u) >> 1u;
+        const uvec4 hd = q[0], qs = q[1], qh = q[2];
+        const vec2 dm = unpackHalf2x16(hd.x);
+        vec2 d1, m1;
+        for (uint s = 0u; s < 2u; s++) {
+            const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
+            d1[s] = dm.x * float(sm.x);
+            m1[s] = dm.y * float(sm.y);
+        }
+        for (uint i = 0u; i < 4u; i++) {
+            uint lo = qs[i] & 0x0f0f0f0fu, hi = (qs[i] >> 4) & 0x0f0f0f0fu;
+            if (q5) {
+                lo |= ((qh[i] >> (2u * c)) & 0x01010101u) << 4;
+                hi |= ((qh[i] >> (2u * c + 1u)) & 0x01010101u) << 4;
+            }
+            const vec4 vl = d1.x * qg_u8x4(lo) - m1.x, vh = d1.y * qg_u8x4(hi) - m1.y;
+            for (uint b = 0u; b < 4u; b++) {
+                w[4u * i + b] = vl[b];
+                w[16u + 4u * i + b] = vh[b];
+            }
+        }
+    } else if (DQD_TYPE == QG_Q6_K) {
+        const uint hh = (u & 7u) >> 2u, qq = u & 3u, k0 = qq >> 1u, p = qq & 1u;
+        const uint o = rb + 210u * (u >> 3u);
+        const bool odd2 = (o & 2u) != 0u;
+        const uint sb = 8u * ((o + 192u + 8u * hh + 2u * k0 + p) & 3u);
+        const float d = unpackHalf2x16(odd2 ? q[3].x >> 16 : q[3].x).x;
+        const float s0 = d * float(bitfieldExtract(int(q[2].z), int(sb), 8));
+        const float s1 = d * float(bitfieldExtract(int(q[2].w), int(sb), 8));
+        const uint ql[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[2].x);
+        const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
+        for (uint i = 0u; i < 4u; i++) {
+            const uint ul = qg_w32at(ql[i], ql[i + 1u], odd2);
+            const uint uh = qg_w32at(qh[i], qh[i + 1u], odd2);
+            const uint lo = (ul & 0x0f0f0f0fu) | (((uh >> (2u * k0)) & 0x03030303u) << 4);
+            const uint hi =
+                ((ul >> 4) & 0x0f0f0f0fu) | (((uh >> (2u * k0 + 4u)) & 0x03030303u) << 4);
+            const vec4 vl = s0 * (qg_u8x4(lo) - 32.0), vh = s1 * (qg_u8x4(hi) - 32.0);
+            for (uint b = 0u; b < 4u; b++) {
+                w[4u * i + b] = vl[b];
+                w[16u + 4u * i + b] = vh[b];
+            }
+        }
+    } else {
+        for (uint i = 0u; i < 32u; i++) w[i] = uintBitsToFloat(0x7fc00000u);
+    }
+}
+#endif

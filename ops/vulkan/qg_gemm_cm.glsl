@@ -5,8 +5,9 @@
  * GROUPED 0), gemm_swiglu_cm.comp (1, 0), gemm_moe_cm.comp (0, 1) and
  * gemm_swiglu_moe_cm.comp (1, 1).  Same bindings, push constants,
  * workgroup grid and results as qg_gemm.glsl (qg_gemm_io.glsl), up to
- * rounding: weights and x are rounded to f16 (11 significant bits) before
- * the products, which are summed in f32.
+ * rounding: weights (d q - m in f32, qg_dqdot.glsl's DQD_VALS) and x are
+ * rounded to f16 (11 significant bits) before the products, which are
+ * summed in f32.
  *
  * Two builds (cmake/vulkan.cmake):
  *   QG_SUBGROUP=1  the cooperative matrices, for devices with the
@@ -15,21 +16,24 @@
  *   QG_SUBGROUP=0  QG_CM_EMU: the same shader with each matrix operation
  *                  written out in scalar code over the same shared tiles
  *                  (a "subgroup" is 32 consecutive invocations, each
- *                  holding 8 of a 16 x 16 accumulator's elements; f16
- *                  rounding by packHalf2x16), so that lavapipe tests the
- *                  tiling, staging and epilogue in CI (qg_vk_opts.
- *                  cm_emulate; slow, for tests only).
+ *                  holding 8 of a 16 x 16 accumulator's elements), so
+ *                  that lavapipe tests the tiling, staging and epilogue
+ *                  in CI (qg_vk_opts.cm_emulate; slow, for tests only).
  *
- * A workgroup computes a BM x BN = 64 x 32 tile of the output.  Per step
- * of one unit (BK = 32 elements of the rows, qg_dequant.glsl), the 64
- * rows' units are dequantized into shared memory as f16 (invocations
- * 0..63; SWIGLU: 64..127 dequantize U's) and the matching elements of the
- * 32 columns of x staged beside them, in the units' element order (the
- * sum runs over k in any order, the same for both).  Shared memory holds
- * two steps: a step's tiles are written while the previous step's are
- * multiplied, one barrier per step (the emulation: one step, two
- * barriers).  Subgroup s multiplies rows
- * 16s .. 16s+15 of the tile by both 16-column halves.
+ * A workgroup computes a BM x BN = 64 x 32 tile of the output, one unit
+ * (BK = 32 elements of the rows) per step.  Roles: invocations 0..63
+ * each hold row l's unit of W (SWIGLU: 64..127 row l - 64's of U); the x
+ * staging is spread over the others (8 elements of a column each for
+ * SWIGLU, a second copy in U's order when U's units cover other
+ * elements; 16 each by 64..127 otherwise), in the unit's element order
+ * (the sum runs over k in any order, the same for both).  Each step's
+ * tiles live in shared memory as packed halves ([row][k], [column][k];
+ * 16-byte stores), two steps at a time: per step, the subgroups multiply
+ * step u's tiles, the invocations convert step u + 1's raw bytes (loaded
+ * a step earlier into registers) into the other buffer and issue step
+ * u + 2's loads, then one barrier.  Subgroup s multiplies rows 16s ..
+ * 16s+15 of the tile by both 16-column halves.  (The emulation keeps one
+ * step in shared memory, two barriers a step, to fit lavapipe's 32 KB.)
  */
 #define QG_CM_EMU (QG_SUBGROUP == 0)
 #if !QG_CM_EMU
@@ -45,50 +49,61 @@
 
 layout(local_size_x = 128) in;
 
-/* row strides in f16 elements: 16-byte multiples, off the 128-byte bank
- * period */
+#define DQD_LOAD ld_w
+#define DQD_DOT dot_w
+#define DQD_FN dqd_w
+#define DQD_VALS vals_w
+#define DQD_BUF wbuf
+#define DQD_BUF4 wbuf4
+#define DQD_TYPE WTYPE
+#include "qg_dqdot.glsl"
+#undef DQD_LOAD
+#undef DQD_DOT
+#undef DQD_FN
+#undef DQD_VALS
+#undef DQD_BUF
+#undef DQD_BUF4
+#undef DQD_TYPE
+#define DQD_LOAD ld_u
+#define DQD_DOT dot_u
+#define DQD_FN dqd_u
+#define DQD_VALS vals_u
+#define DQD_BUF ubuf
+#define DQD_BUF4 ubuf4
+#define DQD_TYPE UTYPE
+#include "qg_dqdot.glsl"
+
+/* row strides in halves: 16-byte multiples, off the 128-byte bank period */
 #define LDW (BK + 8u)
 #define LDX (BK + 8u)
-#define LDO (BM + 4u)
-
-/* The emulation keeps its f16 values in f32, with one step's tiles at a
- * time, to stay within lavapipe's 32 KB of shared memory. */
+#define LDO (BM + 4u) /* floats */
 #if QG_CM_EMU
-#define F16 float
-/* round to f16 and back */
-#define TO_F16(v) unpackHalf2x16(packHalf2x16(vec2((v), 0.0))).x
 #define NBUF 1u
 #else
-#define F16 float16_t
-#define TO_F16(v) float16_t(v)
 #define NBUF 2u
 #endif
 
-shared F16 sh_w[NBUF * BM * LDW]; /* [step % NBUF][row][k] */
+/* the tiles, 8 halves per uvec4: element h at [h / 8], word (h / 2) % 4,
+ * half h % 2 (packHalf2x16's order) */
+shared uvec4 sh_w[NBUF * BM * LDW / 8u]; /* [step % NBUF][row][k] */
 #if SWIGLU
-shared F16 sh_u[NBUF * BM * LDW];
-/* U's units may cover other elements than G's (another block layout):
- * then x is staged a second time in U's order */
-shared F16 sh_xu[NBUF * BN * LDX];
+shared uvec4 sh_u[NBUF * BM * LDW / 8u];
+shared uvec4 sh_xu[NBUF * BN * LDX / 8u]; /* x in U's order (other unit layouts) */
 #endif
-shared F16 sh_x[NBUF * BN * LDX]; /* [step % NBUF][column][k] */
-#if QG_CM_EMU
-/* the output tile in W's tiles, done with by then (BN * LDO <= BM * LDW) */
-#define sh_o sh_w
-#else
-shared float sh_o[BN * LDO]; /* [column][row]: the tile, f32 */
-#endif
+shared uvec4 sh_x[NBUF * BN * LDX / 8u]; /* [step % NBUF][column][k] */
+shared float sh_o[BN * LDO];             /* [column][row]: the tile, f32 */
 
 /* The matrix operations of a subgroup on its 16 x 16 accumulators:
  *   ACC(name)                       declare one, zeroed
  *   MMA(acc, SA, offa, SB, offb)    acc += A B: A (16 x 16, row-major in
- *                                   SA at offa, rows LDW apart), B (16 x 16,
- *                                   column-major in SB at offb, columns LDX
- *                                   apart)
+ *                                   SA at half offa, rows LDW apart), B
+ *                                   (16 x 16, column-major in SB at half
+ *                                   offb, columns LDX apart)
  *   STORE(acc, offo)                into sh_o, column-major at offo
- *   acc[i] for i < ACC_LEN          its elements held by this invocation
+ *   ACC_EL(acc, i), i < ACC_LEN     its elements held by this invocation
  *                                   (the same layout for every accumulator) */
 #if QG_CM_EMU
+#define SH_HALF(A, h) unpackHalf2x16(A[(h) >> 3][((h) >> 1) & 3u])[(h) & 1u]
 struct cm_acc {
     float v[8];
 };
@@ -106,7 +121,8 @@ cm_acc cm_zero() {
         const uint e_ = lane + 32u * i_, r_ = e_ / 16u, c_ = e_ % 16u;           \
         float s_ = 0.0;                                                         \
         for (uint k_ = 0u; k_ < 16u; k_++)                                      \
-            s_ += SA[(offa) + r_ * LDW + k_] * SB[(offb) + c_ * LDX + k_];      \
+            s_ += SH_HALF(SA, (offa) + r_ * LDW + k_) *                         \
+                  SH_HALF(SB, (offb) + c_ * LDX + k_);                          \
         acc.v[i_] += s_;                                                        \
     }
 #define STORE(acc, offo)                                                        \
@@ -120,66 +136,87 @@ cm_acc cm_zero() {
 #define ACC(name) MC name = MC(0.0)
 #define ACC_LEN acc0.length()
 #define ACC_EL(acc, i) acc[i]
+/* offsets and strides in uvec4s of 8 halves (all multiples of 8) */
 #define MMA(acc, SA, offa, SB, offb)                                            \
     {                                                                           \
         MA a_, b_;                                                              \
-        coopMatLoadNV(a_, SA, offa, LDW, false);                                \
-        coopMatLoadNV(b_, SB, offb, LDX, true);                                 \
+        coopMatLoadNV(a_, SA, (offa) / 8u, LDW / 8u, false);                    \
+        coopMatLoadNV(b_, SB, (offb) / 8u, LDX / 8u, true);                     \
         acc = coopMatMulAddNV(a_, b_, acc);                                     \
     }
 #define STORE(acc, offo) coopMatStoreNV(acc, sh_o, offo, LDO, true)
 #endif
 
-/* x: elements k0 .. k0+3 (of the unit's order, k0 % 4 == 0) of column c,
- * from x's elements xb .. xb+3, into the step's x tile at sx */
-#define STAGE_X4(SH, sx, c, k0, a)                                              \
-    for (uint i_ = 0u; i_ < 4u; i_++) SH[(sx) + (c) * LDX + (k0) + i_] = TO_F16((a)[i_])
+/* A step's raw inputs, held in registers between its loads and its
+ * conversion into the tiles. */
+struct cm_raw {
+    uvec4 q[4]; /* the unit's raw bytes (W, or SWIGLU's W or U) */
+    vec4 x[4];  /* x: SWIGLU 8 elements in W's order (x[0..2)) and, when
+                   the layouts differ, 8 in U's (x[2..4)); else 16 */
+};
 
-/* Stage unit u of the tile's rows and columns into shared buffer b. */
-void stage(uint l, uint u, uint b, uint row0, uint wr) {
+/* x's elements of this invocation for unit u in the layout of type t:
+ * column c, elements k0 .. k0+n-1 of the unit's order (n = 8 or 16,
+ * k0 % 8 == 0, within one half of the unit) */
+void load_x(int t, uint u, uint c, uint k0, uint n, inout vec4 xr[4], uint at) {
+    uint f0, f1;
+    qg_unit_elems(t, u, f0, f1);
+    const uint xb = sh_xcol[c] * pc.n + (k0 < 16u ? f0 + k0 : f1 + k0 - 16u);
+    for (uint i = 0u; i < n / 4u; i++) xr[at + i] = x4[(xb >> 2) + i];
+}
+
+/* Issue unit u's loads. */
+void load_step(uint l, uint u, uint rw, inout cm_raw r) {
+#if SWIGLU
+    if (l < BM) ld_w(rw * pc.rbw, u, r.q);
+    else ld_u(rw * pc.rbu, u, r.q);
+    load_x(WTYPE, u, l % 32u, 8u * (l / 32u), 8u, r.x, 0u);
+    if (!SAME_UNITS) load_x(UTYPE, u, l % 32u, 8u * (l / 32u), 8u, r.x, 2u);
+#else
+    if (l < BM) ld_w(rw * pc.rbw, u, r.q);
+    else load_x(WTYPE, u, (l - 64u) % 32u, 16u * ((l - 64u) / 32u), 16u, r.x, 0u);
+#endif
+}
+
+/* Four f32 pairs as one uvec4 of halves. */
+uvec4 pack8(vec4 a, vec4 b) {
+    return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
+}
+
+/* Convert unit u's raw inputs into shared buffer b. */
+void store_step(uint l, uint u, uint b, uint rw, cm_raw r) {
+    const uint sw = b * BM * LDW / 8u, sx = b * BN * LDX / 8u;
     float w[32];
-    uint e0, e1;
-    const uint sw = b * BM * LDW, sx = b * BN * LDX;
-    const uint lr = l % BM;
-    if (l < BM) {
-        dq_w((row0 + wr) * pc.rbw, u, w, e0, e1);
-        for (uint k = 0u; k < 32u; k++) sh_w[sw + lr * LDW + k] = TO_F16(w[k]);
+#if SWIGLU
+    if (l < BM) vals_w(rw * pc.rbw, u, r.q, w);
+    else vals_u(rw * pc.rbu, u, r.q, w);
+#else
+    if (l < BM) vals_w(rw * pc.rbw, u, r.q, w);
+#endif
+    if (SWIGLU != 0 || l < BM) {
+        uvec4 v[4];
+        for (uint i = 0u; i < 4u; i++)
+            v[i] = pack8(vec4(w[8u * i], w[8u * i + 1u], w[8u * i + 2u], w[8u * i + 3u]),
+                         vec4(w[8u * i + 4u], w[8u * i + 5u], w[8u * i + 6u], w[8u * i + 7u]));
+        const uint o = sw + (l % BM) * (LDW / 8u);
+#if SWIGLU
+        if (l >= BM) {
+            for (uint i = 0u; i < 4u; i++) sh_u[o + i] = v[i];
+        } else
+#endif
+            for (uint i = 0u; i < 4u; i++) sh_w[o + i] = v[i];
     }
 #if SWIGLU
-    else {
-        dq_u((row0 + wr) * pc.rbu, u, w, e0, e1);
-        for (uint k = 0u; k < 32u; k++) sh_u[sw + lr * LDW + k] = TO_F16(w[k]);
-    }
     {
-        /* x: 32 columns x 32 elements, 8 per invocation: column l % 32,
-         * elements 8 * (l / 32) .. of G's unit (and of U's) */
         const uint c = l % 32u, k0 = 8u * (l / 32u);
-        for (uint mm = 0u; mm < (SAME_UNITS ? 1u : 2u); mm++) {
-            uint f0, f1;
-            qg_unit_elems(mm == 0u ? WTYPE : UTYPE, u, f0, f1);
-            const uint xb = sh_xcol[c] * pc.n + (k0 < 16u ? f0 + k0 : f1 + k0 - 16u);
-            const vec4 a = x4[xb >> 2], a2 = x4[(xb >> 2) + 1u];
-            if (mm == 0u) {
-                STAGE_X4(sh_x, sx, c, k0, a);
-                STAGE_X4(sh_x, sx, c, k0 + 4u, a2);
-            } else {
-                STAGE_X4(sh_xu, sx, c, k0, a);
-                STAGE_X4(sh_xu, sx, c, k0 + 4u, a2);
-            }
-        }
+        sh_x[sx + (c * LDX + k0) / 8u] = pack8(r.x[0], r.x[1]);
+        if (!SAME_UNITS) sh_xu[sx + (c * LDX + k0) / 8u] = pack8(r.x[2], r.x[3]);
     }
 #else
-    else {
-        /* x: 32 columns x 32 elements, 16 per invocation (64..127):
-         * column (l - 64) % 32, elements 16 * ((l - 64) / 32) .. */
-        uint f0, f1;
-        qg_unit_elems(WTYPE, u, f0, f1);
-        const uint c = (l - 64u) % 32u, half_ = (l - 64u) / 32u;
-        const uint xb = sh_xcol[c] * pc.n + (half_ == 0u ? f0 : f1);
-        for (uint i = 0u; i < 4u; i++) {
-            const vec4 a = x4[(xb >> 2) + i];
-            STAGE_X4(sh_x, sx, c, 16u * half_ + 4u * i, a);
-        }
+    if (l >= BM) {
+        const uint c = (l - 64u) % 32u, k0 = 16u * ((l - 64u) / 32u);
+        sh_x[sx + (c * LDX + k0) / 8u] = pack8(r.x[0], r.x[1]);
+        sh_x[sx + (c * LDX + k0) / 8u + 1u] = pack8(r.x[2], r.x[3]);
     }
 #endif
 }
@@ -196,7 +233,8 @@ void main() {
 #else
     const uint s = gl_SubgroupID; /* rows 16s .. of the tile */
 #endif
-    const uint wr = min(r0 + l % BM, pc.m - 1u);
+    /* this invocation's weight row (rows past m repeat the last) */
+    const uint rw = row0 + min(r0 + l % BM, pc.m - 1u);
     const uint nu = pc.n / 32u;
     ACC(acc0);
     ACC(acc1);
@@ -204,13 +242,17 @@ void main() {
     ACC(accu0);
     ACC(accu1);
 #endif
-    stage(l, 0u, 0u, row0, wr);
+    cm_raw raw;
+    for (uint i = 0u; i < 4u; i++) {
+        raw.q[i] = uvec4(0u);
+        raw.x[i] = vec4(0.0);
+    }
+    load_step(l, 0u, rw, raw);
+    store_step(l, 0u, 0u, rw, raw);
+    if (nu > 1u) load_step(l, 1u, rw, raw);
     barrier();
     for (uint u = 0u; u < nu; u++) {
         const uint b = NBUF == 2u ? u & 1u : 0u;
-#if !QG_CM_EMU
-        if (u + 1u < nu) stage(l, u + 1u, b ^ 1u, row0, wr);
-#endif
         const uint sw = b * BM * LDW + 16u * s * LDW, sx = b * BN * LDX;
         [[unroll]] for (uint kk = 0u; kk < BK; kk += 16u) {
             /* x (k, column) at column * LDX + k: column-major */
@@ -226,12 +268,17 @@ void main() {
             }
 #endif
         }
-        barrier();
 #if QG_CM_EMU
+        barrier(); /* one buffer: the products read it before it is refilled */
+#endif
         if (u + 1u < nu) {
-            stage(l, u + 1u, 0u, row0, wr);
-            barrier();
+            store_step(l, u + 1u, NBUF == 2u ? b ^ 1u : 0u, rw, raw);
+            if (u + 2u < nu) load_step(l, u + 2u, rw, raw);
         }
+#if QG_CM_EMU
+        if (u + 1u < nu) barrier();
+#else
+        barrier();
 #endif
     }
 #if SWIGLU
