@@ -55,6 +55,24 @@ vec4 qg_s8x4(uint w) {
 }
 /* 32 bits at byte offset 2 (odd2) or 0 of the word pair (a, b). */
 uint qg_w32at(uint a, uint b, bool odd2) { return odd2 ? (a >> 16) | (b << 16) : a; }
+/* Q4_K / Q5_K: quant word i of a unit (qs) as its bytes' low nibbles
+ * (sub-block 2c: elements e0 + 4i ..) and high nibbles (2c + 1: e1 +
+ * 4i ..), each byte one quant, with Q5_K's fifth bits from qh or-ed in. */
+uvec2 qg_k4_quants(uint qs, uint qh, uint c, bool q5) {
+    uint lo = qs & 0x0f0f0f0fu, hi = (qs >> 4) & 0x0f0f0f0fu;
+    if (q5) {
+        lo |= ((qh >> (2u * c)) & 0x01010101u) << 4;
+        hi |= ((qh >> (2u * c + 1u)) & 0x01010101u) << 4;
+    }
+    return uvec2(lo, hi);
+}
+/* Q6_K: the 6-bit quants of a unit's word from its ql word ul and qh word
+ * uh (k0: which 2-bit pair of qh), low (e0 + 4i ..) and high (e1 + 4i ..)
+ * halves, each byte one unsigned quant (0..63). */
+uvec2 qg_q6_quants(uint ul, uint uh, uint k0) {
+    return uvec2((ul & 0x0f0f0f0fu) | (((uh >> (2u * k0)) & 0x03030303u) << 4),
+                 ((ul >> 4) & 0x0f0f0f0fu) | (((uh >> (2u * k0 + 4u)) & 0x03030303u) << 4));
+}
 /* (sum of xv[0..4), sum of xv[4..8)): the sums the min terms need. */
 vec2 qg_xsums(vec4 xv[8]) {
     const vec4 a = (xv[0] + xv[1]) + (xv[2] + xv[3]);
@@ -154,13 +172,9 @@ float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs) {
         }
         float sl = 0.0, sh = 0.0;
         for (uint i = 0u; i < 4u; i++) {
-            uint lo = qs[i] & 0x0f0f0f0fu, hi = (qs[i] >> 4) & 0x0f0f0f0fu;
-            if (q5) {
-                lo |= ((qh[i] >> (2u * c)) & 0x01010101u) << 4;
-                hi |= ((qh[i] >> (2u * c + 1u)) & 0x01010101u) << 4;
-            }
-            sl += dot(qg_u8x4(lo), xv[i]);
-            sh += dot(qg_u8x4(hi), xv[4u + i]);
+            const uvec2 lh = qg_k4_quants(qs[i], qh[i], c, q5);
+            sl += dot(qg_u8x4(lh.x), xv[i]);
+            sh += dot(qg_u8x4(lh.y), xv[4u + i]);
         }
         return (d1.x * sl - m1.x * xs.x) + (d1.y * sh - m1.y * xs.y);
     } else if (DQD_TYPE == QG_Q6_K) {
@@ -175,13 +189,10 @@ float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs) {
         const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
         float sl = 0.0, sh = 0.0; /* byte b of word i: elements 4i+b of each half */
         for (uint i = 0u; i < 4u; i++) {
-            const uint ul = qg_w32at(ql[i], ql[i + 1u], odd2);
-            const uint uh = qg_w32at(qh[i], qh[i + 1u], odd2);
-            const uint lo = (ul & 0x0f0f0f0fu) | (((uh >> (2u * k0)) & 0x03030303u) << 4);
-            const uint hi =
-                ((ul >> 4) & 0x0f0f0f0fu) | (((uh >> (2u * k0 + 4u)) & 0x03030303u) << 4);
-            sl += dot(qg_u8x4(lo), xv[i]);
-            sh += dot(qg_u8x4(hi), xv[4u + i]);
+            const uvec2 lh = qg_q6_quants(qg_w32at(ql[i], ql[i + 1u], odd2),
+                                          qg_w32at(qh[i], qh[i + 1u], odd2), k0);
+            sl += dot(qg_u8x4(lh.x), xv[i]);
+            sh += dot(qg_u8x4(lh.y), xv[4u + i]);
         }
         return s0 * (sl - 32.0 * xs.x) + s1 * (sh - 32.0 * xs.y);
     }
@@ -245,12 +256,8 @@ void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32]) {
             m1[s] = dm.y * float(sm.y);
         }
         for (uint i = 0u; i < 4u; i++) {
-            uint lo = qs[i] & 0x0f0f0f0fu, hi = (qs[i] >> 4) & 0x0f0f0f0fu;
-            if (q5) {
-                lo |= ((qh[i] >> (2u * c)) & 0x01010101u) << 4;
-                hi |= ((qh[i] >> (2u * c + 1u)) & 0x01010101u) << 4;
-            }
-            const vec4 vl = d1.x * qg_u8x4(lo) - m1.x, vh = d1.y * qg_u8x4(hi) - m1.y;
+            const uvec2 lh = qg_k4_quants(qs[i], qh[i], c, q5);
+            const vec4 vl = d1.x * qg_u8x4(lh.x) - m1.x, vh = d1.y * qg_u8x4(lh.y) - m1.y;
             for (uint b = 0u; b < 4u; b++) {
                 w[4u * i + b] = vl[b];
                 w[16u + 4u * i + b] = vh[b];
@@ -267,12 +274,9 @@ void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32]) {
         const uint ql[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[2].x);
         const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
         for (uint i = 0u; i < 4u; i++) {
-            const uint ul = qg_w32at(ql[i], ql[i + 1u], odd2);
-            const uint uh = qg_w32at(qh[i], qh[i + 1u], odd2);
-            const uint lo = (ul & 0x0f0f0f0fu) | (((uh >> (2u * k0)) & 0x03030303u) << 4);
-            const uint hi =
-                ((ul >> 4) & 0x0f0f0f0fu) | (((uh >> (2u * k0 + 4u)) & 0x03030303u) << 4);
-            const vec4 vl = s0 * (qg_u8x4(lo) - 32.0), vh = s1 * (qg_u8x4(hi) - 32.0);
+            const uvec2 lh = qg_q6_quants(qg_w32at(ql[i], ql[i + 1u], odd2),
+                                          qg_w32at(qh[i], qh[i + 1u], odd2), k0);
+            const vec4 vl = s0 * (qg_u8x4(lh.x) - 32.0), vh = s1 * (qg_u8x4(lh.y) - 32.0);
             for (uint b = 0u; b < 4u; b++) {
                 w[4u * i + b] = vl[b];
                 w[16u + 4u * i + b] = vh[b];
