@@ -73,6 +73,34 @@ uvec2 qg_q6_quants(uint ul, uint uh, uint k0) {
     return uvec2((ul & 0x0f0f0f0fu) | (((uh >> (2u * k0)) & 0x03030303u) << 4),
                  ((ul >> 4) & 0x0f0f0f0fu) | (((uh >> (2u * k0 + 4u)) & 0x03030303u) << 4));
 }
+/* Q4_K / Q5_K: the scales (d1) and mins (m1) of sub-blocks 2c (.x, the
+ * unit's low nibbles) and 2c + 1 (.y) from the super-block header hd. */
+void qg_k4_unit_scales(uvec4 hd, uint c, out vec2 d1, out vec2 m1) {
+    const vec2 dm = unpackHalf2x16(hd.x);
+    for (uint s = 0u; s < 2u; s++) {
+        const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
+        d1[s] = dm.x * float(sm.x);
+        m1[s] = dm.y * float(sm.y);
+    }
+}
+/* Q6_K: from the raw bytes q of unit u of the row at byte rb (the
+ * loader's layout): the scales of its halves (s.x for elements e0 ..,
+ * s.y for e1 ..; d times the int8 scale), and its quants' words, low and
+ * high halves (qg_q6_quants of words i = 0..3). */
+void qg_q6_unit(uint rb, uint u, uvec4 q[4], out vec2 s, out uvec2 lh[4]) {
+    const uint hh = (u & 7u) >> 2u, qq = u & 3u, k0 = qq >> 1u, p = qq & 1u;
+    const uint o = rb + 210u * (u >> 3u);
+    const bool odd2 = (o & 2u) != 0u; /* ql, qh, d share it */
+    const uint sb = 8u * ((o + 192u + 8u * hh + 2u * k0 + p) & 3u);
+    const float d = unpackHalf2x16(odd2 ? q[3].x >> 16 : q[3].x).x;
+    s = vec2(d * float(bitfieldExtract(int(q[2].z), int(sb), 8)),
+             d * float(bitfieldExtract(int(q[2].w), int(sb), 8)));
+    const uint ql[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[2].x);
+    const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
+    for (uint i = 0u; i < 4u; i++)
+        lh[i] = qg_q6_quants(qg_w32at(ql[i], ql[i + 1u], odd2), qg_w32at(qh[i], qh[i + 1u], odd2),
+                             k0);
+}
 /* (sum of xv[0..4), sum of xv[4..8)): the sums the min terms need. */
 vec2 qg_xsums(vec4 xv[8]) {
     const vec4 a = (xv[0] + xv[1]) + (xv[2] + xv[3]);
@@ -161,15 +189,9 @@ float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs) {
     } else if (DQD_TYPE == QG_Q4_K || DQD_TYPE == QG_Q5_K) {
         const bool q5 = DQD_TYPE == QG_Q5_K;
         const uint c = (u & 7u) >> 1u;
-        const uvec4 hd = q[0], qs = q[1], qh = q[2];
-        const vec2 dm = unpackHalf2x16(hd.x);
-        /* 6-bit scale and min of sub-blocks j = 2c (low nibbles) and 2c+1 */
+        const uvec4 qs = q[1], qh = q[2];
         vec2 d1, m1;
-        for (uint s = 0u; s < 2u; s++) {
-            const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
-            d1[s] = dm.x * float(sm.x);
-            m1[s] = dm.y * float(sm.y);
-        }
+        qg_k4_unit_scales(q[0], c, d1, m1);
         float sl = 0.0, sh = 0.0;
         for (uint i = 0u; i < 4u; i++) {
             const uvec2 lh = qg_k4_quants(qs[i], qh[i], c, q5);
@@ -178,23 +200,15 @@ float DQD_DOT(uint rb, uint u, uvec4 q[4], vec4 xv[8], vec2 xs) {
         }
         return (d1.x * sl - m1.x * xs.x) + (d1.y * sh - m1.y * xs.y);
     } else if (DQD_TYPE == QG_Q6_K) {
-        const uint hh = (u & 7u) >> 2u, qq = u & 3u, k0 = qq >> 1u, p = qq & 1u;
-        const uint o = rb + 210u * (u >> 3u);
-        const bool odd2 = (o & 2u) != 0u; /* ql, qh, d share it */
-        const uint sb = 8u * ((o + 192u + 8u * hh + 2u * k0 + p) & 3u);
-        const float d = unpackHalf2x16(odd2 ? q[3].x >> 16 : q[3].x).x;
-        const float s0 = d * float(bitfieldExtract(int(q[2].z), int(sb), 8));
-        const float s1 = d * float(bitfieldExtract(int(q[2].w), int(sb), 8));
-        const uint ql[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[2].x);
-        const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
+        vec2 sc;
+        uvec2 lh[4];
+        qg_q6_unit(rb, u, q, sc, lh);
         float sl = 0.0, sh = 0.0; /* byte b of word i: elements 4i+b of each half */
         for (uint i = 0u; i < 4u; i++) {
-            const uvec2 lh = qg_q6_quants(qg_w32at(ql[i], ql[i + 1u], odd2),
-                                          qg_w32at(qh[i], qh[i + 1u], odd2), k0);
-            sl += dot(qg_u8x4(lh.x), xv[i]);
-            sh += dot(qg_u8x4(lh.y), xv[4u + i]);
+            sl += dot(qg_u8x4(lh[i].x), xv[i]);
+            sh += dot(qg_u8x4(lh[i].y), xv[4u + i]);
         }
-        return s0 * (sl - 32.0 * xs.x) + s1 * (sh - 32.0 * xs.y);
+        return sc.x * (sl - 32.0 * xs.x) + sc.y * (sh - 32.0 * xs.y);
     }
     return uintBitsToFloat(0x7fc00000u);
 }
@@ -247,14 +261,9 @@ void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32]) {
     } else if (DQD_TYPE == QG_Q4_K || DQD_TYPE == QG_Q5_K) {
         const bool q5 = DQD_TYPE == QG_Q5_K;
         const uint c = (u & 7u) >> 1u;
-        const uvec4 hd = q[0], qs = q[1], qh = q[2];
-        const vec2 dm = unpackHalf2x16(hd.x);
+        const uvec4 qs = q[1], qh = q[2];
         vec2 d1, m1;
-        for (uint s = 0u; s < 2u; s++) {
-            const uvec2 sm = qg_k4_scale_min(hd, 2u * c + s);
-            d1[s] = dm.x * float(sm.x);
-            m1[s] = dm.y * float(sm.y);
-        }
+        qg_k4_unit_scales(q[0], c, d1, m1);
         for (uint i = 0u; i < 4u; i++) {
             const uvec2 lh = qg_k4_quants(qs[i], qh[i], c, q5);
             const vec4 vl = d1.x * qg_u8x4(lh.x) - m1.x, vh = d1.y * qg_u8x4(lh.y) - m1.y;
@@ -264,19 +273,11 @@ void DQD_VALS(uint rb, uint u, uvec4 q[4], out float w[32]) {
             }
         }
     } else if (DQD_TYPE == QG_Q6_K) {
-        const uint hh = (u & 7u) >> 2u, qq = u & 3u, k0 = qq >> 1u, p = qq & 1u;
-        const uint o = rb + 210u * (u >> 3u);
-        const bool odd2 = (o & 2u) != 0u;
-        const uint sb = 8u * ((o + 192u + 8u * hh + 2u * k0 + p) & 3u);
-        const float d = unpackHalf2x16(odd2 ? q[3].x >> 16 : q[3].x).x;
-        const float s0 = d * float(bitfieldExtract(int(q[2].z), int(sb), 8));
-        const float s1 = d * float(bitfieldExtract(int(q[2].w), int(sb), 8));
-        const uint ql[5] = uint[5](q[0].x, q[0].y, q[0].z, q[0].w, q[2].x);
-        const uint qh[5] = uint[5](q[1].x, q[1].y, q[1].z, q[1].w, q[2].y);
+        vec2 sc;
+        uvec2 lh[4];
+        qg_q6_unit(rb, u, q, sc, lh);
         for (uint i = 0u; i < 4u; i++) {
-            const uvec2 lh = qg_q6_quants(qg_w32at(ql[i], ql[i + 1u], odd2),
-                                          qg_w32at(qh[i], qh[i + 1u], odd2), k0);
-            const vec4 vl = s0 * (qg_u8x4(lh.x) - 32.0), vh = s1 * (qg_u8x4(lh.y) - 32.0);
+            const vec4 vl = sc.x * (qg_u8x4(lh[i].x) - 32.0), vh = sc.y * (qg_u8x4(lh[i].y) - 32.0);
             for (uint b = 0u; b < 4u; b++) {
                 w[4u * i + b] = vl[b];
                 w[16u + 4u * i + b] = vh[b];
