@@ -200,11 +200,13 @@ static void run_case(vcase *c, const int *ntoks, int n_ntok, int test, int case_
 #define RUN(c, ntoks, test, case_id) run_case(&(c), ntoks, (int)QG_ARRAY_LEN(ntoks), test, case_id)
 
 /* The cooperative-matrix products round weights and x to f16 (11
- * significant bits, relative error <= 2^-11 each) and sum in f32: each
- * product within 2 * 2^-11 + 2^-22 of |w x|, plus the exact path's 1e-5
- * of f32 sums; x below f16's normal range (2^-14) loses at most 2^-25
+ * significant bits, relative error <= 2^-11 each): each product within
+ * 2 * 2^-11 + 2^-22 of |w x|.  They sum in f32, on NVIDIA's tensor cores
+ * with truncating alignment: up to n * 2^-23 of sum |w x| for rows of n
+ * <= 4608 here (5.5e-4), plus the exact path's 1e-5 for the sums across
+ * steps.  x below f16's normal range (2^-14) loses at most 2^-25
  * absolutely, covered by CM_ABS at these sizes. */
-#define CM_REL 1.1e-3
+#define CM_REL 1.6e-3
 #define CM_ABS 1e-5
 
 static void check_matmul_cm(qg_optest_fx *f, const void *ctx, int n_tok, const char *label) {
